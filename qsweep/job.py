@@ -1,0 +1,97 @@
+"""One job of a sweep: config -> model -> measurement -> tracking, recorded as one MLflow run."""
+
+from __future__ import annotations
+
+import gc
+import os
+from dataclasses import asdict, dataclass
+from typing import List, Tuple
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from qsweep import environment, measure, models, tracking
+from qsweep.config import RunConfig, TrackingConfig, config_hash, flatten, validate
+
+
+@dataclass
+class LoadMetrics:
+    """Names are the MLflow metric names."""
+    load_time_s: float
+    model_footprint_gb: float
+
+
+def run_name(model: str, precision: str, device: str, max_new_tokens) -> str:
+    return f"{model}-{precision}-{device}-{max_new_tokens}"
+
+
+def run_tags(cfg: RunConfig) -> dict:
+    return {tracking.TAG_HASH: config_hash(cfg), "model": cfg.model.name, "precision": cfg.precision.name,
+            "device": cfg.device.name, "weights": cfg.model.weights,
+            "max_new_tokens": cfg.generation.max_new_tokens,
+            "setting": f"{cfg.device.name.upper()} {cfg.precision.name.upper()}"}
+
+
+def run_job(raw: DictConfig) -> Tuple[tracking.Store, str, bool]:
+    """Measure one configuration into one MLflow run: (store, run id, succeeded).
+    A failure is recorded in the run, not raised, so the other jobs of a sweep go on."""
+    plain = OmegaConf.to_container(raw, resolve=True)
+    plain.pop("hydra", None)
+    store = tracking.open_store(OmegaConf.to_object(raw.tracking) if "tracking" in raw else TrackingConfig())
+    name = run_name(raw.model.name, raw.precision.name, raw.device.name, raw.generation.max_new_tokens)
+    run_id = None
+    try:
+        with tracking.job_run(store, name, os.environ.get(tracking.PARENT_RUN_ENV)) as run:
+            run_id = run.run_id
+            run.log_params(flatten(plain))
+            cfg = validate(raw)  # a bad value fails here, as a FAILED run that says which field
+            _measure(cfg, run)
+        return store, run_id, True
+    except Exception as err:
+        if run_id is None:  # the store refused the run: nothing was recorded, so say it loudly
+            raise
+        print(f"qsweep: {name} FAILED: {tracking.one_line(err)}", flush=True)
+        return store, run_id, False
+    finally:
+        gc.collect()  # jobs share this process: free the model before the next one loads
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def _measure(cfg: RunConfig, run: tracking.JobRun) -> None:
+    run.set_tags({**run_tags(cfg), "mlflow.runName": run_name(cfg.model.name, cfg.precision.name,
+                                                              cfg.device.name, cfg.generation.max_new_tokens)})
+    run.log_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)), "config.yaml")
+    run.log_json(environment.collect(), "environment.json")
+    if cfg.device.num_threads:
+        torch.set_num_threads(cfg.device.num_threads)
+
+    memory = measure.MemoryTracker(cfg.device.name)
+    with memory.track():
+        loaded = models.load(cfg)
+        run.log_json(asdict(loaded.precision), "precision_check.json")
+        run.set_tags({"precision_check": _describe(loaded.precision)})
+        prompt_ids = measure.encode_prompts(cfg.generation.prompts, loaded.tokenizer, loaded.model.config,
+                                            cfg.model.seed)
+        measure.check_context(prompt_ids, cfg.generation.max_new_tokens, loaded.model.config)
+        speed, generations = measure.generate_timed(loaded.model, prompt_ids, cfg.generation, cfg.device.name)
+    load = LoadMetrics(loaded.load_time_s, loaded.model.get_memory_footprint() / measure.GB)
+    run.log_metrics(load, speed, memory.metrics())
+    texts = _texts(cfg.generation.prompts, generations, loaded.tokenizer)
+    run.log_json(texts, "generations.json")
+    run.log_text("\n\n".join(f"### {t['prompt']}\n{t['output']}" for t in texts), "generations.md")
+
+
+def _describe(report: models.PrecisionReport) -> str:
+    dtypes = ", ".join(f"{d}:{n}" for d, n in sorted(report.weight_dtypes.items()))
+    return (f"int8 linear={report.linear_8bit}, int4 linear={report.linear_4bit}"
+            f"{' (' + report.quant_type + ')' if report.quant_type else ''}, "
+            f"full linear={report.linear_full}; params by dtype {dtypes}")
+
+
+def _texts(prompts: List[str], generations: List[measure.Generation], tokenizer) -> List[dict]:
+    def decode(ids):
+        return tokenizer.decode(ids, skip_special_tokens=True) if tokenizer else " ".join(map(str, ids))
+
+    return [{"prompt": prompt, "output": decode(g.output_ids), "prompt_ids": g.prompt_ids,
+             "output_ids": g.output_ids} for prompt, g in zip(prompts, generations)]

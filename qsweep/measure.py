@@ -1,0 +1,205 @@
+"""Timed generation: warm-up, repeats, time to first token, and memory trackers.
+
+Every setting does the same work: batch 1, greedy, exactly max_new_tokens new tokens (EOS cannot
+end a generation early). CUDA is synchronized around every timed region; the CPU uses perf_counter.
+"""
+
+from __future__ import annotations
+
+import statistics
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Iterator, List, Optional
+
+import psutil
+import torch
+from transformers import GenerationConfig as HFGenerationConfig
+from transformers import LogitsProcessor, LogitsProcessorList
+
+from qsweep.config import GenerationConfig
+
+GB = 1024**3
+
+
+class PromptTooLong(ValueError):
+    pass
+
+
+@dataclass
+class SpeedMetrics:
+    """The speed metrics of a run; the field names are the MLflow metric names."""
+    ttft_s: float  # median time to first token
+    ttft_iqr_s: float
+    latency_s: float  # median end-to-end generate
+    latency_p90_s: float
+    latency_iqr_s: float
+    tokens_per_s: float  # new tokens / median latency (the seed's definition)
+    decode_tokens_per_s: float  # tokens after the first / time after the first, median over samples
+    decode_tokens_per_s_iqr: float
+    new_tokens: int
+    timed_samples: int
+
+
+@dataclass
+class MemoryMetrics:
+    """Peak memory over the tracked region; names are the MLflow metric names."""
+    peak_rss_gb: float
+    peak_vram_gb: Optional[float] = None  # torch peak allocated on the GPU
+    gpu_mem_used_gb: Optional[float] = None  # device level, NVML: includes the CUDA context
+
+
+@dataclass
+class Generation:
+    prompt_ids: List[int]
+    output_ids: List[int]  # new tokens only
+
+
+class FirstTokenClock(LogitsProcessor):
+    """Stamps the moment the first new token's logits exist (called once per decoding step)."""
+
+    def __init__(self, sync_cuda: bool):
+        self.sync_cuda = sync_cuda
+        self.first: Optional[float] = None
+
+    def __call__(self, input_ids, scores):
+        if self.first is None:
+            if self.sync_cuda:
+                torch.cuda.synchronize()
+            self.first = time.perf_counter()
+        return scores
+
+
+def encode_prompts(prompts: List[str], tokenizer, model_config, seed: int) -> List[torch.Tensor]:
+    """Token ids per prompt. Without a tokenizer (random weights) the ids are synthetic:
+    deterministic, about one token per 4 characters, as real text would give."""
+    if tokenizer is not None:
+        return [tokenizer(p, return_tensors="pt").input_ids for p in prompts]
+    generator = torch.Generator().manual_seed(seed)
+    vocab = model_config.vocab_size
+    return [torch.randint(0, vocab, (1, max(1, len(p) // 4)), generator=generator) for p in prompts]
+
+
+def check_context(prompt_ids: List[torch.Tensor], max_new_tokens: int, model_config) -> None:
+    limit = getattr(model_config, "max_position_embeddings", None) or getattr(model_config, "n_positions", None)
+    longest = max(ids.shape[1] for ids in prompt_ids)
+    if limit and longest + max_new_tokens > limit:
+        raise PromptTooLong(
+            f"the longest prompt ({longest} tokens) plus max_new_tokens={max_new_tokens} exceeds the "
+            f"model's context of {limit} tokens: shorten the prompt or lower generation.max_new_tokens")
+
+
+def _generation_config(model, max_new_tokens: int) -> HFGenerationConfig:
+    # Built from scratch so a checkpoint's own sampling defaults cannot change the work done.
+    eos = model.generation_config.eos_token_id
+    pad = model.generation_config.pad_token_id
+    if pad is None:
+        pad = eos[0] if isinstance(eos, list) else eos
+    return HFGenerationConfig(max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens,
+                              do_sample=False, num_beams=1, eos_token_id=eos,
+                              pad_token_id=pad if pad is not None else 0)
+
+
+def _median_iqr(values: List[float]) -> tuple:
+    if len(values) < 2:
+        return values[0], 0.0
+    q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return statistics.median(values), q3 - q1
+
+
+def generate_timed(model, prompt_ids: List[torch.Tensor], gen: GenerationConfig,
+                   device: str) -> tuple[SpeedMetrics, List[Generation]]:
+    cuda = device == "cuda"
+    config = _generation_config(model, gen.max_new_tokens)
+    prompt_ids = [ids.to(model.device) for ids in prompt_ids]
+
+    def run(ids):
+        clock = FirstTokenClock(sync_cuda=cuda)
+        if cuda:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=config,
+                             logits_processor=LogitsProcessorList([clock]))
+        if cuda:
+            torch.cuda.synchronize()
+        end = time.perf_counter()
+        return out[0, ids.shape[1]:], end - start, clock.first - start
+
+    with torch.inference_mode():
+        for _ in range(gen.warmup):
+            run(prompt_ids[0])
+        latencies, ttfts, decode_rates, outputs = [], [], [], {}
+        for _ in range(gen.repeats):
+            for i, ids in enumerate(prompt_ids):
+                new, latency, ttft = run(ids)
+                latencies.append(latency)
+                ttfts.append(ttft)
+                if len(new) > 1:
+                    decode_rates.append((len(new) - 1) / (latency - ttft))
+                outputs[i] = Generation(ids[0].tolist(), new.tolist())
+
+    new_tokens = len(outputs[0].output_ids)
+    latency, latency_iqr = _median_iqr(latencies)
+    ttft, ttft_iqr = _median_iqr(ttfts)
+    decode, decode_iqr = _median_iqr(decode_rates) if decode_rates else (float("nan"), 0.0)
+    metrics = SpeedMetrics(
+        ttft_s=ttft, ttft_iqr_s=ttft_iqr, latency_s=latency,
+        latency_p90_s=statistics.quantiles(latencies, n=10, method="inclusive")[-1] if len(latencies) > 1 else latency,
+        latency_iqr_s=latency_iqr, tokens_per_s=new_tokens / latency,
+        decode_tokens_per_s=decode, decode_tokens_per_s_iqr=decode_iqr,
+        new_tokens=new_tokens, timed_samples=len(latencies))
+    return metrics, [outputs[i] for i in range(len(prompt_ids))]
+
+
+@dataclass
+class MemoryTracker:
+    """Peak RSS (and on CUDA: torch peak allocated, NVML device use) over a region, polled in a thread."""
+    device: str
+    interval_s: float = 0.05
+    _peak_rss: int = 0
+    _peak_nvml: int = 0
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    @contextmanager
+    def track(self) -> Iterator["MemoryTracker"]:
+        process = psutil.Process()
+        nvml_handle = _nvml_handle() if self.device == "cuda" else None
+        if self.device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+
+        def poll():
+            while True:
+                self._peak_rss = max(self._peak_rss, process.memory_info().rss)
+                if nvml_handle is not None:
+                    import pynvml
+                    self._peak_nvml = max(self._peak_nvml, pynvml.nvmlDeviceGetMemoryInfo(nvml_handle).used)
+                if self._stop.wait(self.interval_s):
+                    return
+
+        poller = threading.Thread(target=poll, daemon=True)
+        poller.start()
+        try:
+            yield self
+        finally:
+            self._stop.set()
+            poller.join()
+
+    def metrics(self) -> MemoryMetrics:
+        if self.device != "cuda":
+            return MemoryMetrics(peak_rss_gb=self._peak_rss / GB)
+        return MemoryMetrics(peak_rss_gb=self._peak_rss / GB,
+                             peak_vram_gb=torch.cuda.max_memory_allocated() / GB,
+                             gpu_mem_used_gb=self._peak_nvml / GB if self._peak_nvml else None)
+
+
+def _nvml_handle():
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        # By UUID, so CUDA_VISIBLE_DEVICES renumbering cannot point NVML at another GPU.
+        uuid = torch.cuda.get_device_properties(torch.cuda.current_device()).uuid
+        return pynvml.nvmlDeviceGetHandleByUUID(f"GPU-{uuid}")
+    except Exception:  # NVML is optional: no driver library, or a container without it
+        return None

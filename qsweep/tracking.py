@@ -1,0 +1,160 @@
+"""Every MLflow call of qsweep lives here: the store, sweep parent runs, job runs, and reading runs back.
+
+The client API is used throughout (no fluent `mlflow.start_run`), so no run is ever left active by an
+exception: a job run ends FINISHED, FAILED (with a one-line `error` tag and the traceback) or KILLED.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import traceback
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, List, Optional
+
+from qsweep.config import TrackingConfig
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_STORE_DIR = PROJECT_ROOT / "mlruns"
+PARENT_RUN_ENV = "QSWEEP_PARENT_RUN_ID"  # set by the sweep callback, read by every job of the sweep
+MAX_PARAM_CHARS = 6000  # MLflow cuts longer param values
+
+# Tags that identify a run; names are part of qsweep's interface.
+TAG_HASH, TAG_ERROR, TAG_KIND = "config_hash", "error", "qsweep.kind"
+RUN_TAGS = ("model", "precision", "device", "weights", "max_new_tokens", "setting")
+
+for noisy in ("alembic", "mlflow.store.db.utils", "mlflow.tracking._tracking_service.client"):
+    logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+class StoreUnavailable(RuntimeError):
+    pass
+
+
+def store_uri(tracking: TrackingConfig) -> str:
+    if tracking.uri:
+        return tracking.uri
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    return f"sqlite:///{DEFAULT_STORE_DIR / 'mlflow.db'}"
+
+
+@dataclasses.dataclass
+class Store:
+    client: "object"  # mlflow.MlflowClient
+    experiment_id: str
+    uri: str
+
+
+def open_store(tracking: TrackingConfig) -> Store:
+    """Open (and on first use create) the store and the experiment."""
+    from mlflow import MlflowClient
+
+    uri = store_uri(tracking)
+    artifact_location = None
+    if uri.startswith("sqlite:///"):
+        db = Path(uri[len("sqlite:///"):])
+        db.parent.mkdir(parents=True, exist_ok=True)
+        artifact_location = (db.parent / "artifacts").as_uri()
+    try:
+        client = MlflowClient(tracking_uri=uri)
+        experiment = client.get_experiment_by_name(tracking.experiment)
+        experiment_id = (experiment.experiment_id if experiment else
+                         client.create_experiment(tracking.experiment, artifact_location=artifact_location))
+    except Exception as err:
+        first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise StoreUnavailable(f"cannot open the MLflow store {uri}: {first_line}; "
+                               "check tracking.uri (or MLFLOW_TRACKING_URI)") from None
+    return Store(client, experiment_id, uri)
+
+
+def one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split()) or type(err).__name__
+    return f"{type(err).__name__}: {text}"[:500]
+
+
+class JobRun:
+    """What a job records into its MLflow run."""
+
+    def __init__(self, store: Store, run_id: str):
+        self.store, self.run_id = store, run_id
+
+    def set_tags(self, tags: dict) -> None:
+        for key, value in tags.items():
+            self.store.client.set_tag(self.run_id, key, str(value))
+
+    def log_params(self, params: dict) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)[:MAX_PARAM_CHARS]) for k, v in params.items()]
+        for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
+            self.store.client.log_batch(self.run_id, params=items[i:i + 100])
+
+    def log_metrics(self, *results) -> None:
+        """Log dataclasses of metrics: each field is a metric; None means not measured."""
+        import time
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, float(v), now, 0) for r in results
+                   for k, v in dataclasses.asdict(r).items() if v is not None]
+        self.store.client.log_batch(self.run_id, metrics=metrics)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self.store.client.log_text(self.run_id, text, artifact_file)
+
+    def log_json(self, data, artifact_file: str) -> None:
+        self.store.client.log_dict(self.run_id, data, artifact_file)
+
+
+@contextmanager
+def job_run(store: Store, run_name: str, parent_run_id: Optional[str]) -> Iterator[JobRun]:
+    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+    tags = {TAG_KIND: "job"}
+    if parent_run_id:
+        tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
+    run = store.client.create_run(store.experiment_id, run_name=run_name, tags=tags)
+    job = JobRun(store, run.info.run_id)
+    try:
+        yield job
+    except KeyboardInterrupt:
+        store.client.set_terminated(job.run_id, "KILLED")
+        raise
+    except Exception as err:
+        job.set_tags({TAG_ERROR: one_line(err)})
+        job.log_text(traceback.format_exc(), "traceback.txt")
+        store.client.set_terminated(job.run_id, "FAILED")
+        raise
+    else:
+        store.client.set_terminated(job.run_id, "FINISHED")
+
+
+def start_sweep(store: Store, run_name: str, tags: dict) -> str:
+    run = store.client.create_run(store.experiment_id, run_name=run_name,
+                                  tags={TAG_KIND: "sweep", **{k: str(v) for k, v in tags.items()}})
+    return run.info.run_id
+
+
+def end_sweep(store: Store, run_id: str, status: str) -> None:
+    if store.client.get_run(run_id).info.status == "RUNNING":
+        store.client.set_terminated(run_id, status)
+
+
+def sweep_jobs(store: Store, parent_run_id: str) -> List[dict]:
+    """The job runs of a sweep, oldest first, as plain dicts for summaries and reports."""
+    runs = store.client.search_runs([store.experiment_id],
+                                    filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
+                                    order_by=["attributes.start_time ASC"], max_results=10000)
+    return [_as_dict(run) for run in runs]
+
+
+def get_job(store: Store, run_id: str) -> dict:
+    return _as_dict(store.client.get_run(run_id))
+
+
+def _as_dict(run) -> dict:
+    return {"run_id": run.info.run_id, "name": run.info.run_name, "status": run.info.status,
+            "metrics": dict(run.data.metrics), "tags": dict(run.data.tags)}
