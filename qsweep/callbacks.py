@@ -1,7 +1,8 @@
 """Hydra callback for multiruns: opens the sweep's parent run, and closes it with a summary.
 
 Jobs never raise (a failure becomes a FAILED run), so Hydra always reaches on_multirun_end; a sweep
-cut short by Ctrl-C or SIGTERM still closes its parent run as KILLED at exit.
+cut short by Ctrl-C or SIGTERM still closes its parent run as KILLED at exit, and one that never
+started a job (a bad override) leaves no run behind.
 """
 
 from __future__ import annotations
@@ -31,8 +32,17 @@ class SweepCallback(Callback):
             self.store, f"sweep-{time.strftime('%Y%m%d-%H%M%S')}", {"sweep_overrides": overrides})
         os.environ[tracking.PARENT_RUN_ENV] = self.parent_run_id
         signal.signal(signal.SIGTERM, _interrupt)  # so a terminated sweep unwinds and records KILLED
-        atexit.register(tracking.end_sweep, self.store, self.parent_run_id, "KILLED")
+        atexit.register(self._on_abort)
         print(f"qsweep: sweep run {self.parent_run_id} in {self.store.uri}", flush=True)
+
+    def _on_abort(self) -> None:
+        """At exit of a sweep that never reached on_multirun_end (interrupt, bad override)."""
+        if tracking.get_job(self.store, self.parent_run_id)["status"] != "RUNNING":
+            return
+        if tracking.sweep_jobs(self.store, self.parent_run_id):
+            tracking.end_sweep(self.store, self.parent_run_id, "KILLED")
+        else:  # no job ever started (e.g. a typo in an override): an empty parent is only noise
+            tracking.delete_run(self.store, self.parent_run_id)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         jobs = tracking.sweep_jobs(self.store, self.parent_run_id)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import gc
 import os
+from pathlib import Path
 from dataclasses import asdict, dataclass
 from typing import List, Tuple
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from qsweep import environment, measure, models, tracking
+from qsweep import environment, measure, models, sources, tracking
 from qsweep.config import RunConfig, TrackingConfig, config_hash, flatten, validate
 
 
@@ -66,9 +67,11 @@ def _measure(cfg: RunConfig, run: tracking.JobRun) -> None:
     if cfg.device.num_threads:
         torch.set_num_threads(cfg.device.num_threads)
 
+    # A one-time conversion or download happens here, outside the measured region.
+    checkpoint = sources.resolve(cfg.model, Path(cfg.paths.cache_dir).expanduser())
     memory = measure.MemoryTracker(cfg.device.name)
     with memory.track():
-        loaded = models.load(cfg)
+        loaded = models.load(cfg, checkpoint)
         run.log_json(asdict(loaded.precision), "precision_check.json")
         run.set_tags({"precision_check": _describe(loaded.precision)})
         prompt_ids = measure.encode_prompts(cfg.generation.prompts, loaded.tokenizer, loaded.model.config,

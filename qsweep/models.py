@@ -55,10 +55,11 @@ def quantization_config(precision: PrecisionConfig):
     return None
 
 
-def load(cfg: RunConfig) -> LoadedModel:
+def load(cfg: RunConfig, checkpoint: Optional[Checkpoint] = None) -> LoadedModel:
+    """Load at cfg.precision on cfg.device; pass a resolved checkpoint to keep conversions out of timing."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    checkpoint = resolve(cfg.model, Path(cfg.paths.cache_dir).expanduser())
+    checkpoint = checkpoint or resolve(cfg.model, Path(cfg.paths.cache_dir).expanduser())
     device = cfg.device.name
     if device == "cuda":
         torch.cuda.synchronize()

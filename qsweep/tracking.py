@@ -143,6 +143,11 @@ def end_sweep(store: Store, run_id: str, status: str) -> None:
         store.client.set_terminated(run_id, status)
 
 
+def delete_run(store: Store, run_id: str) -> None:
+    store.client.set_terminated(run_id, "KILLED")
+    store.client.delete_run(run_id)
+
+
 def sweep_jobs(store: Store, parent_run_id: str) -> List[dict]:
     """The job runs of a sweep, oldest first, as plain dicts for summaries and reports."""
     runs = store.client.search_runs([store.experiment_id],

@@ -1,0 +1,57 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from mlflow import MlflowClient
+
+from qsweep.config import register_schemas, validate
+
+ROOT = Path(__file__).resolve().parents[1]
+register_schemas()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def offline_cache(tmp_path_factory):
+    """No network in tests, and a cache of their own (random-weight checkpoints are made once per session).
+    The bundled Gemma conversion is shared through QSWEEP_CACHE when the caller sets it."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ.setdefault("QSWEEP_CACHE", str(tmp_path_factory.mktemp("cache")))
+
+
+def compose_cfg(*overrides: str, hydra_config: bool = False):
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides), return_hydra_config=hydra_config)
+
+
+def compose_run(*overrides: str):
+    return validate(compose_cfg(*overrides))
+
+
+class Sweep:
+    """`python run.py ...` in a subprocess against a store in tmp_path."""
+
+    def __init__(self, tmp_path: Path):
+        self.tmp_path = tmp_path
+        self.uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+    def run(self, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+        env = {**os.environ, "MLFLOW_TRACKING_URI": self.uri}
+        cmd = [sys.executable, str(ROOT / "run.py"), *args,
+               f"hydra.run.dir={self.tmp_path}/outputs", f"hydra.sweep.dir={self.tmp_path}/multirun"]
+        return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+
+    def runs(self):
+        client = MlflowClient(self.uri)
+        experiment = client.get_experiment_by_name("qsweep")
+        return client.search_runs([experiment.experiment_id], max_results=1000)
+
+    def client(self):
+        return MlflowClient(self.uri)
+
+
+@pytest.fixture
+def sweep(tmp_path):
+    return Sweep(tmp_path)

@@ -1,0 +1,105 @@
+"""Every option composes and validates; bad input fails with a message that names the fix; the hash is stable."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.errors import ConfigCompositionException
+from omegaconf.errors import ConfigKeyError
+
+from conftest import ROOT, compose_cfg, compose_run
+from qsweep.config import ConfigError, config_hash
+
+CUDA = torch.cuda.is_available()
+
+
+def options(group: str):
+    return sorted(p.stem for p in (ROOT / "conf" / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("group", ["model", "precision", "device", "generation", "setting", "experiment"])
+def test_every_option_composes_and_validates(group):
+    for option in options(group):
+        raw = compose_cfg(f"{group}={option}")
+        if not CUDA and ("cuda" in option or option == "seed-grid") and group != "experiment":
+            with pytest.raises(ConfigError, match="CUDA is not available"):
+                compose_run(f"{group}={option}")
+            continue
+        cfg = compose_run(f"{group}={option}")
+        assert cfg.generation.max_new_tokens > 0 and cfg.model.name, (group, option, raw)
+
+
+def test_default_is_the_embedded_gemma_at_fp32():
+    cfg = compose_run()
+    assert cfg.model.name_or_path == "bundled:gemma-3-270m"
+    assert cfg.precision.name == "fp32" and cfg.generation.max_new_tokens == 128
+    assert cfg.device.name == ("cuda" if CUDA else "cpu")  # auto is resolved before anything loads
+
+
+def test_setting_sets_device_and_precision():
+    cfg = compose_cfg("setting=cpu-int4")
+    assert (cfg.device.name, cfg.precision.name, cfg.precision.quant_type) == ("cpu", "int4", "nf4")
+
+
+def test_seed_grid_is_the_seed_sweep():
+    cfg = compose_cfg("experiment=seed-grid", hydra_config=True)
+    assert dict(cfg.hydra.sweeper.params) == {
+        "model": "gpt2,distilgpt2", "setting": "cpu-fp32,cuda-fp16,cuda-int8,cuda-int4",
+        "generation.max_new_tokens": "128,256"}
+
+
+def test_hash_ignores_override_order_and_tracking_but_not_what_is_measured():
+    a = config_hash(compose_run("model=tiny-gpt2", "precision=int8", "device=cpu", "generation.max_new_tokens=7"))
+    b = config_hash(compose_run("generation.max_new_tokens=7", "device=cpu", "precision=int8", "model=tiny-gpt2",
+                                "tracking.uri=sqlite:////elsewhere.db", "tracking.experiment=other"))
+    assert a == b and len(a) == 12
+    assert a != config_hash(compose_run("model=tiny-gpt2", "precision=int4", "device=cpu",
+                                        "generation.max_new_tokens=7"))
+    assert a != config_hash(compose_run("model=tiny-gpt2", "precision=int8", "device=cpu",
+                                        "generation.max_new_tokens=8"))
+
+
+def test_hash_is_the_same_in_another_process():
+    code = ("import sys; sys.path.insert(0, 'tests'); from conftest import compose_run; "
+            "from qsweep.config import config_hash; "
+            "print(config_hash(compose_run('model=tiny-gpt2', 'precision=bf16', 'device=cpu')))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == config_hash(compose_run("model=tiny-gpt2", "precision=bf16", "device=cpu"))
+
+
+def test_unknown_option_lists_the_available_ones():
+    with pytest.raises(ConfigCompositionException, match="fp32"):
+        compose_cfg("precision=fp8")
+
+
+def test_misspelled_key_is_refused():
+    with pytest.raises(ConfigCompositionException, match="max_new_tokenz"):
+        compose_cfg("generation.max_new_tokenz=3")
+
+
+@pytest.mark.parametrize("override, message", [
+    ("generation.max_new_tokens=0", "generation.max_new_tokens=0 must be at least 1"),
+    ("generation.max_new_tokens=-5", "generation.max_new_tokens=-5 must be at least 1"),
+    ("generation.repeats=0", "generation.repeats=0 must be at least 1"),
+    ("generation.prompts=[]", "generation.prompts is empty"),
+    ("model.weights=randm", "model.weights='randm' is not valid: use one of pretrained, random"),
+    ("precision.quant_type=nf3", "precision.quant_type='nf3' is not valid"),
+    ("precision.dtype=float8", "precision.dtype='float8' is not valid"),
+])
+def test_bad_values_name_the_field_and_the_fix(override, message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[")):
+        compose_run(override)
+
+
+def test_wrong_type_is_refused_while_composing():
+    with pytest.raises(ConfigCompositionException, match="max_new_tokens"):
+        compose_cfg("generation.max_new_tokens=many")
+
+
+def test_bad_option_on_the_command_line_fails_before_any_work(sweep):
+    result = sweep.run("-m", "precision=fp32,fp8", "model=tiny-gpt2")
+    assert result.returncode != 0
+    assert "Could not find 'precision/fp8'" in result.stderr and "fp32" in result.stderr
+    assert sweep.runs() == []  # no job started, and no empty sweep run left behind

@@ -1,0 +1,64 @@
+"""Timed generation does fixed work and its figures are consistent; memory and context checks."""
+
+import time
+
+import psutil
+import pytest
+import torch
+
+from conftest import compose_run
+from qsweep import measure, models
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return models.load(compose_run("model=tiny-gpt2", "device=cpu"))
+
+
+def test_every_generation_has_exactly_max_new_tokens_even_when_eos_wins(tiny):
+    # Make EOS the most likely token everywhere: generation must still not stop early.
+    eos = tiny.model.generation_config.eos_token_id
+    with torch.no_grad():
+        tiny.model.lm_head.weight[eos] += 5.0
+    gen = compose_run("model=tiny-gpt2", "device=cpu", "generation.max_new_tokens=12", "generation.repeats=3").generation
+    prompts = measure.encode_prompts(gen.prompts, None, tiny.model.config, seed=0)
+    speed, outputs = measure.generate_timed(tiny.model, prompts, gen, "cpu")
+    with torch.no_grad():
+        tiny.model.lm_head.weight[eos] -= 5.0
+    assert [len(o.output_ids) for o in outputs] == [12] * len(gen.prompts)
+    assert speed.timed_samples == 3 * len(gen.prompts) and speed.new_tokens == 12
+    assert 0 < speed.ttft_s < speed.latency_s <= speed.latency_p90_s
+    assert speed.latency_iqr_s >= 0 and speed.decode_tokens_per_s > speed.tokens_per_s * 0.5
+
+
+def test_greedy_generation_is_deterministic(tiny):
+    gen = compose_run("model=tiny-gpt2", "device=cpu", "generation.max_new_tokens=8", "generation.repeats=1").generation
+    prompts = measure.encode_prompts(gen.prompts, None, tiny.model.config, seed=0)
+    _, first = measure.generate_timed(tiny.model, prompts, gen, "cpu")
+    _, second = measure.generate_timed(tiny.model, prompts, gen, "cpu")
+    assert [o.output_ids for o in first] == [o.output_ids for o in second]
+
+
+def test_synthetic_prompts_are_deterministic_and_sized_like_text(tiny):
+    prompts = ["x" * 40, "a short one"]
+    a = measure.encode_prompts(prompts, None, tiny.model.config, seed=0)
+    b = measure.encode_prompts(prompts, None, tiny.model.config, seed=0)
+    assert [t.shape[1] for t in a] == [10, 2] and all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def test_a_prompt_longer_than_the_context_is_refused(tiny):
+    long_prompt = [torch.zeros(1, 500, dtype=torch.long)]
+    with pytest.raises(measure.PromptTooLong, match="context of 512 tokens"):
+        measure.check_context(long_prompt, 64, tiny.model.config)
+    measure.check_context(long_prompt, 12, tiny.model.config)  # fits
+
+
+def test_memory_tracker_sees_a_transient_allocation():
+    baseline_gb = psutil.Process().memory_info().rss / measure.GB
+    tracker = measure.MemoryTracker("cpu", interval_s=0.01)
+    with tracker.track():
+        block = torch.ones(256 * 1024 * 1024, dtype=torch.uint8)  # 256 MiB, touched, then freed
+        time.sleep(0.1)
+        del block
+    memory = tracker.metrics()
+    assert memory.peak_rss_gb - baseline_gb > 0.2 and memory.peak_vram_gb is None
