@@ -20,6 +20,7 @@ DEVICES = ("cpu", "cuda", "auto")
 DTYPES = ("float32", "float16", "bfloat16")
 QUANTIZATIONS = ("none", "int8", "int4")
 QUANT_TYPES_4BIT = ("nf4", "fp4")
+ISOLATIONS = ("process", "inline")
 # The sections that describe *what* is measured; their content is the run's identity.
 HASHED_SECTIONS = ("model", "precision", "device", "generation")
 
@@ -104,6 +105,16 @@ class TrackingConfig:
 
 
 @dataclass
+class RunnerConfig:
+    isolation: str = "process"  # process: each job measures in a fresh process; inline: in this one (debugging)
+    timeout_s: float = 900.0  # a job's worker is killed after this long
+
+    def __post_init__(self) -> None:
+        _one_of(self.isolation, ISOLATIONS, "runner.isolation")
+        _require(self.timeout_s > 0, f"runner.timeout_s={self.timeout_s} must be positive")
+
+
+@dataclass
 class PathsConfig:
     cache_dir: str = MISSING  # converted checkpoints and random-weight checkpoints
 
@@ -115,6 +126,7 @@ class RunConfig:
     device: DeviceConfig = MISSING
     generation: GenerationConfig = MISSING
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    runner: RunnerConfig = field(default_factory=RunnerConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
 
     def __post_init__(self) -> None:

@@ -1,17 +1,21 @@
-"""One job of a sweep: config -> model -> measurement -> tracking, recorded as one MLflow run."""
+"""One job of a sweep: config -> model -> measurement -> tracking, recorded as one MLflow run.
+
+The measurement (`measure_job`) runs in a worker process by default and returns plain data; this
+process owns the MLflow run, so a worker that crashes, is killed or hangs still ends as a FAILED run.
+"""
 
 from __future__ import annotations
 
 import gc
 import os
-from pathlib import Path
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import List, Tuple
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from qsweep import environment, measure, models, sources, tracking
+from qsweep import environment, measure, models, sources, tracking, worker
 from qsweep.config import RunConfig, TrackingConfig, config_hash, flatten, validate
 
 
@@ -22,6 +26,17 @@ class LoadMetrics:
     model_footprint_gb: float
 
 
+@dataclass
+class JobResult:
+    """Everything a measurement produced, as plain data that crosses process boundaries."""
+    load: LoadMetrics
+    speed: measure.SpeedMetrics
+    memory: measure.MemoryMetrics
+    precision: models.PrecisionReport
+    texts: List[dict]
+    environment: dict
+
+
 def run_name(model: str, precision: str, device: str, max_new_tokens) -> str:
     return f"{model}-{precision}-{device}-{max_new_tokens}"
 
@@ -30,7 +45,9 @@ def run_tags(cfg: RunConfig) -> dict:
     return {tracking.TAG_HASH: config_hash(cfg), "model": cfg.model.name, "precision": cfg.precision.name,
             "device": cfg.device.name, "weights": cfg.model.weights,
             "max_new_tokens": cfg.generation.max_new_tokens,
-            "setting": f"{cfg.device.name.upper()} {cfg.precision.name.upper()}"}
+            "setting": f"{cfg.device.name.upper()} {cfg.precision.name.upper()}",
+            "mlflow.runName": run_name(cfg.model.name, cfg.precision.name, cfg.device.name,
+                                       cfg.generation.max_new_tokens)}
 
 
 def run_job(raw: DictConfig) -> Tuple[tracking.Store, str, bool]:
@@ -46,7 +63,10 @@ def run_job(raw: DictConfig) -> Tuple[tracking.Store, str, bool]:
             run_id = run.run_id
             run.log_params(flatten(plain))
             cfg = validate(raw)  # a bad value fails here, as a FAILED run that says which field
-            _measure(cfg, run)
+            run.set_tags(run_tags(cfg))
+            run.log_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)), "config.yaml")
+            result = worker.call(measure_job, cfg, cfg.runner.isolation == "process", cfg.runner.timeout_s)
+            _record(run, result)
         return store, run_id, True
     except Exception as err:
         if run_id is None:  # the store refused the run: nothing was recorded, so say it loudly
@@ -54,35 +74,38 @@ def run_job(raw: DictConfig) -> Tuple[tracking.Store, str, bool]:
         print(f"qsweep: {name} FAILED: {tracking.one_line(err)}", flush=True)
         return store, run_id, False
     finally:
-        gc.collect()  # jobs share this process: free the model before the next one loads
+        gc.collect()  # inline jobs share this process: free the model before the next one loads
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
 
-def _measure(cfg: RunConfig, run: tracking.JobRun) -> None:
-    run.set_tags({**run_tags(cfg), "mlflow.runName": run_name(cfg.model.name, cfg.precision.name,
-                                                              cfg.device.name, cfg.generation.max_new_tokens)})
-    run.log_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)), "config.yaml")
-    run.log_json(environment.collect(), "environment.json")
+def measure_job(cfg: RunConfig) -> JobResult:
+    """Load the model and measure it; runs in the worker process. No MLflow here."""
     if cfg.device.num_threads:
         torch.set_num_threads(cfg.device.num_threads)
-
     # A one-time conversion or download happens here, outside the measured region.
     checkpoint = sources.resolve(cfg.model, Path(cfg.paths.cache_dir).expanduser())
     memory = measure.MemoryTracker(cfg.device.name)
     with memory.track():
         loaded = models.load(cfg, checkpoint)
-        run.log_json(asdict(loaded.precision), "precision_check.json")
-        run.set_tags({"precision_check": _describe(loaded.precision)})
         prompt_ids = measure.encode_prompts(cfg.generation.prompts, loaded.tokenizer, loaded.model.config,
                                             cfg.model.seed)
         measure.check_context(prompt_ids, cfg.generation.max_new_tokens, loaded.model.config)
         speed, generations = measure.generate_timed(loaded.model, prompt_ids, cfg.generation, cfg.device.name)
-    load = LoadMetrics(loaded.load_time_s, loaded.model.get_memory_footprint() / measure.GB)
-    run.log_metrics(load, speed, memory.metrics())
-    texts = _texts(cfg.generation.prompts, generations, loaded.tokenizer)
-    run.log_json(texts, "generations.json")
-    run.log_text("\n\n".join(f"### {t['prompt']}\n{t['output']}" for t in texts), "generations.md")
+    return JobResult(
+        load=LoadMetrics(loaded.load_time_s, loaded.model.get_memory_footprint() / measure.GB),
+        speed=speed, memory=memory.metrics(), precision=loaded.precision,
+        texts=_texts(cfg.generation.prompts, generations, loaded.tokenizer),
+        environment=environment.collect())
+
+
+def _record(run: tracking.JobRun, result: JobResult) -> None:
+    run.log_metrics(result.load, result.speed, result.memory)
+    run.set_tags({"precision_check": _describe(result.precision)})
+    run.log_json(asdict(result.precision), "precision_check.json")
+    run.log_json(result.environment, "environment.json")
+    run.log_json(result.texts, "generations.json")
+    run.log_text("\n\n".join(f"### {t['prompt']}\n{t['output']}" for t in result.texts), "generations.md")
 
 
 def _describe(report: models.PrecisionReport) -> str:

@@ -46,6 +46,9 @@ class LoadedModel:
 def quantization_config(precision: PrecisionConfig):
     from transformers import BitsAndBytesConfig
 
+    if precision.quantization != "none":
+        import bitsandbytes  # noqa: F401  (initialised here, outside any timed region)
+
     if precision.quantization == "int8":
         return BitsAndBytesConfig(load_in_8bit=True)
     if precision.quantization == "int4":
@@ -57,17 +60,24 @@ def quantization_config(precision: PrecisionConfig):
 
 def load(cfg: RunConfig, checkpoint: Optional[Checkpoint] = None) -> LoadedModel:
     """Load at cfg.precision on cfg.device; pass a resolved checkpoint to keep conversions out of timing."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
     checkpoint = checkpoint or resolve(cfg.model, Path(cfg.paths.cache_dir).expanduser())
     device = cfg.device.name
+    # Import the modeling code and bitsandbytes first: in a fresh worker that is seconds of Python
+    # imports, which would otherwise be counted as loading time.
+    config = AutoConfig.from_pretrained(checkpoint.path, trust_remote_code=cfg.model.trust_remote_code)
+    model_class = MODEL_FOR_CAUSAL_LM_MAPPING.get(type(config), AutoModelForCausalLM)
+    quantization = quantization_config(cfg.precision)
     if device == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
-    model = AutoModelForCausalLM.from_pretrained(
+    model = model_class.from_pretrained(
         checkpoint.path,
+        config=config,
         dtype=DTYPES[cfg.precision.dtype],
-        quantization_config=quantization_config(cfg.precision),
+        quantization_config=quantization,
         device_map={"": 0} if device == "cuda" else "cpu",
         trust_remote_code=cfg.model.trust_remote_code,
         use_safetensors=True,

@@ -71,8 +71,10 @@ def open_store(tracking: TrackingConfig) -> Store:
 
 
 def one_line(err: BaseException) -> str:
+    """The `error` tag: the exception's type and message on one line; CUDA OOM is named as a result."""
     text = " ".join(str(err).split()) or type(err).__name__
-    return f"{type(err).__name__}: {text}"[:500]
+    kind = "out_of_memory" if type(err).__name__ == "OutOfMemoryError" else type(err).__name__
+    return f"{kind}: {text}"[:500]
 
 
 class JobRun:
@@ -125,7 +127,8 @@ def job_run(store: Store, run_name: str, parent_run_id: Optional[str]) -> Iterat
         raise
     except Exception as err:
         job.set_tags({TAG_ERROR: one_line(err)})
-        job.log_text(traceback.format_exc(), "traceback.txt")
+        # a worker's exception carries the traceback from its own process
+        job.log_text(getattr(err, "remote_traceback", "") + traceback.format_exc(), "traceback.txt")
         store.client.set_terminated(job.run_id, "FAILED")
         raise
     else:

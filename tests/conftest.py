@@ -37,11 +37,21 @@ class Sweep:
         self.tmp_path = tmp_path
         self.uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
 
+    def _command(self, args):
+        return [sys.executable, str(ROOT / "run.py"), *args,
+                f"hydra.run.dir={self.tmp_path}/outputs", f"hydra.sweep.dir={self.tmp_path}/multirun"]
+
+    def _env(self):
+        return {**os.environ, "MLFLOW_TRACKING_URI": self.uri}
+
     def run(self, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
-        env = {**os.environ, "MLFLOW_TRACKING_URI": self.uri}
-        cmd = [sys.executable, str(ROOT / "run.py"), *args,
-               f"hydra.run.dir={self.tmp_path}/outputs", f"hydra.sweep.dir={self.tmp_path}/multirun"]
-        return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(self._command(args), env=self._env(), capture_output=True, text=True,
+                              timeout=timeout)
+
+    def start(self, *args: str) -> subprocess.Popen:
+        """The sweep as a running process, for tests that signal or kill parts of it."""
+        return subprocess.Popen(self._command(args), env=self._env(), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
 
     def runs(self):
         client = MlflowClient(self.uri)

@@ -1,0 +1,57 @@
+"""Run one function in a fresh process with a time limit, so a crash, a kill, a hang or leaked memory
+stays inside one job. The parent blocks in a pipe read (it burns no core while the worker measures)."""
+
+from __future__ import annotations
+
+import multiprocessing
+import pickle
+import traceback
+from typing import Any, Callable
+
+
+class WorkerDied(RuntimeError):
+    """The worker process ended without an answer: killed, crashed, or over its time limit."""
+
+
+def _child(fn: Callable, arg: Any, conn) -> None:
+    try:
+        result = ("ok", fn(arg))
+    except BaseException as err:  # report everything, Ctrl-C included, to the parent
+        err.remote_traceback = traceback.format_exc()
+        try:
+            pickle.dumps(err)
+            result = ("error", err)
+        except Exception:  # an exception that cannot cross processes: keep its words
+            result = ("error", RuntimeError(f"{type(err).__name__}: {err}"))
+            result[1].remote_traceback = err.remote_traceback
+    conn.send(result)
+    conn.close()
+
+
+def call(fn: Callable, arg: Any, isolated: bool, timeout_s: float) -> Any:
+    """fn(arg), in a spawned process when isolated; its exceptions are re-raised here."""
+    if not isolated:
+        return fn(arg)
+    context = multiprocessing.get_context("spawn")  # never fork a process that may hold CUDA state
+    receiver, sender = context.Pipe(duplex=False)
+    process = context.Process(target=_child, args=(fn, arg, sender), daemon=True)
+    process.start()
+    sender.close()  # so the read below sees EOF the moment the worker dies
+    try:
+        if not receiver.poll(timeout_s):
+            raise WorkerDied(f"timed out after {timeout_s:g} s (runner.timeout_s)")
+        try:
+            status, payload = receiver.recv()
+        except EOFError:
+            process.join()
+            code = process.exitcode
+            raise WorkerDied(f"worker killed by signal {-code}" if code is not None and code < 0
+                             else f"worker exited with code {code} without a result") from None
+        process.join(timeout=30)  # it exits by itself once the answer is sent
+    finally:
+        if process.is_alive():
+            process.kill()
+        process.join()
+    if status == "error":
+        raise payload
+    return payload
