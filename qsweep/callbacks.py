@@ -1,7 +1,7 @@
 """Hydra callback for multiruns: opens the sweep's parent run, and closes it with a summary.
 
 Jobs never raise (a failure becomes a FAILED run), so Hydra always reaches on_multirun_end; a sweep
-cut short by Ctrl-C or SIGTERM still closes its parent run as KILLED at exit, and one that never
+cut short by Ctrl-C or SIGTERM (run.py turns it into KeyboardInterrupt) still closes its parent run as KILLED at exit, and one that never
 started a job (a bad override) leaves no run behind.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import atexit
 import os
-import signal
+import sys
 import time
 
 from hydra.experimental.callback import Callback
@@ -19,19 +19,18 @@ from qsweep import report, tracking
 from qsweep.config import TrackingConfig
 
 
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 class SweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        self.store = tracking.open_store(OmegaConf.to_object(config.tracking) if "tracking" in config
-                                         else TrackingConfig())
+        try:
+            self.store = tracking.open_store(OmegaConf.to_object(config.tracking) if "tracking" in config
+                                             else TrackingConfig())
+        except tracking.StoreUnavailable as err:
+            print(f"qsweep: {err}", file=sys.stderr, flush=True)
+            raise SystemExit(2)
         overrides = " ".join(config.hydra.overrides.task)
         self.parent_run_id = tracking.start_sweep(
             self.store, f"sweep-{time.strftime('%Y%m%d-%H%M%S')}", {"sweep_overrides": overrides})
         os.environ[tracking.PARENT_RUN_ENV] = self.parent_run_id
-        signal.signal(signal.SIGTERM, _interrupt)  # so a terminated sweep unwinds and records KILLED
         atexit.register(self._on_abort)
         print(f"qsweep: sweep run {self.parent_run_id} in {self.store.uri}", flush=True)
 
@@ -39,8 +38,10 @@ class SweepCallback(Callback):
         """At exit of a sweep that never reached on_multirun_end (interrupt, bad override)."""
         if tracking.get_job(self.store, self.parent_run_id)["status"] != "RUNNING":
             return
-        if tracking.sweep_jobs(self.store, self.parent_run_id):
+        jobs = tracking.sweep_jobs(self.store, self.parent_run_id)
+        if jobs:
             tracking.end_sweep(self.store, self.parent_run_id, "KILLED")
+            print("\nqsweep: sweep interrupted\n" + report.summary(jobs), flush=True)
         else:  # no job ever started (e.g. a typo in an override): an empty parent is only noise
             tracking.delete_run(self.store, self.parent_run_id)
 

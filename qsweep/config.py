@@ -47,7 +47,8 @@ class ModelConfig:
     # config.json fields of the architecture: lets weights=random run with no hub access.
     architecture: Optional[Dict[str, Any]] = None
     revision: Optional[str] = None
-    trust_remote_code: bool = False
+    trust_remote_code: bool = False  # run code shipped with a checkpoint: only for code you trust
+    allow_pickle: bool = False  # load .bin (pickle) weights, which can run code: only for files you trust
     seed: int = 0  # initialisation of random weights and synthetic prompts
 
     def __post_init__(self) -> None:

@@ -91,7 +91,11 @@ def measure_job(cfg: RunConfig) -> JobResult:
         prompt_ids = measure.encode_prompts(cfg.generation.prompts, loaded.tokenizer, loaded.model.config,
                                             cfg.model.seed)
         measure.check_context(prompt_ids, cfg.generation.max_new_tokens, loaded.model.config)
-        speed, generations = measure.generate_timed(loaded.model, prompt_ids, cfg.generation, cfg.device.name)
+        try:
+            speed, generations = measure.generate_timed(loaded.model, prompt_ids, cfg.generation,
+                                                        cfg.device.name)
+        except RuntimeError as err:
+            raise models.explain_backend_error(err, cfg.precision, cfg.device.name) from err
     return JobResult(
         load=LoadMetrics(loaded.load_time_s, loaded.model.get_memory_footprint() / measure.GB),
         speed=speed, memory=memory.metrics(), precision=loaded.precision,

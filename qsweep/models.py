@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+import traceback
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import Any, Optional
 import torch
 
 from qsweep.config import PrecisionConfig, RunConfig
-from qsweep.sources import Checkpoint, resolve
+from qsweep.sources import Checkpoint, ModelUnavailable, resolve
 
 # bitsandbytes logs one line per int8 matmul when activations are not fp16; that is by design here.
 logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
@@ -22,6 +23,10 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 
 class PrecisionNotApplied(RuntimeError):
     """The loaded model is not at the requested precision."""
+
+
+class BackendUnsupported(RuntimeError):
+    """The quantization backend has no working kernel for this model on this device."""
 
 
 @dataclass
@@ -67,27 +72,61 @@ def load(cfg: RunConfig, checkpoint: Optional[Checkpoint] = None) -> LoadedModel
     device = cfg.device.name
     # Import the modeling code and bitsandbytes first: in a fresh worker that is seconds of Python
     # imports, which would otherwise be counted as loading time.
-    config = AutoConfig.from_pretrained(checkpoint.path, trust_remote_code=cfg.model.trust_remote_code)
+    try:
+        config = AutoConfig.from_pretrained(checkpoint.path, trust_remote_code=cfg.model.trust_remote_code)
+    except Exception as err:
+        raise explain_load_error(err, checkpoint.path) from err
     model_class = MODEL_FOR_CAUSAL_LM_MAPPING.get(type(config), AutoModelForCausalLM)
     quantization = quantization_config(cfg.precision)
     if device == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
-    model = model_class.from_pretrained(
-        checkpoint.path,
-        config=config,
-        dtype=DTYPES[cfg.precision.dtype],
-        quantization_config=quantization,
-        device_map={"": 0} if device == "cuda" else "cpu",
-        trust_remote_code=cfg.model.trust_remote_code,
-        use_safetensors=True,
-    )
+    try:
+        model = model_class.from_pretrained(
+            checkpoint.path,
+            config=config,
+            dtype=DTYPES[cfg.precision.dtype],
+            quantization_config=quantization,
+            device_map={"": 0} if device == "cuda" else "cpu",
+            trust_remote_code=cfg.model.trust_remote_code,
+            # pickle (.bin) checkpoints can run code when loaded: only when the user allows them
+            use_safetensors=None if cfg.model.allow_pickle else True,
+        )
+    except Exception as err:
+        raise explain_load_error(err, checkpoint.path) from err
     model.eval()
     if device == "cuda":
         torch.cuda.synchronize()
     load_time_s = time.perf_counter() - start
     tokenizer = AutoTokenizer.from_pretrained(checkpoint.path) if checkpoint.has_tokenizer else None
     return LoadedModel(model, tokenizer, checkpoint, load_time_s, verify_precision(model, cfg.precision))
+
+
+def explain_load_error(err: Exception, path: str) -> Exception:
+    """Turn transformers' loading errors into one line that says what is wrong and what to do."""
+    text = " ".join(str(err).split())
+    if "trust_remote_code" in text:
+        return ModelUnavailable(f"{path} needs its own Python code to load: set model.trust_remote_code=true "
+                                "only if you trust that code")
+    if "not a valid JSON file" in text:
+        return ModelUnavailable(f"{path}/config.json is not valid JSON: repair it or re-save the checkpoint")
+    if "no file named" in text:
+        return ModelUnavailable(f"no safetensors weights in {path}: save the checkpoint with safetensors, "
+                                "or set model.allow_pickle=true to load .bin files you trust")
+    if type(err).__name__ == "SafetensorError":
+        return ModelUnavailable(f"the weights in {path} cannot be read ({text}): the file is corrupt or "
+                                "incomplete; re-download or re-save the checkpoint")
+    return err
+
+
+def explain_backend_error(err: Exception, precision: PrecisionConfig, device: str) -> Exception:
+    """A bitsandbytes kernel that fails at run time: say which precision cannot run here."""
+    if precision.quantization == "none" or not any(
+            "bitsandbytes" in frame.filename for frame in traceback.extract_tb(err.__traceback__)):
+        return err
+    text = " ".join(str(err).split())
+    return BackendUnsupported(f"bitsandbytes {precision.name} cannot run this model on {device} "
+                              f"({type(err).__name__}: {text}): use another precision or device")
 
 
 def inspect_precision(model) -> PrecisionReport:

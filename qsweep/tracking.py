@@ -33,6 +33,16 @@ class StoreUnavailable(RuntimeError):
     pass
 
 
+def _check_server(uri: str) -> None:
+    """Fail in seconds, not after MLflow's minutes of retries, when a tracking server is unreachable."""
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=10).read()
+    except OSError as err:
+        raise ConnectionError(f"no MLflow server answers at {uri} ({getattr(err, 'reason', err)})") from None
+
+
 def store_uri(tracking: TrackingConfig) -> str:
     if tracking.uri:
         return tracking.uri
@@ -54,11 +64,13 @@ def open_store(tracking: TrackingConfig) -> Store:
 
     uri = store_uri(tracking)
     artifact_location = None
-    if uri.startswith("sqlite:///"):
-        db = Path(uri[len("sqlite:///"):])
-        db.parent.mkdir(parents=True, exist_ok=True)
-        artifact_location = (db.parent / "artifacts").as_uri()
     try:
+        if uri.startswith("sqlite:///"):
+            db = Path(uri[len("sqlite:///"):])
+            db.parent.mkdir(parents=True, exist_ok=True)
+            artifact_location = (db.parent / "artifacts").as_uri()
+        elif uri.startswith(("http://", "https://")):
+            _check_server(uri)
         client = MlflowClient(tracking_uri=uri)
         experiment = client.get_experiment_by_name(tracking.experiment)
         experiment_id = (experiment.experiment_id if experiment else

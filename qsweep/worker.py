@@ -32,6 +32,9 @@ def call(fn: Callable, arg: Any, isolated: bool, timeout_s: float) -> Any:
     """fn(arg), in a spawned process when isolated; its exceptions are re-raised here."""
     if not isolated:
         return fn(arg)
+    if multiprocessing.get_start_method(allow_none=True) not in (None, *multiprocessing.get_all_start_methods()):
+        # Inside a joblib (loky) worker the start method is "loky", which a spawned child cannot resolve.
+        multiprocessing.set_start_method("spawn", force=True)
     context = multiprocessing.get_context("spawn")  # never fork a process that may hold CUDA state
     receiver, sender = context.Pipe(duplex=False)
     process = context.Process(target=_child, args=(fn, arg, sender), daemon=True)

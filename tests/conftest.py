@@ -41,17 +41,22 @@ class Sweep:
         return [sys.executable, str(ROOT / "run.py"), *args,
                 f"hydra.run.dir={self.tmp_path}/outputs", f"hydra.sweep.dir={self.tmp_path}/multirun"]
 
-    def _env(self):
-        return {**os.environ, "MLFLOW_TRACKING_URI": self.uri}
+    def _env(self, extra=None):
+        return {**os.environ, "MLFLOW_TRACKING_URI": self.uri, **(extra or {})}
 
-    def run(self, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
-        return subprocess.run(self._command(args), env=self._env(), capture_output=True, text=True,
+    def run(self, *args: str, timeout: int = 900, env=None) -> subprocess.CompletedProcess:
+        return subprocess.run(self._command(args), env=self._env(env), capture_output=True, text=True,
                               timeout=timeout)
 
-    def start(self, *args: str) -> subprocess.Popen:
+    def start(self, *args: str, start_new_session: bool = False) -> subprocess.Popen:
         """The sweep as a running process, for tests that signal or kill parts of it."""
         return subprocess.Popen(self._command(args), env=self._env(), stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+                                stderr=subprocess.PIPE, text=True, start_new_session=start_new_session)
+
+    def create_store(self):
+        """Create the database before a test polls it beside a running sweep (SQLite set-up is not
+        safe against a second process doing the same at once)."""
+        MlflowClient(self.uri).search_experiments()
 
     def runs(self):
         client = MlflowClient(self.uri)

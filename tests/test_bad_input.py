@@ -1,0 +1,121 @@
+"""Bad input: one clear line that says what is wrong and how to fix it, a non-zero exit, a FAILED run
+where a run was started, and no loss of the runs already in the store."""
+
+import json
+import os
+import sqlite3
+import threading
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from conftest import Sweep
+
+TINY = ["model=tiny-gpt2", "device=cpu", "generation.max_new_tokens=2", "generation.repeats=1",
+        "generation.warmup=0"]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """One store for the whole battery, holding a finished run that no bad input may lose."""
+    sweep = Sweep(tmp_path_factory.mktemp("battery"))
+    assert sweep.run(*TINY).returncode == 0
+    return sweep
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    """Broken local checkpoints: each is broken in one way."""
+    root = tmp_path_factory.mktemp("checkpoints")
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=100, n_positions=64,
+                                       bos_token_id=0, eos_token_id=0))
+    model.save_pretrained(root / "narrow")  # valid, but too narrow for bitsandbytes' CPU 4-bit kernel
+    (root / "no_weights").mkdir()
+    (root / "no_weights" / "config.json").write_text(model.config.to_json_string())
+    (root / "bad_json").mkdir()
+    (root / "bad_json" / "config.json").write_text("{not json")
+    model.save_pretrained(root / "bad_safetensors")
+    (root / "bad_safetensors" / "model.safetensors").write_bytes(b"garbage" * 10)
+    (root / "custom_code").mkdir()
+    (root / "custom_code" / "config.json").write_text(json.dumps(
+        {"model_type": "qsweep_custom", "auto_map": {"AutoConfig": "configuration_x.XConfig",
+                                                     "AutoModelForCausalLM": "modeling_x.XModel"}}))
+    return root
+
+
+LOCAL = ["model=gpt2", "device=cpu", "generation.max_new_tokens=2", "generation.repeats=1", "generation.warmup=0"]
+
+# (case id, overrides, fragment of the one-line error, whether a FAILED run is recorded)
+CASES = [
+    ("unknown model", ["model=gpt3"], "Could not find 'model/gpt3'", False),
+    ("unknown precision", ["precision=fp8"], "Could not find 'precision/fp8'", False),
+    ("unknown device", ["device=tpu"], "Could not find 'device/tpu'", False),
+    ("misspelled key", ["generation.max_new_tokenz=3"], "Key 'max_new_tokenz' not in 'GenerationConfig'", False),
+    ("wrong type", ["generation.repeats=lots"], "Value 'lots' of type 'str' could not be converted to Integer",
+     False),
+    ("max_new_tokens 0", [*TINY, "generation.max_new_tokens=0"], "generation.max_new_tokens=0 must be at least 1",
+     True),
+    ("max_new_tokens negative", [*TINY, "generation.max_new_tokens=-4"],
+     "generation.max_new_tokens=-4 must be at least 1", True),
+    ("repeats 0", [*TINY, "generation.repeats=0"], "generation.repeats=0 must be at least 1", True),
+    ("empty prompt list", [*TINY, "generation.prompts=[]"], "generation.prompts is empty", True),
+    ("prompt longer than the context", [*TINY, "generation.prompts=[" + "x" * 2400 + "]"],
+     "exceeds the model's context of 512 tokens: shorten the prompt or lower generation.max_new_tokens", True),
+    ("cuda without CUDA", [*TINY, "device=cuda"], "device=cuda but CUDA is not available here", True),
+    ("folder does not exist", [*LOCAL, "model.name_or_path={root}/nowhere"], "no config.json there", True),
+    ("folder without weights", [*LOCAL, "model.name_or_path={root}/no_weights"],
+     "no safetensors weights in", True),
+    ("corrupt config.json", [*LOCAL, "model.name_or_path={root}/bad_json"], "config.json is not valid JSON", True),
+    ("corrupt safetensors", [*LOCAL, "model.name_or_path={root}/bad_safetensors"],
+     "the file is corrupt or incomplete", True),
+    ("custom code not allowed", [*LOCAL, "model.name_or_path={root}/custom_code"],
+     "needs its own Python code to load: set model.trust_remote_code=true only if you trust that code", True),
+    ("precision the backend cannot run here", [*LOCAL, "model.name_or_path={root}/narrow", "precision=int4"],
+     "bitsandbytes int4 cannot run this model on cpu", True),
+    ("unwritable store", [*TINY, "tracking.uri=sqlite:////proc/qsweep/mlflow.db"],
+     "cannot open the MLflow store sqlite:////proc/qsweep/mlflow.db", False),
+    ("unreachable tracking server", [*TINY, "tracking.uri=http://127.0.0.1:9"],
+     "no MLflow server answers at http://127.0.0.1:9", False),
+    ("time limit not positive", [*TINY, "runner.timeout_s=0"], "runner.timeout_s=0.0 must be positive", True),
+]
+
+
+def _error_line(output: str, fragment: str) -> str:
+    lines = [line for line in output.splitlines() if fragment in line]
+    assert lines, f"{fragment!r} not in:\n{output[-3000:]}"
+    return lines[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case, overrides, fragment, records_run", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_fails_clearly_and_loses_nothing(store, folders, case, overrides, fragment, records_run):
+    before = {r.info.run_id: r.info.status for r in store.runs()}
+    result = store.run(*(o.replace("{root}", str(folders)) for o in overrides))
+    assert result.returncode != 0
+    _error_line(result.stdout + result.stderr, fragment)
+    after = {r.info.run_id: r for r in store.runs()}
+    assert {k: after[k].info.status for k in before} == before  # nothing lost or changed
+    new = [r for k, r in after.items() if k not in before]
+    if records_run:
+        assert len(new) == 1 and new[0].info.status == "FAILED"
+        assert fragment in new[0].data.tags["error"] and "\n" not in new[0].data.tags["error"]
+    else:
+        assert new == []
+    assert not [r for r in after.values() if r.info.status == "RUNNING"]
+
+
+@pytest.mark.slow
+def test_a_locked_store_fails_clearly_and_loses_nothing(store):
+    before = len(store.runs())
+    db = sqlite3.connect(store.uri[len("sqlite:///"):], timeout=1)
+    db.execute("BEGIN EXCLUSIVE")  # another process holding the write lock for the whole run
+    try:
+        result = store.run(*TINY)
+    finally:
+        db.rollback()
+        db.close()
+    assert result.returncode != 0
+    _error_line(result.stdout + result.stderr, "database is locked")
+    assert len(store.runs()) == before
