@@ -88,6 +88,7 @@ class GenerationConfig:
     batch_size: int = 1
     warmup: int = 1  # untimed generations before measuring
     repeats: int = 2  # timed generations per prompt
+    compile: bool = False  # static KV cache + torch.compile: the fastest path for unquantized models
 
     def __post_init__(self) -> None:
         _require(self.max_new_tokens > 0,
@@ -131,6 +132,9 @@ class RunConfig:
     paths: PathsConfig = field(default_factory=PathsConfig)
 
     def __post_init__(self) -> None:
+        _require(not (self.generation.compile and self.precision.quantization != "none"),
+                 f"generation.compile=true cannot be used with {self.precision.name}: bitsandbytes models "
+                 "cannot be compiled; use fp32, fp16 or bf16, or generation.compile=false")
         self.device.name = resolve_device(self.device.name)
 
 

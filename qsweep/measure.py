@@ -15,6 +15,7 @@ from typing import Iterator, List, Optional
 
 import psutil
 import torch
+from transformers import CompileConfig
 from transformers import GenerationConfig as HFGenerationConfig
 from transformers import LogitsProcessor, LogitsProcessorList
 
@@ -90,15 +91,20 @@ def check_context(prompt_ids: List[torch.Tensor], max_new_tokens: int, model_con
             f"model's context of {limit} tokens: shorten the prompt or lower generation.max_new_tokens")
 
 
-def _generation_config(model, max_new_tokens: int) -> HFGenerationConfig:
+def _generation_config(model, gen: GenerationConfig) -> HFGenerationConfig:
     # Built from scratch so a checkpoint's own sampling defaults cannot change the work done.
     eos = model.generation_config.eos_token_id
     pad = model.generation_config.pad_token_id
     if pad is None:
         pad = eos[0] if isinstance(eos, list) else eos
-    return HFGenerationConfig(max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens,
-                              do_sample=False, num_beams=1, eos_token_id=eos,
-                              pad_token_id=pad if pad is not None else 0)
+    config = HFGenerationConfig(max_new_tokens=gen.max_new_tokens, min_new_tokens=gen.max_new_tokens,
+                                do_sample=False, num_beams=1, eos_token_id=eos,
+                                pad_token_id=pad if pad is not None else 0)
+    if gen.compile:
+        config.cache_implementation = "static"
+        config.compile_config = CompileConfig()
+        config.compile_config._compile_all_devices = True  # transformers compiles on GPUs only by default
+    return config
 
 
 def _median_iqr(values: List[float]) -> tuple:
@@ -111,7 +117,7 @@ def _median_iqr(values: List[float]) -> tuple:
 def generate_timed(model, prompt_ids: List[torch.Tensor], gen: GenerationConfig,
                    device: str) -> tuple[SpeedMetrics, List[Generation]]:
     cuda = device == "cuda"
-    config = _generation_config(model, gen.max_new_tokens)
+    config = _generation_config(model, gen)
     prompt_ids = [ids.to(model.device) for ids in prompt_ids]
 
     def run(ids):
@@ -127,8 +133,10 @@ def generate_timed(model, prompt_ids: List[torch.Tensor], gen: GenerationConfig,
         return out[0, ids.shape[1]:], end - start, clock.first - start
 
     with torch.inference_mode():
+        # Compiled graphs depend on the prompt length: warm every prompt up, or compilation is timed.
         for _ in range(gen.warmup):
-            run(prompt_ids[0])
+            for ids in (prompt_ids if gen.compile else prompt_ids[:1]):
+                run(ids)
         latencies, ttfts, decode_rates, outputs = [], [], [], {}
         for _ in range(gen.repeats):
             for i, ids in enumerate(prompt_ids):

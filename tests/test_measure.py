@@ -62,3 +62,26 @@ def test_memory_tracker_sees_a_transient_allocation():
         del block
     memory = tracker.metrics()
     assert memory.peak_rss_gb - baseline_gb > 0.2 and memory.peak_vram_gb is None
+
+
+@pytest.mark.slow
+def test_compile_option_really_compiles_and_keeps_the_output(tiny):
+    import torch._dynamo
+
+    base = "model=tiny-gpt2 device=cpu generation.max_new_tokens=6 generation.repeats=1".split()
+    eager_gen = compose_run(*base).generation
+    compiled_gen = compose_run(*base, "generation.compile=true").generation
+    prompts = measure.encode_prompts(eager_gen.prompts[:2], None, tiny.model.config, seed=0)
+    _, eager = measure.generate_timed(tiny.model, prompts, eager_gen, "cpu")
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    _, compiled = measure.generate_timed(tiny.model, prompts, compiled_gen, "cpu")
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0  # the forward went through dynamo
+    assert [o.output_ids for o in compiled] == [o.output_ids for o in eager]
+
+
+def test_compile_is_refused_for_bitsandbytes_models():
+    from qsweep.config import ConfigError
+
+    with pytest.raises(ConfigError, match="bitsandbytes models cannot be compiled"):
+        compose_run("model=tiny-gpt2", "device=cpu", "precision=int8", "generation.compile=true")
