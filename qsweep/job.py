@@ -10,12 +10,12 @@ import gc
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from qsweep import environment, measure, models, sources, tracking, worker
+from qsweep import environment, measure, models, quality, sources, tracking, worker
 from qsweep.config import RunConfig, TrackingConfig, config_hash, flatten, validate
 
 
@@ -35,6 +35,7 @@ class JobResult:
     precision: models.PrecisionReport
     texts: List[dict]
     environment: dict
+    quality: Optional[quality.QualityResult] = None  # None: not applicable (random weights, no tokenizer)
 
 
 def run_name(model: str, precision: str, device: str, max_new_tokens) -> str:
@@ -96,11 +97,17 @@ def measure_job(cfg: RunConfig) -> JobResult:
                                                         cfg.device.name)
         except RuntimeError as err:
             raise models.explain_backend_error(err, cfg.precision, cfg.device.name) from err
+    texts = _texts(cfg.generation.prompts, generations, loaded.tokenizer)
+    judged = None  # quality: after the timed and memory-tracked region, so it cannot change their figures
+    if quality.applicable(cfg, loaded.tokenizer):
+        judged = quality.evaluate(cfg, loaded, generations, [t["output"] for t in texts])
+        for text, fp32_ids in zip(texts, judged.fp32_outputs):
+            text["fp32_output"] = loaded.tokenizer.decode(fp32_ids, skip_special_tokens=True)
+            text["fp32_output_ids"] = fp32_ids
     return JobResult(
         load=LoadMetrics(loaded.load_time_s, loaded.model.get_memory_footprint() / measure.GB),
-        speed=speed, memory=memory.metrics(), precision=loaded.precision,
-        texts=_texts(cfg.generation.prompts, generations, loaded.tokenizer),
-        environment=environment.collect())
+        speed=speed, memory=memory.metrics(), precision=loaded.precision, texts=texts,
+        environment=environment.collect(), quality=judged)
 
 
 def _record(run: tracking.JobRun, result: JobResult) -> None:
@@ -109,7 +116,21 @@ def _record(run: tracking.JobRun, result: JobResult) -> None:
     run.log_json(asdict(result.precision), "precision_check.json")
     run.log_json(result.environment, "environment.json")
     run.log_json(result.texts, "generations.json")
-    run.log_text("\n\n".join(f"### {t['prompt']}\n{t['output']}" for t in result.texts), "generations.md")
+    run.log_text("\n\n".join(map(_markdown, result.texts)), "generations.md")
+    if result.quality is None:
+        run.set_tags({"quality": quality.NOT_APPLICABLE})
+        return
+    run.log_metrics(result.quality.metrics)
+    run.set_tags({"quality": "measured", "degenerate_reason": result.quality.degenerate_reason,
+                  "quality_reference": result.quality.reference})
+    run.log_json(result.quality.details, "quality.json")
+
+
+def _markdown(text: dict) -> str:
+    """One prompt of generations.md: this run's output, and fp32's next to it when there is one."""
+    if "fp32_output" not in text:
+        return f"### {text['prompt']}\n{text['output']}"
+    return f"### {text['prompt']}\n**this run:**\n{text['output']}\n\n**fp32:**\n{text['fp32_output']}"
 
 
 def _describe(report: models.PrecisionReport) -> str:

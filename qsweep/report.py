@@ -13,6 +13,8 @@ SUMMARY_COLUMNS = (  # (header, metric, format)
     ("footprint GB", "model_footprint_gb", "{:.3g}"),
     ("peak RSS GB", "peak_rss_gb", "{:.2f}"),
     ("peak VRAM GB", "peak_vram_gb", "{:.3f}"),
+    ("perplexity", "perplexity", "{:.2f}"),
+    ("KL vs fp32", "kl_div_vs_fp32", "{:.4f}"),
 )
 
 
@@ -28,10 +30,21 @@ def markdown_table(headers: List[str], rows: List[List[str]]) -> str:
 
 
 def summary(jobs: List[dict]) -> str:
-    headers = ["run", "status", "config_hash", *(h for h, _, _ in SUMMARY_COLUMNS), "error"]
+    headers = ["run", "status", "config_hash", *(h for h, _, _ in SUMMARY_COLUMNS), "degenerate", "error"]
     rows = [[job["name"], job["status"], job["tags"].get("config_hash", "-"),
-             *(_cell(job, metric, fmt) for _, metric, fmt in SUMMARY_COLUMNS),
+             *(_cell(job, metric, fmt) for _, metric, fmt in SUMMARY_COLUMNS), _degenerate(job),
              job["tags"].get("error", "")] for job in jobs]
     failed = sum(job["status"] != "FINISHED" for job in jobs)
+    broken = [f"{job['name']} ({job['tags'].get('degenerate_reason', '?')})" for job in jobs
+              if job["metrics"].get("degenerate_output") == 1]
     return (markdown_table(headers, rows) +
-            f"\n\n{len(jobs) - failed} of {len(jobs)} jobs finished, {failed} failed.")
+            f"\n\n{len(jobs) - failed} of {len(jobs)} jobs finished, {failed} failed." +
+            (f"\nDegenerate output, so speed figures of broken text: {', '.join(broken)}." if broken else ""))
+
+
+def _degenerate(job: dict) -> str:
+    """yes (why) / no / - (quality not measured)."""
+    flag = job["metrics"].get("degenerate_output")
+    if flag is None:
+        return "-"
+    return f"yes ({job['tags'].get('degenerate_reason', '?')})" if flag == 1 else "no"

@@ -1,0 +1,230 @@
+"""Quality metrics: perplexity by hand, KL against the fp32 reference, the broken-output check, the
+stored reference reused, and random weights carrying no quality metrics."""
+
+import dataclasses
+import json
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+from tokenizers import Tokenizer, decoders, pre_tokenizers, processors, trainers
+from tokenizers import models as tok_models
+from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+from qsweep import quality
+
+QUALITY_METRICS = {f.name for f in dataclasses.fields(quality.QualityMetrics)}
+
+
+def build_tokenizer() -> PreTrainedTokenizerFast:
+    """A byte-level BPE trained on the evaluation text; like Gemma's, it starts every text with BOS."""
+    tok = Tokenizer(tok_models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<bos>", "<eos>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator([quality.eval_text()], trainer)
+    tok.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 0)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>")
+
+
+def build_model(tokenizer, seed=0) -> GPT2LMHeadModel:
+    torch.manual_seed(seed)
+    config = GPT2Config(vocab_size=len(tokenizer), n_positions=128, n_embd=32, n_layer=2, n_head=2,
+                        bos_token_id=0, eos_token_id=1)
+    return GPT2LMHeadModel(config).eval()
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return build_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def windows(tokenizer):
+    return quality.eval_windows(tokenizer, quality.eval_text(), 128)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, tokenizer):
+    """A local checkpoint with real (not `weights=random`) weights and a tokenizer: quality applies."""
+    folder = tmp_path_factory.mktemp("tiny-real")
+    build_model(tokenizer).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+# ------------------------------------------------------------------------------------------ unit
+
+class FixedLogits:
+    """A stand-in causal LM whose logits are given: row i predicts token i + 1."""
+    device = torch.device("cpu")
+
+    def __init__(self, logits):
+        self.logits = logits
+
+    def __call__(self, input_ids, use_cache):
+        return SimpleNamespace(logits=self.logits[None, :input_ids.shape[1]])
+
+
+def test_windows_cover_the_text_once_and_fit_the_context(tokenizer, windows):
+    text_ids = tokenizer(quality.eval_text(), add_special_tokens=False).input_ids
+    assert all(w[0] == tokenizer.bos_token_id and len(w) <= 128 for w in windows)
+    assert [t for w in windows for t in w[1:]] == text_ids
+    assert max(map(len, windows)) - min(map(len, windows)) <= 1  # equal windows, no short tail
+
+
+def test_perplexity_of_a_known_tiny_case_by_hand():
+    # Two predictions over a 4-token vocabulary: p(target) = 1/4, then 1/8.
+    # perplexity = exp(-(ln 1/4 + ln 1/8) / 2) = sqrt(32)
+    probs = torch.tensor([[0.5, 0.25, 0.125, 0.125], [0.25, 0.5, 0.125, 0.125], [0.25] * 4])
+    scores = quality.score_text(FixedLogits(probs.log()), [[0, 1, 2]])
+    assert scores.positions == 2 and not scores.non_finite
+    assert scores.perplexity == pytest.approx(math.sqrt(32), rel=1e-6)
+
+
+def test_a_model_with_uniform_predictions_has_the_vocabulary_size_as_perplexity(tokenizer, windows):
+    model = build_model(tokenizer)
+    with torch.no_grad():
+        model.lm_head.weight.zero_()  # all logits 0: every token has probability 1/V
+    scores = quality.score_text(model, windows)
+    assert scores.perplexity == pytest.approx(len(tokenizer), rel=1e-5)
+    assert scores.positions == sum(len(w) - 1 for w in windows)
+
+
+def test_kl_of_identical_models_is_zero_and_top1_agrees_everywhere(tokenizer, windows):
+    model = build_model(tokenizer)
+    reference = quality.as_reference(quality.score_text(model, windows, keep_top_k=quality.TOP_K))
+    scores = quality.score_text(build_model(tokenizer), windows, reference=reference)  # same seed, same weights
+    assert scores.kl_sum / scores.positions == pytest.approx(0.0, abs=1e-7)
+    assert scores.top1_same == scores.positions
+
+
+def full_log_probs(model, windows):
+    with torch.no_grad():
+        return torch.cat([torch.log_softmax(model(torch.tensor([w])).logits[0, :-1].float(), -1) for w in windows])
+
+
+def test_topk_kl_of_a_different_model_is_positive_and_a_lower_bound_of_the_exact_kl(tokenizer, windows):
+    fp32, other = build_model(tokenizer, seed=0), build_model(tokenizer, seed=0)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(0.02 * torch.randn_like(p))  # a "quantization error"
+    reference = quality.as_reference(quality.score_text(fp32, windows, keep_top_k=quality.TOP_K))
+    scores = quality.score_text(other, windows, reference=reference)
+    approx = scores.kl_sum / scores.positions
+    p, q = full_log_probs(fp32, windows), full_log_probs(other, windows)
+    exact = (p.exp() * (p - q)).sum(-1).mean().item()
+    assert 0 < approx <= exact + 1e-6
+    # with k = the whole vocabulary the approximation is exact
+    whole = quality.as_reference(quality.score_text(fp32, windows, keep_top_k=len(tokenizer)))
+    exact_scores = quality.score_text(other, windows, reference=whole)
+    assert exact_scores.kl_sum / exact_scores.positions == pytest.approx(exact, rel=1e-4)
+    assert 0 < scores.top1_same < scores.positions
+    # the stored sizes stay sane: k entries per position, whatever the vocabulary
+    assert reference.top_ids.shape == (scores.positions, quality.TOP_K)
+
+
+def test_non_finite_logits_are_seen():
+    logits = torch.tensor([[0.0, float("nan"), 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    scores = quality.score_text(FixedLogits(logits), [[0, 1, 2]])
+    assert scores.non_finite and math.isnan(scores.perplexity)
+
+
+@pytest.mark.parametrize("texts, ids, non_finite, expected", [
+    (["Good morning! Here is the menu.", "Two biryani coming up."], [list(range(10, 138))] * 2, False, []),
+    (["fine", ""], [list(range(10, 138)), [0] * 128], False, ["empty_output"]),  # fp16 Gemma: pad tokens only
+    (["fine", " \n\t"], [list(range(10, 138)), [5, 6] * 2], False, ["empty_output"]),
+    (["x", "y"], [list(range(10, 138)), list(range(20, 40)) + [7] * 108], False, ["repetition_loop"]),  # 1-token
+    (["x", "y"], [list(range(10, 138)), list(range(20, 60)) + [7, 8] * 44], False, ["repetition_loop"]),  # 2-gram
+    # sentence-level repetition (the base Gemma's "I'm sorry to hear that ..." again and again) is not a loop
+    (["x", "y"], [list(range(10, 138)), (list(range(50, 62)) * 11)[:128]], False, []),
+    # a loop over less than half of the output is not flagged
+    (["x", "y"], [list(range(10, 138)), list(range(20, 100)) + [7] * 48], False, []),
+    # a short output cannot be called a loop
+    (["x", "y"], [[3, 4, 5, 6], [7, 7, 7, 7]], False, []),
+    (["", "y"], [[0] * 16, [7] * 16], True, ["non_finite_logits", "empty_output", "repetition_loop"]),
+])
+def test_degenerate_detector_on_crafted_outputs(texts, ids, non_finite, expected):
+    assert quality.degenerate_reasons(texts, ids, non_finite, special_ids=[0, 1, 2]) == expected
+
+
+def test_special_tokens_are_not_a_loop():
+    assert quality.degenerate_reasons(["hello"], [[5, 6, 7, 8, 9, 10, 11, 12] + [0] * 120], False, [0]) == []
+
+
+def test_output_match_counts_up_to_the_first_difference():
+    ref = [[1, 2, 3, 4], [5, 6, 7, 8]]
+    assert quality.output_match(ref, ref) == 1.0
+    assert quality.output_match([[1, 2, 9, 4], [9, 6, 7, 8]], ref) == pytest.approx((0.5 + 0.0) / 2)
+
+
+# ------------------------------------------------------------------------------------------ whole runs
+
+def job_runs(sweep):
+    return {r.data.tags["precision"]: r for r in sweep.runs() if r.data.tags.get("qsweep.kind") == "job"}
+
+
+@pytest.mark.slow
+def test_random_weight_runs_carry_no_quality_metrics(sweep):
+    result = sweep.run("model=tiny-gpt2", "device=cpu", "generation.max_new_tokens=4", "generation.repeats=1",
+                       "generation.warmup=0")
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run,) = sweep.runs()
+    assert run.data.tags["quality"] == "not_applicable" and "degenerate_reason" not in run.data.tags
+    assert not QUALITY_METRICS & set(run.data.metrics) and "tokens_per_s" in run.data.metrics
+    assert "quality.json" not in {a.path for a in sweep.client().list_artifacts(run.info.run_id)}
+
+
+@pytest.mark.slow
+def test_real_weight_runs_record_quality_and_reuse_the_fp32_reference(sweep, checkpoint, tmp_path):
+    cache = tmp_path / "cache"
+    common = ["model=tiny-gpt2", "model.weights=pretrained", f"model.name_or_path={checkpoint}", "device=cpu",
+              "generation.max_new_tokens=16", "generation.repeats=1", f"paths.cache_dir={cache}"]
+    # bf16 first: no fp32 job has run, so bf16 builds the reference; then fp32 compares with itself
+    first = sweep.run("-m", *common, "precision=bf16,fp32")
+    assert first.returncode == 0, first.stderr[-3000:]
+    runs = job_runs(sweep)
+    references = sorted((cache / "references").glob("*.safetensors"))
+    assert len(references) == 2  # the text reference and the greedy outputs
+    stamps = {p: p.stat().st_mtime_ns for p in references}
+    for run in runs.values():
+        assert QUALITY_METRICS <= set(run.data.metrics), run.data.metrics
+        assert run.data.tags["quality"] == "measured" and "degenerate_reason" in run.data.tags
+    fp32, bf16 = runs["fp32"].data, runs["bf16"].data
+    assert fp32.tags["quality_reference"] == "self" and bf16.tags["quality_reference"] == "built"
+    assert fp32.metrics["kl_div_vs_fp32"] == 0 and fp32.metrics["top1_agreement_vs_fp32"] == 1
+    assert fp32.metrics["output_match_vs_fp32"] == 1
+    assert bf16.metrics["kl_div_vs_fp32"] > 0 and bf16.metrics["perplexity"] > 1
+    texts = json.loads(open(sweep.client().download_artifacts(runs["bf16"].info.run_id, "generations.json")).read())
+    assert all("fp32_output" in t and len(t["fp32_output_ids"]) == 16 for t in texts)
+    assert "**fp32:**" in open(sweep.client().download_artifacts(runs["bf16"].info.run_id, "generations.md")).read()
+    assert "perplexity" in first.stdout and "KL vs fp32" in first.stdout
+
+    # second sweep: the stored reference is found, not recomputed, and the numbers repeat exactly
+    second = sweep.run("-m", *common, "precision=bf16")
+    assert second.returncode == 0, second.stderr[-3000:]
+    again = [r for r in sweep.runs() if r.info.run_id not in {x.info.run_id for x in runs.values()}
+             and r.data.tags.get("precision") == "bf16"][0]
+    assert again.data.tags["quality_reference"] == "reused"
+    assert {p: p.stat().st_mtime_ns for p in sorted((cache / "references").glob("*.safetensors"))} == stamps
+    for metric in QUALITY_METRICS - {"quality_time_s"}:
+        assert again.data.metrics[metric] == bf16.metrics[metric], metric
+
+
+def test_the_sweep_summary_shows_quality_and_names_degenerate_runs():
+    from qsweep import report
+
+    def job(name, metrics, tags):
+        return {"name": name, "status": "FINISHED", "metrics": metrics, "tags": tags}
+
+    jobs = [job("g-fp32", {"perplexity": 20.5, "kl_div_vs_fp32": 0.0, "degenerate_output": 0}, {"degenerate_reason": "none"}),
+            job("g-fp16", {"perplexity": float("nan"), "kl_div_vs_fp32": float("nan"), "degenerate_output": 1},
+                {"degenerate_reason": "non_finite_logits,empty_output"}),
+            job("tiny-random", {}, {"quality": "not_applicable"})]
+    text = report.summary(jobs)
+    assert "| 20.50 | 0.0000 | no |" in text and "| nan | nan | yes (non_finite_logits,empty_output) |" in text
+    assert "| - | - | - |" in text
+    assert text.splitlines()[-1].startswith("Degenerate output") and "g-fp16 (non_finite_logits,empty_output)" in text
+    assert "g-fp32 (" not in text
