@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: run test ui
+.PHONY: run test ui train-merge
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,6 +13,9 @@ $(VENV)/.installed: pyproject.toml
 
 run: $(VENV)/.installed
 	$(PY) run.py
+
+train-merge: $(VENV)/.installed
+	$(PY) -m train_merge
 
 test: $(VENV)/.installed
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q

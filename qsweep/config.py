@@ -10,10 +10,13 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 WEIGHTS = ("pretrained", "random")
 DEVICES = ("cpu", "cuda", "auto")
@@ -50,6 +53,8 @@ class ModelConfig:
     trust_remote_code: bool = False  # run code shipped with a checkpoint: only for code you trust
     allow_pickle: bool = False  # load .bin (pickle) weights, which can run code: only for files you trust
     seed: int = 0  # initialisation of random weights and synthetic prompts
+    # Added to the error when a local checkpoint folder is missing: how to make it. Not hashed.
+    missing_hint: Optional[str] = None
 
     def __post_init__(self) -> None:
         _one_of(self.weights, WEIGHTS, "model.weights")
@@ -152,6 +157,8 @@ def resolve_device(name: str) -> str:
 
 def register_schemas() -> None:
     ConfigStore.instance().store(name="qsweep_schema", node=RunConfig)
+    # ${qsweep.root:} = this project's folder, for checkpoints the project makes (models/...)
+    OmegaConf.register_new_resolver("qsweep.root", lambda: str(PROJECT_ROOT), replace=True)
 
 
 def validate(cfg: DictConfig) -> RunConfig:
@@ -168,7 +175,9 @@ def validate(cfg: DictConfig) -> RunConfig:
 
 
 def hashed_fields(cfg: RunConfig) -> dict:
-    return {section: asdict(getattr(cfg, section)) for section in HASHED_SECTIONS}
+    fields = {section: asdict(getattr(cfg, section)) for section in HASHED_SECTIONS}
+    fields["model"].pop("missing_hint")  # advice in an error message, not what is measured
+    return fields
 
 
 def config_hash(cfg: RunConfig) -> str:

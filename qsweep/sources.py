@@ -44,8 +44,9 @@ def _pretrained_checkpoint(model: ModelConfig) -> Checkpoint:
     local = Path(model.name_or_path).expanduser()
     if local.exists() or model.name_or_path.startswith(("/", ".", "~")):
         if not (local / "config.json").is_file():
+            hint = f"; {model.missing_hint}" if model.missing_hint else ""
             raise ModelUnavailable(f"model.name_or_path={model.name_or_path}: no config.json there; "
-                                   "point it at a checkpoint folder (config.json + weights)")
+                                   f"point it at a checkpoint folder (config.json + weights){hint}")
         return Checkpoint(str(local), has_tokenizer=(local / "tokenizer_config.json").is_file())
     try:  # a hub id: fine when cached or reachable
         from huggingface_hub import snapshot_download

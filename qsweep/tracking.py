@@ -178,3 +178,43 @@ def get_job(store: Store, run_id: str) -> dict:
 def _as_dict(run) -> dict:
     return {"run_id": run.info.run_id, "name": run.info.run_name, "status": run.info.status,
             "metrics": dict(run.data.metrics), "tags": dict(run.data.tags)}
+
+
+# --- train_merge: a fine-tune is a run of its own (experiment `train_merge` by default) -------------
+
+TRAIN_KIND = "train_merge"
+
+
+class TrainRun(JobRun):
+    """What a fine-tune records: a JobRun, plus metrics by name and metrics per training step."""
+
+    def log_values(self, metrics: dict, step: int = 0) -> None:
+        import time
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None]
+        self.store.client.log_batch(self.run_id, metrics=items)
+
+    def log_step(self, step: int, **metrics: float) -> None:
+        self.log_values(metrics, step)
+
+
+@contextmanager
+def train_run(store: Store, run_name: str, tags: dict) -> Iterator[TrainRun]:
+    """Like job_run: ends FINISHED, FAILED (with `error` tag and traceback) or KILLED, never left active."""
+    run = store.client.create_run(store.experiment_id, run_name=run_name,
+                                  tags={TAG_KIND: TRAIN_KIND, **{k: str(v) for k, v in tags.items()}})
+    train = TrainRun(store, run.info.run_id)
+    try:
+        yield train
+    except KeyboardInterrupt:
+        store.client.set_terminated(train.run_id, "KILLED")
+        raise
+    except Exception as err:
+        train.set_tags({TAG_ERROR: one_line(err)})
+        train.log_text(traceback.format_exc(), "traceback.txt")
+        store.client.set_terminated(train.run_id, "FAILED")
+        raise
+    else:
+        store.client.set_terminated(train.run_id, "FINISHED")

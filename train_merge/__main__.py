@@ -1,0 +1,41 @@
+"""`python -m train_merge`: fine-tune with LoRA, merge, save, track (config: conf/train_merge.yaml)."""
+
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from qsweep.config import PROJECT_ROOT, ConfigError
+from train_merge.config import register_schemas, validate
+
+CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+register_schemas()
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train_merge")
+def main(raw: DictConfig) -> None:
+    try:
+        cfg = validate(raw)  # bad values fail here, before anything loads
+    except ConfigError as err:
+        sys.exit(f"train_merge: {err}")
+    from train_merge import pipeline
+
+    result = pipeline.run(cfg)
+    print(f"\nheld-out loss (perplexity): before {result.heldout_loss_before:.3f} "
+          f"({pipeline.finetune.perplexity(result.heldout_loss_before):.1f}), after "
+          f"{result.heldout_loss_after:.3f} ({pipeline.finetune.perplexity(result.heldout_loss_after):.1f}), "
+          f"saved checkpoint {result.heldout_loss_merged:.3f}")
+    print(f"merge_max_abs_diff: {result.merge_max_abs_diff:.3g}; {result.train_steps} steps, "
+          f"training {result.train_time_s:.0f} s, total {result.total_time_s:.0f} s")
+    for before, after in zip(result.replies_before, result.replies_after):
+        print(f"\n> {before['prompt']}\n  before: {before['reply']!r}\n  after:  {after['reply']!r}")
+    name = Path(result.output_dir).name
+    default_place = Path(result.output_dir) == PROJECT_ROOT / "models" / name
+    option = f"model={name}" if default_place and (Path(CONF_DIR) / "model" / f"{name}.yaml").is_file() else \
+        f"model=gemma-3-270m model.name={name} model.name_or_path={result.output_dir}"
+    print(f"\nmerged checkpoint: {result.output_dir}\nmeasure it: python run.py {option}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

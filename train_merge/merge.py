@@ -1,0 +1,90 @@
+"""Merge the trained LoRA adapter into a fresh, unquantized copy of the base, check that the merged model
+computes what the adapter model computes, and save it as a standalone checkpoint.
+
+The adapter is always merged into the base loaded anew at `merge.dtype` (float32 by default), never
+into the weights it was trained on: after QLoRA those are 4-bit, and merging into them would round the
+update away (PEFT's advice). The check compares full logits, at every real token of held-out examples.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import List
+
+import torch
+
+from qsweep.models import DTYPES
+from train_merge import data
+
+
+class MergeMismatch(RuntimeError):
+    """The merged model's logits differ from the adapter model's by more than merge.max_abs_diff."""
+
+
+def save_adapter(model, adapter_dir: Path) -> None:
+    if adapter_dir.exists():
+        shutil.rmtree(adapter_dir)
+    model.save_pretrained(adapter_dir)
+
+
+@torch.no_grad()
+def _logits(model, batches: List[data.Batch]) -> List[torch.Tensor]:
+    """float32 logits of every real (unpadded) token, one tensor per batch."""
+    device = next(model.parameters()).device
+    out = []
+    for batch in batches:
+        mask = batch.attention_mask.to(device).bool()
+        logits = model(input_ids=batch.input_ids.to(device), attention_mask=mask.long(), use_cache=False).logits
+        out.append(logits[mask].float().cpu())
+    return out
+
+
+def merge(base_path: str, adapter_dir: Path, dtype: str, device: str, check: List[data.Batch]):
+    """(merged model, merge_max_abs_diff, largest |logit|): the diff is the largest |logit| difference
+    between the adapter model and the merged one; the largest logit gives its scale."""
+    from peft import PeftModel
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    config = AutoConfig.from_pretrained(base_path)
+    model_class = MODEL_FOR_CAUSAL_LM_MAPPING.get(type(config), AutoModelForCausalLM)
+    base = model_class.from_pretrained(base_path, config=config, dtype=DTYPES[dtype],
+                                       device_map={"": 0} if device == "cuda" else "cpu")
+    adapted = PeftModel.from_pretrained(base, str(adapter_dir)).eval()
+    before = _logits(adapted, check)
+    merged = adapted.merge_and_unload().eval()
+    after = _logits(merged, check)
+    diff = max(float((a - b).abs().max()) for a, b in zip(before, after))
+    return merged, diff, max(float(a.abs().max()) for a in before)
+
+
+def require_close(diff: float, tolerance: float) -> None:
+    if not diff <= tolerance:  # also catches NaN
+        raise MergeMismatch(f"merge_max_abs_diff={diff:.3g} exceeds merge.max_abs_diff={tolerance:g}: the merged "
+                            "model does not compute what the adapter model computes; nothing was saved")
+
+
+def save(merged, tokenizer, output_dir: Path, save_dtype: str, provenance: dict) -> None:
+    """bf16 (save_dtype) safetensors + tokenizer + provenance, replacing output_dir atomically."""
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=output_dir.parent, prefix=f".{output_dir.name}-"))
+    staging.chmod(0o755)  # mkdtemp makes it private; the checkpoint is an ordinary folder
+    try:
+        merged.to(DTYPES[save_dtype])
+        merged.config.use_cache = True
+        merged.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        (staging / "train_merge.json").write_text(json.dumps(provenance, indent=2) + "\n")
+        if output_dir.exists():
+            old = output_dir.with_name(f".{output_dir.name}-old")
+            shutil.rmtree(old, ignore_errors=True)
+            output_dir.rename(old)
+            staging.rename(output_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            staging.rename(output_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

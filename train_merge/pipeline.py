@@ -1,0 +1,148 @@
+"""One fine-tune, top to bottom, as one MLflow run: measure the base, train LoRA, merge, check, save,
+then load the saved checkpoint the way the sweep does and measure it again."""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import List
+
+import torch
+from omegaconf import OmegaConf
+
+from qsweep import environment, models, sources, tracking
+from qsweep.config import DeviceConfig, GenerationConfig, ModelConfig, PrecisionConfig, RunConfig, flatten
+from train_merge import data, finetune, merge
+from train_merge.config import TrainMergeConfig
+
+PRECISION_NAMES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
+
+
+@dataclass
+class Result:
+    run_id: str
+    output_dir: str
+    heldout_loss_before: float
+    heldout_loss_after: float  # the adapter model, right after training
+    heldout_loss_merged: float  # the saved checkpoint, loaded by the sweep's loader
+    merge_max_abs_diff: float
+    train_loss_first: float
+    train_loss_last: float
+    train_steps: int
+    train_time_s: float
+    total_time_s: float
+    replies_before: List[dict]
+    replies_after: List[dict]  # from the saved checkpoint
+
+
+def say(message: str) -> None:
+    print(f"train_merge: {message}", flush=True)
+
+
+def reloaded(cfg: TrainMergeConfig, output_dir: Path) -> models.LoadedModel:
+    """The saved checkpoint through qsweep's loader, at the saved dtype: what a sweep will measure."""
+    precision = cfg.merge.save_dtype
+    run_cfg = RunConfig(model=ModelConfig(name=output_dir.name, name_or_path=str(output_dir)),
+                        precision=PrecisionConfig(name=PRECISION_NAMES[precision], dtype=precision),
+                        device=DeviceConfig(name=cfg.train.device),
+                        generation=GenerationConfig(prompts=list(cfg.eval.prompts)))
+    run_cfg.paths.cache_dir = cfg.paths.cache_dir
+    return models.load(run_cfg)
+
+
+def run(cfg: TrainMergeConfig) -> Result:
+    start = time.perf_counter()
+    if cfg.train.num_threads:
+        torch.set_num_threads(cfg.train.num_threads)
+    output_dir = Path(cfg.merge.output_dir).expanduser().resolve()
+    adapter_dir = Path(cfg.merge.adapter_dir).expanduser().resolve()
+    data_file = Path(cfg.data.path).expanduser() if cfg.data.path else data.DATA_FILE
+    store = tracking.open_store(cfg.tracking)
+    tags = {"model": cfg.model.name, "device": cfg.train.device, "quantization": cfg.train.quantization,
+            "checkpoint": str(output_dir)}
+    with tracking.train_run(store, f"{cfg.model.name}-lora-r{cfg.lora.r}", tags) as mlrun:
+        say(f"MLflow run {mlrun.run_id} in {store.uri} (experiment {cfg.tracking.experiment})")
+        mlrun.log_params(flatten(asdict(cfg)))
+        mlrun.log_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)), "config.yaml")
+        mlrun.log_json(environment.collect(), "environment.json")
+
+        from transformers import AutoTokenizer
+
+        checkpoint = sources.resolve(cfg.model, Path(cfg.paths.cache_dir).expanduser())
+        if not checkpoint.has_tokenizer:
+            raise sources.ModelUnavailable(f"{checkpoint.path} has no tokenizer: fine-tuning needs one")
+        tokenizer = AutoTokenizer.from_pretrained(checkpoint.path)
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        dialogues = data.load(cfg.data.path, cfg.data.limit_train, cfg.data.limit_heldout)
+        train_set = data.encode_all(dialogues.train, tokenizer, cfg.data.max_length)
+        heldout = data.encode_all(dialogues.heldout, tokenizer, cfg.data.max_length)
+        heldout_batches = data.batches(heldout, cfg.eval.batch_size, pad_id)
+        check_batches = data.batches(heldout[:cfg.merge.check_examples], cfg.eval.batch_size, pad_id)
+        mlrun.log_values({"train_examples": len(train_set), "heldout_examples": len(heldout),
+                          "heldout_tokens": sum(b.target_tokens for b in heldout_batches)})
+        mlrun.set_tags({"base_checkpoint": checkpoint.path, "data_file": str(data_file),
+                        "data_sha256": hashlib.sha256(data_file.read_bytes()).hexdigest()[:12]})
+        say(f"{len(train_set)} training and {len(heldout)} held-out exchanges from {data_file.name}")
+
+        model = finetune.load_base(checkpoint.path, cfg.train)
+        say("measuring the base model (held-out loss, sample replies)")
+        loss_before = finetune.heldout_loss(model, heldout_batches)
+        replies_before = finetune.sample_replies(model, tokenizer, cfg.eval.prompts, cfg.eval.max_new_tokens)
+        say(f"held-out loss before: {loss_before:.3f} (perplexity {finetune.perplexity(loss_before):.1f})")
+
+        model = finetune.add_lora(model, cfg.lora, cfg.train)
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        mlrun.log_values({"heldout_loss_before": loss_before,
+                          "heldout_perplexity_before": finetune.perplexity(loss_before),
+                          "trainable_params": trainable})
+        trained = finetune.train(model, train_set, pad_id, cfg.train,
+                                 on_step=lambda step, loss, lr: mlrun.log_step(step, train_loss=loss, lr=lr))
+        loss_after = finetune.heldout_loss(model, heldout_batches)
+        say(f"held-out loss after: {loss_after:.3f} (perplexity {finetune.perplexity(loss_after):.1f}), "
+            f"{trained.steps} steps in {trained.train_time_s:.0f} s")
+        mlrun.log_values({"heldout_loss_after": loss_after, "heldout_perplexity_after": finetune.perplexity(loss_after),
+                          "train_time_s": trained.train_time_s, "train_steps": trained.steps})
+        merge.save_adapter(model, adapter_dir)
+        del model
+        gc.collect()
+
+        say(f"merging into a fresh {cfg.merge.dtype} base and checking logits on {cfg.merge.check_examples} "
+            "held-out exchanges")
+        merged, diff, scale = merge.merge(checkpoint.path, adapter_dir, cfg.merge.dtype, cfg.train.device,
+                                          check_batches)
+        mlrun.log_values({"merge_max_abs_diff": diff, "merge_max_abs_logit": scale})
+        say(f"merge_max_abs_diff = {diff:.3g} (limit {cfg.merge.max_abs_diff:g}; logits up to {scale:.1f})")
+        merge.require_close(diff, cfg.merge.max_abs_diff)
+        provenance = {"base_model": cfg.model.name_or_path, "base_checkpoint": checkpoint.path,
+                      "adapter": str(adapter_dir), "mlflow_run_id": mlrun.run_id, "tracking_uri": store.uri,
+                      "data_file": str(data_file), "lora": asdict(cfg.lora), "train": asdict(cfg.train),
+                      "heldout_loss_before": loss_before, "heldout_loss_after": loss_after,
+                      "merge_max_abs_diff": diff}
+        merge.save(merged, tokenizer, output_dir, cfg.merge.save_dtype, provenance)
+        del merged
+        gc.collect()
+        say(f"saved the merged {cfg.merge.save_dtype} checkpoint to {output_dir}")
+        mlrun.set_tags({"adapter": str(adapter_dir)})
+
+        loaded = reloaded(cfg, output_dir)
+        loss_merged = finetune.heldout_loss(loaded.model, heldout_batches)
+        replies_after = finetune.sample_replies(loaded.model, loaded.tokenizer, cfg.eval.prompts,
+                                                cfg.eval.max_new_tokens)
+        del loaded
+        total = time.perf_counter() - start
+        mlrun.log_values({"heldout_loss_merged": loss_merged,
+                          "heldout_perplexity_merged": finetune.perplexity(loss_merged),
+                          "train_loss_first": trained.first_loss, "train_loss_last": trained.last_loss,
+                          "total_time_s": total})
+        samples = [{"prompt": b["prompt"], "before": b["reply"], "after": a["reply"]}
+                   for b, a in zip(replies_before, replies_after)]
+        mlrun.log_json(samples, "samples.json")
+        mlrun.log_text("\n\n".join(f"### {s['prompt']}\n**before:** {s['before']}\n\n**after:** {s['after']}"
+                                   for s in samples), "samples.md")
+        mlrun.log_json(provenance, "train_merge.json")
+        return Result(mlrun.run_id, str(output_dir), loss_before, loss_after, loss_merged, diff,
+                      trained.first_loss, trained.last_loss, trained.steps, trained.train_time_s, total,
+                      replies_before, replies_after)
