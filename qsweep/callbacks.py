@@ -19,7 +19,11 @@ from qsweep import report, tracking
 from qsweep.config import TrackingConfig
 
 
+_signals = []  # signals received: an interrupt raised inside a finalizer (gc, weakref callback) is lost
+
+
 def _interrupt(signum, frame):
+    _signals.append(signum)
     raise KeyboardInterrupt(f"signal {signum}")
 
 
@@ -43,6 +47,10 @@ class SweepCallback(Callback):
             tracking.end_sweep(self.store, self.parent_run_id, "KILLED")
         else:  # no job ever started (e.g. a typo in an override): an empty parent is only noise
             tracking.delete_run(self.store, self.parent_run_id)
+
+    def on_job_start(self, config: DictConfig, **kwargs) -> None:
+        if _signals:  # the interrupt was swallowed (it came during gc between jobs): stop here instead
+            raise KeyboardInterrupt(f"signal {_signals[0]}")
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         jobs = tracking.sweep_jobs(self.store, self.parent_run_id)
