@@ -7,19 +7,25 @@ from omegaconf import DictConfig
 
 from qsweep import report, tracking
 from qsweep.config import register_schemas
-from qsweep.job import run_job
+from qsweep.job import completed_job, run_job
 
 register_schemas()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
-def main(cfg: DictConfig) -> None:
-    store, run_id, ok = run_job(cfg)
+def main(cfg: DictConfig):
+    skipped = completed_job(cfg) if cfg.sweep.skip_completed else None
+    if skipped:  # nothing measured, no run created: the sweep callback lists it in the summary
+        jobs, ok = [skipped], True
+    else:
+        store, run_id, ok = run_job(cfg)
+        jobs = [tracking.get_job(store, run_id)]
     # In a multirun the callback summarizes the sweep at its end; a single run reports itself.
     if HydraConfig.get().mode != RunMode.MULTIRUN:
-        print("\n" + report.summary([tracking.get_job(store, run_id)]), flush=True)
+        print("\n" + report.summary(jobs), flush=True)
         if not ok:
             raise SystemExit(1)
+    return skipped
 
 
 if __name__ == "__main__":

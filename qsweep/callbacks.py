@@ -2,7 +2,8 @@
 
 Jobs never raise (a failure becomes a FAILED run), so Hydra always reaches on_multirun_end; a sweep
 cut short by Ctrl-C or SIGTERM still closes its parent run as KILLED at exit, and one that never
-started a job (a bad override) leaves no run behind.
+started a job (a bad override) leaves no run behind. A job skipped by sweep.skip_completed creates no
+run: it returns the row of the earlier run it points to, and the summary lists it as SKIPPED.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class SweepCallback(Callback):
         self.store = tracking.open_store(OmegaConf.to_object(config.tracking) if "tracking" in config
                                          else TrackingConfig())
         overrides = " ".join(config.hydra.overrides.task)
+        self.skipped = []
         self.parent_run_id = tracking.start_sweep(
             self.store, f"sweep-{time.strftime('%Y%m%d-%H%M%S')}", {"sweep_overrides": overrides})
         os.environ[tracking.PARENT_RUN_ENV] = self.parent_run_id
@@ -52,9 +54,19 @@ class SweepCallback(Callback):
         if _signals:  # the interrupt was swallowed (it came during gc between jobs): stop here instead
             raise KeyboardInterrupt(f"signal {_signals[0]}")
 
+    def on_job_end(self, config: DictConfig, job_return, **kwargs) -> None:
+        from hydra.core.utils import JobStatus
+
+        if (hasattr(self, "skipped") and job_return.status == JobStatus.COMPLETED
+                and isinstance(job_return.return_value, dict)):  # what run.py returns for a skipped job
+            self.skipped.append(job_return.return_value)
+
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        jobs = tracking.sweep_jobs(self.store, self.parent_run_id)
-        failed = sum(job["status"] != "FINISHED" for job in jobs)
+        measured = tracking.sweep_jobs(self.store, self.parent_run_id)
+        failed = sum(job["status"] != "FINISHED" for job in measured)
+        if self.skipped:
+            tracking.note_skipped(self.store, self.parent_run_id, self.skipped)
+        jobs = self.skipped + measured  # a resumed sweep skips its first jobs and measures the rest
         tracking.end_sweep(self.store, self.parent_run_id, "FAILED" if failed else "FINISHED")
         os.environ.pop(tracking.PARENT_RUN_ENV, None)
         print("\n" + report.summary(jobs), flush=True)

@@ -29,9 +29,16 @@ def markdown_table(headers: List[str], rows: List[List[str]]) -> str:
 
 def summary(jobs: List[dict]) -> str:
     headers = ["run", "status", "config_hash", *(h for h, _, _ in SUMMARY_COLUMNS), "error"]
-    rows = [[job["name"], job["status"], job["tags"].get("config_hash", "-"),
+    rows = [[job["name"], _status(job), job["tags"].get("config_hash", "-"),
              *(_cell(job, metric, fmt) for _, metric, fmt in SUMMARY_COLUMNS),
              job["tags"].get("error", "")] for job in jobs]
-    failed = sum(job["status"] != "FINISHED" for job in jobs)
+    skipped = sum(job["status"] == "SKIPPED" for job in jobs)
+    failed = sum(job["status"] not in ("FINISHED", "SKIPPED") for job in jobs)
     return (markdown_table(headers, rows) +
-            f"\n\n{len(jobs) - failed} of {len(jobs)} jobs finished, {failed} failed.")
+            f"\n\n{len(jobs) - failed - skipped} of {len(jobs)} jobs finished, {failed} failed" +
+            (f", {skipped} skipped (already FINISHED: the SKIPPED rows show those runs)." if skipped else "."))
+
+
+def _status(job: dict) -> str:
+    """A skipped job (sweep.skip_completed) points to the earlier run it stands for."""
+    return f"SKIPPED = run {job['run_id']}" if job["status"] == "SKIPPED" else job["status"]
