@@ -8,33 +8,34 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from qsweep import report, tracking
+from qsweep import callbacks, report, tracking
 from qsweep.config import register_schemas
-from qsweep.job import run_job
+from qsweep.job import completed_job, run_job
 
 register_schemas()
 
 
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
-# SIGTERM unwinds like Ctrl-C, so the current run and the sweep end as KILLED instead of RUNNING.
-signal.signal(signal.SIGTERM, _interrupt)
+signal.signal(signal.SIGTERM, callbacks.interrupt)
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig):
     try:
-        store, run_id, ok = run_job(cfg)
+        skipped = completed_job(cfg) if cfg.sweep.skip_completed else None
+        if skipped:  # nothing measured, no run created: the sweep callback lists it in the summary
+            jobs, ok = [skipped], True
+        else:
+            store, run_id, ok = run_job(cfg)
+            jobs = [tracking.get_job(store, run_id)]
     except tracking.StoreUnavailable as err:  # nothing can be recorded: say why in one line
         print(f"qsweep: {err}", file=sys.stderr, flush=True)
         raise SystemExit(2)
     # In a multirun the callback summarizes the sweep at its end; a single run reports itself.
     if HydraConfig.get().mode != RunMode.MULTIRUN:
-        print("\n" + report.summary([tracking.get_job(store, run_id)]), flush=True)
+        print("\n" + report.summary(jobs), flush=True)
         if not ok:
             raise SystemExit(1)
+    return skipped
 
 
 if __name__ == "__main__":

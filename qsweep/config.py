@@ -122,6 +122,12 @@ class RunnerConfig:
 
 
 @dataclass
+class SweepConfig:
+    # Skip a job whose config_hash already has a FINISHED run in the experiment (resume a cut-short sweep).
+    skip_completed: bool = False
+
+
+@dataclass
 class PathsConfig:
     cache_dir: str = MISSING  # converted checkpoints and random-weight checkpoints
 
@@ -135,6 +141,7 @@ class RunConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     runner: RunnerConfig = field(default_factory=RunnerConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
 
     def __post_init__(self) -> None:
         _require(not (self.generation.compile and self.precision.quantization != "none"),
@@ -170,8 +177,10 @@ def validate(cfg: DictConfig) -> RunConfig:
         return OmegaConf.to_object(OmegaConf.merge(schema, plain))
     except ConfigError:
         raise
-    except Exception as err:  # OmegaConf type/key errors: keep their first line, it names the key
-        raise ConfigError(str(err).splitlines()[0]) from None
+    except Exception as err:  # OmegaConf type/key errors: their first line, and the key when it does not name it
+        key = getattr(err, "full_key", None)
+        first = str(err).splitlines()[0]
+        raise ConfigError(f"{key}: {first}" if key and key not in first else first) from None
 
 
 def hashed_fields(cfg: RunConfig) -> dict:

@@ -16,7 +16,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from qsweep import environment, measure, models, quality, sources, tracking, worker
-from qsweep.config import RunConfig, TrackingConfig, config_hash, flatten, validate
+from qsweep.config import ConfigError, RunConfig, TrackingConfig, config_hash, flatten, validate
 
 
 @dataclass
@@ -51,8 +51,8 @@ def run_tags(cfg: RunConfig) -> dict:
                                        cfg.generation.max_new_tokens)}
 
 
-def run_job(raw: DictConfig) -> Tuple[tracking.Store, str, bool]:
-    """Measure one configuration into one MLflow run: (store, run id, succeeded).
+def run_job(raw: DictConfig, tags: Optional[dict] = None) -> Tuple[tracking.Store, str, bool]:
+    """Measure one configuration into one MLflow run (with `tags` on top): (store, run id, succeeded).
     A failure is recorded in the run, not raised, so the other jobs of a sweep go on."""
     plain = OmegaConf.to_container(raw, resolve=True)
     plain.pop("hydra", None)
@@ -60,7 +60,7 @@ def run_job(raw: DictConfig) -> Tuple[tracking.Store, str, bool]:
     name = run_name(raw.model.name, raw.precision.name, raw.device.name, raw.generation.max_new_tokens)
     run_id = None
     try:
-        with tracking.job_run(store, name, os.environ.get(tracking.PARENT_RUN_ENV)) as run:
+        with tracking.job_run(store, name, os.environ.get(tracking.PARENT_RUN_ENV), tags) as run:
             run_id = run.run_id
             run.log_params(flatten(plain))
             cfg = validate(raw)  # a bad value fails here, as a FAILED run that says which field
@@ -78,6 +78,23 @@ def run_job(raw: DictConfig) -> Tuple[tracking.Store, str, bool]:
         gc.collect()  # inline jobs share this process: free the model before the next one loads
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+def completed_job(raw: DictConfig) -> Optional[dict]:
+    """For sweep.skip_completed: the newest FINISHED run of this config_hash in the experiment, as a
+    summary row with status SKIPPED that points to it; None when there is none (or the config is bad,
+    which run_job then records as a FAILED run)."""
+    try:
+        cfg = validate(raw)
+    except ConfigError:
+        return None
+    store = tracking.open_store(cfg.tracking)
+    done = tracking.find_by_hash(store, config_hash(cfg), finished_only=True)
+    if not done:
+        return None
+    print(f"qsweep: {done[0]['name']} skipped: config_hash {config_hash(cfg)} already FINISHED in run "
+          f"{done[0]['run_id']} (sweep.skip_completed=true)", flush=True)
+    return {**done[0], "status": "SKIPPED"}
 
 
 def measure_job(cfg: RunConfig) -> JobResult:

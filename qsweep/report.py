@@ -31,15 +31,22 @@ def markdown_table(headers: List[str], rows: List[List[str]]) -> str:
 
 def summary(jobs: List[dict]) -> str:
     headers = ["run", "status", "config_hash", *(h for h, _, _ in SUMMARY_COLUMNS), "degenerate", "error"]
-    rows = [[job["name"], job["status"], job["tags"].get("config_hash", "-"),
+    rows = [[job["name"], _status(job), job["tags"].get("config_hash", "-"),
              *(_cell(job, metric, fmt) for _, metric, fmt in SUMMARY_COLUMNS), _degenerate(job),
              job["tags"].get("error", "")] for job in jobs]
-    failed = sum(job["status"] != "FINISHED" for job in jobs)
+    skipped = sum(job["status"] == "SKIPPED" for job in jobs)
+    failed = sum(job["status"] not in ("FINISHED", "SKIPPED") for job in jobs)
     broken = [f"{job['name']} ({job['tags'].get('degenerate_reason', '?')})" for job in jobs
               if job["metrics"].get("degenerate_output") == 1]
     return (markdown_table(headers, rows) +
-            f"\n\n{len(jobs) - failed} of {len(jobs)} jobs finished, {failed} failed." +
+            f"\n\n{len(jobs) - failed - skipped} of {len(jobs)} jobs finished, {failed} failed" +
+            (f", {skipped} skipped (already FINISHED: the SKIPPED rows show those runs)." if skipped else ".") +
             (f"\nDegenerate output, so speed figures of broken text: {', '.join(broken)}." if broken else ""))
+
+
+def _status(job: dict) -> str:
+    """A skipped job (sweep.skip_completed) points to the earlier run it stands for."""
+    return f"SKIPPED = run {job['run_id']}" if job["status"] == "SKIPPED" else job["status"]
 
 
 def _degenerate(job: dict) -> str:

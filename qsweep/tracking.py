@@ -82,6 +82,24 @@ def open_store(tracking: TrackingConfig) -> Store:
     return Store(client, experiment_id, uri)
 
 
+def open_existing(uri: str) -> Store:
+    """Open a store that must already exist, to read runs back (reproduce); never creates one.
+    It has no experiment of its own (experiment_id ""): searches cover every experiment."""
+    from mlflow import MlflowClient
+
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+        raise StoreUnavailable(f"no MLflow store at {uri}: the file does not exist; "
+                               "give the store the run was recorded in with --tracking-uri (or MLFLOW_TRACKING_URI)")
+    try:
+        client = MlflowClient(tracking_uri=uri)
+        client.search_experiments(max_results=1)
+    except Exception as err:
+        first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise StoreUnavailable(f"cannot open the MLflow store {uri}: {first_line}; "
+                               "check --tracking-uri (or MLFLOW_TRACKING_URI)") from None
+    return Store(client, "", uri)
+
+
 def one_line(err: BaseException) -> str:
     """The `error` tag: the exception's type and message on one line; CUDA OOM is named as a result."""
     text = " ".join(str(err).split()) or type(err).__name__
@@ -124,10 +142,11 @@ class JobRun:
 
 
 @contextmanager
-def job_run(store: Store, run_name: str, parent_run_id: Optional[str]) -> Iterator[JobRun]:
+def job_run(store: Store, run_name: str, parent_run_id: Optional[str],
+            extra_tags: Optional[dict] = None) -> Iterator[JobRun]:
     from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-    tags = {TAG_KIND: "job"}
+    tags = {TAG_KIND: "job", **{k: str(v) for k, v in (extra_tags or {}).items()}}
     if parent_run_id:
         tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
     run = store.client.create_run(store.experiment_id, run_name=run_name, tags=tags)
@@ -173,6 +192,40 @@ def sweep_jobs(store: Store, parent_run_id: str) -> List[dict]:
 
 def get_job(store: Store, run_id: str) -> dict:
     return _as_dict(store.client.get_run(run_id))
+
+
+def find_by_hash(store: Store, prefix: str, finished_only: bool = False) -> List[dict]:
+    """Job runs whose config_hash starts with `prefix` (a whole hash matches itself), newest first:
+    in the store's experiment, or in every active experiment when it has none. Prefix is hex only."""
+    experiments = ([store.experiment_id] if store.experiment_id else
+                   [e.experiment_id for e in store.client.search_experiments(max_results=50000)])
+    query = f"tags.{TAG_HASH} LIKE '{prefix}%'" + (" AND attributes.status = 'FINISHED'" if finished_only else "")
+    runs = store.client.search_runs(experiments, filter_string=query,
+                                    order_by=["attributes.start_time DESC"], max_results=50000)
+    return [{**_as_dict(run), "experiment_id": run.info.experiment_id, "start_time": run.info.start_time}
+            for run in runs]
+
+
+def experiment_name(store: Store, experiment_id: str) -> str:
+    return store.client.get_experiment(experiment_id).name
+
+
+def read_artifact(store: Store, run_id: str, path: str) -> Optional[str]:
+    """The text of one artifact of a run, or None when the run has no such artifact."""
+    import tempfile
+
+    if path not in {a.path for a in store.client.list_artifacts(run_id)}:
+        return None
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one small file: no bar on stderr
+    with tempfile.TemporaryDirectory() as tmp:
+        return Path(store.client.download_artifacts(run_id, path, tmp)).read_text()
+
+
+def note_skipped(store: Store, sweep_run_id: str, skipped: List[dict]) -> None:
+    """On a sweep's parent run: which jobs were skipped (sweep.skip_completed) and the runs they point to."""
+    store.client.set_tag(sweep_run_id, "skipped_jobs", str(len(skipped)))
+    store.client.log_dict(sweep_run_id, [{"name": job["name"], TAG_HASH: job["tags"].get(TAG_HASH),
+                                          "run_id": job["run_id"]} for job in skipped], "skipped_jobs.json")
 
 
 def _as_dict(run) -> dict:

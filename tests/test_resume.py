@@ -1,0 +1,77 @@
+"""sweep.skip_completed=true resumes a sweep: jobs whose config_hash already has a FINISHED run are skipped
+(no run created, listed as SKIPPED in the summary); without it every job is measured again."""
+
+import signal
+import time
+from collections import Counter
+
+import pytest
+
+from qsweep import tracking
+from qsweep.config import TrackingConfig
+
+# three jobs, each a few seconds (a fresh worker process per job)
+GRID = ["-m", "model=tiny-gpt2", "device=cpu", "generation.warmup=0", "generation.repeats=2",
+        "generation.max_new_tokens=8,9,10"]
+
+
+def jobs(sweep):
+    return [r for r in sweep.runs() if r.data.tags.get("qsweep.kind") == "job"]
+
+
+def finished_per_hash(sweep):
+    return Counter(r.data.tags["config_hash"] for r in jobs(sweep) if r.info.status == "FINISHED")
+
+
+@pytest.mark.slow
+def test_a_sweep_killed_midway_resumes_with_only_the_missing_jobs(sweep):
+    tracking.open_store(TrackingConfig(uri=sweep.uri))  # create the store once, before two processes use it
+    process = sweep.start(*GRID)
+    deadline = time.monotonic() + 300
+    while not finished_per_hash(sweep) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)  # cut short after its first job
+    process.communicate(timeout=120)
+    assert process.returncode != 0
+    before = {r.info.run_id: r for r in jobs(sweep)}
+    done = finished_per_hash(sweep)
+    assert len(done) == 1, f"the sweep was not cut short midway: {done}"
+    assert not [r for r in before.values() if r.info.status == "RUNNING"]  # the cut job ended KILLED
+
+    resumed = sweep.run(*GRID, "sweep.skip_completed=true")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    new = [r for r in jobs(sweep) if r.info.run_id not in before]
+    (skipped_hash,) = done
+    # only the missing jobs were measured, and now every job has exactly one FINISHED run
+    assert sorted(r.data.params["generation.max_new_tokens"] for r in new) == sorted(
+        {"8", "9", "10"} - {next(r.data.params["generation.max_new_tokens"] for r in before.values()
+                                 if r.data.tags["config_hash"] == skipped_hash)})
+    assert all(r.info.status == "FINISHED" and r.data.tags["config_hash"] != skipped_hash for r in new)
+    assert sorted(finished_per_hash(sweep).values()) == [1, 1, 1]
+    # the summary counts the skipped job and points to the run it stands for
+    (first_run,) = [r for r in before.values() if r.info.status == "FINISHED"]
+    assert f"SKIPPED = run {first_run.info.run_id}" in resumed.stdout
+    assert "2 of 3 jobs finished, 0 failed, 1 skipped" in resumed.stdout
+    parent = sweep.client().get_run(new[0].data.tags["mlflow.parentRunId"])
+    assert parent.info.status == "FINISHED" and parent.data.tags["skipped_jobs"] == "1"
+
+    # once everything is done, a resumed sweep measures nothing
+    again = sweep.run(*GRID, "sweep.skip_completed=true")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert len(jobs(sweep)) == len(before) + 2
+    assert "0 of 3 jobs finished, 0 failed, 3 skipped" in again.stdout
+
+
+@pytest.mark.slow
+def test_without_skip_completed_a_finished_job_is_measured_again(sweep):
+    single = ["model=tiny-gpt2", "device=cpu", "generation.warmup=0", "generation.repeats=1",
+              "generation.max_new_tokens=4"]
+    assert sweep.run(*single).returncode == 0
+    skipped = sweep.run(*single, "sweep.skip_completed=true")
+    assert skipped.returncode == 0 and len(jobs(sweep)) == 1
+    (first,) = jobs(sweep)
+    assert f"SKIPPED = run {first.info.run_id}" in skipped.stdout
+    again = sweep.run(*single)
+    assert again.returncode == 0
+    assert [r.info.status for r in jobs(sweep)] == ["FINISHED", "FINISHED"]
+    assert len(finished_per_hash(sweep)) == 1  # the same config_hash, measured twice on purpose
