@@ -5,9 +5,9 @@ import time
 import psutil
 import pytest
 
-# two jobs: a long one (400 timed generations) and a short one (1)
+# two jobs: a long one (4000 timed generations: minutes even on a fast machine) and a short one (4)
 TINY = ["model=tiny-gpt2", "device=cpu", "generation.warmup=0", "generation.max_new_tokens=64",
-        "generation.repeats=100,1"]
+        "generation.repeats=1000,1"]
 
 
 def by_repeats(sweep):
@@ -17,10 +17,10 @@ def by_repeats(sweep):
 
 @pytest.mark.slow
 def test_a_job_over_its_time_limit_fails_and_the_next_runs(sweep):
-    result = sweep.run("-m", *TINY, "runner.timeout_s=15")
+    result = sweep.run("-m", *TINY, "runner.timeout_s=45")  # generous: the short job must fit on a busy machine
     assert result.returncode != 0
     runs = by_repeats(sweep)
-    assert runs["100"] == ("FAILED", "WorkerDied: timed out after 15 s (runner.timeout_s)")
+    assert runs["1000"] == ("FAILED", "WorkerDied: timed out after 45 s (runner.timeout_s)")
     assert runs["1"][0] == "FINISHED"
 
 
@@ -39,6 +39,6 @@ def test_a_worker_killed_mid_job_is_recorded_and_the_sweep_goes_on(sweep):
     out, _ = process.communicate(timeout=600)
     assert process.returncode != 0
     runs = by_repeats(sweep)
-    assert runs["100"] == ("FAILED", "WorkerDied: worker killed by signal 9")
+    assert runs["1000"] == ("FAILED", "WorkerDied: worker killed by signal 9")
     assert runs["1"][0] == "FINISHED"
     assert "1 of 2 jobs finished, 1 failed" in out
