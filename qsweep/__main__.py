@@ -1,0 +1,79 @@
+"""`python -m qsweep <command>` (or `qsweep <command>`): work on what sweeps recorded.
+
+Sweeps themselves run through Hydra: `python run.py -m ...`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+
+def _report(args: argparse.Namespace) -> int:
+    from qsweep import report, tracking
+    from qsweep.config import TrackingConfig
+
+    store = tracking.open_store(TrackingConfig(uri=args.tracking_uri, experiment=args.experiment or "qsweep"),
+                                create=False)
+    parent = None
+    if args.sweep:
+        parent = tracking.get_job(store, args.sweep)
+        jobs, source = tracking.sweep_jobs(store, args.sweep), f"sweep {parent['name']}"
+    elif args.filter or args.experiment:
+        jobs = report.latest_per_config(tracking.find_jobs(store, args.filter or ""))
+        source = f"experiment {args.experiment or 'qsweep'}" + (f", runs where {args.filter}" if args.filter else "")
+    else:
+        parent = tracking.latest_sweep(store)
+        if parent is None:
+            print(f"qsweep report: no sweep in experiment 'qsweep' of {store.uri}; run `python run.py -m ...` "
+                  "first, or pick runs with --experiment / --filter", file=sys.stderr)
+            return 2
+        jobs, source = tracking.sweep_jobs(store, parent["run_id"]), f"sweep {parent['name']}"
+    if not jobs:
+        print(f"qsweep report: no job runs in {source}", file=sys.stderr)
+        return 2
+    if parent:
+        overrides = parent["tags"].get("sweep_overrides")
+        source += f" (`{overrides}`)" if overrides else ""
+    from qsweep.charts import slug
+
+    out = Path(args.out) if args.out else Path("reports") / slug(parent["name"] if parent else source)
+    path = report.write_report(store, jobs, out, source, parent and parent["run_id"], log=not args.no_log)
+    print(report.summary(jobs))
+    print(f"\nqsweep report: {path} and {len(list(out.glob('*.png')))} charts"
+          + (f"; logged to run {parent['run_id']} (artifacts report/)" if parent and not args.no_log else ""))
+    return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="qsweep", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    rep = commands.add_parser("report", help="tables and charts of a sweep: report.md + PNGs, logged to the sweep",
+                              description="Default: the latest sweep in the store.")
+    rep.add_argument("--sweep", metavar="RUN_ID", help="the sweep's parent run id (default: the latest sweep)")
+    rep.add_argument("--experiment", help="every job run of this MLflow experiment (the newest run per "
+                     "config_hash) instead of one sweep")
+    rep.add_argument("--filter", metavar="MLFLOW_FILTER",
+                     help="job runs matching an MLflow search filter, e.g. \"tags.model = 'gpt2'\"")
+    rep.add_argument("--out", metavar="DIR", help="output folder (default: reports/<sweep name>)")
+    rep.add_argument("--tracking-uri", help="the MLflow store (default: $MLFLOW_TRACKING_URI, else mlruns/)")
+    rep.add_argument("--no-log", action="store_true", help="do not log the report to the sweep's parent run")
+    rep.set_defaults(func=_report)
+
+    args = parser.parse_args(argv)
+    from mlflow.exceptions import MlflowException
+
+    from qsweep.tracking import StoreUnavailable, one_line
+
+    try:
+        return args.func(args)
+    except (StoreUnavailable, MlflowException) as err:  # no such store, experiment or run: one line
+        print(f"qsweep {args.command}: {one_line(err)}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
