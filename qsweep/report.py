@@ -8,6 +8,7 @@ the store, through tracking.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -33,6 +34,7 @@ QUALITY_COLUMNS = (  # shown when some run has them (measured by qsweep/quality.
     ("Output match vs FP32", "output_match_vs_fp32", 3, None),
 )
 DEGENERATE = "degenerate_output"
+UNFINISHED = "Jobs that did not finish (failed, killed, skipped or still running)"
 
 LEGEND = (
     "Every figure is the median over the run's timed generations (`timed_samples`: prompts x repeats). "
@@ -170,9 +172,17 @@ def summary(jobs: List[dict]) -> str:
     parts = [f"## {title(model, rows)}\n\n{model_table(rows)}" for model, rows in rows_by_model(jobs).items()]
     failed = not_finished(jobs)
     if failed:
-        parts.append(f"## Failed and skipped jobs\n\n{failures_table(failed)}")
-    parts.append(f"{len(jobs) - len(failed)} of {len(jobs)} jobs finished, {len(failed)} failed.")
+        parts.append(f"## {UNFINISHED}\n\n{failures_table(failed)}")
+    parts.append(count_line(jobs))
     return "\n\n".join(parts)
+
+
+def count_line(jobs: List[dict]) -> str:
+    """'5 of 6 jobs finished, 1 failed.'; killed or still running jobs are counted apart from failures."""
+    statuses = Counter(job["status"] for job in jobs)
+    others = "".join(f", {n} {status.lower()}" for status, n in sorted(statuses.items())
+                     if status not in ("FINISHED", "FAILED"))
+    return f"{statuses['FINISHED']} of {len(jobs)} jobs finished, {statuses['FAILED']} failed{others}."
 
 
 # --- CPU vs GPU (seed 000) ---------------------------------------------------------------------------
@@ -253,7 +263,7 @@ def write_report(store, jobs: List[dict], out_dir: Path, source: str, parent_run
     by_model = rows_by_model(jobs)
     failed = not_finished(jobs)
     lines = [f"# qsweep report: {source}", "",
-             f"{len(jobs)} jobs: {len(jobs) - len(failed)} finished, {len(failed)} failed or skipped. "
+             f"{count_line(jobs)} "
              f"Store: `{store.uri}`. Written {time.strftime('%Y-%m-%d %H:%M:%S')}.", ""]
     env = _environment(store, [r for rows in by_model.values() for r in rows])
     if env:
@@ -278,7 +288,7 @@ def write_report(store, jobs: List[dict], out_dir: Path, source: str, parent_run
             lines += [f"### CPU vs GPU: {model}", "",
                       "The comparison of seed 000, from the same runs (inference time and speed at every "
                       "length measured; the other rows from the longest).", "", comparison, ""]
-    lines += ["## Failed and skipped jobs", ""]
+    lines += [f"## {UNFINISHED}", ""]
     lines += [failures_table(failed), ""] if failed else ["None: every job finished.", ""]
     report = out_dir / "report.md"
     report.write_text("\n".join(lines))
