@@ -191,17 +191,27 @@ def _quantization(precision: str) -> str:
     return {"int8": "Yes (8-bit, LLM.int8)", "int4": "Yes (4-bit)"}.get(precision, f"No ({precision.upper()})")
 
 
+def by_setting(rows: List[Row]) -> Dict[str, List[Row]]:
+    """Setting -> its rows, settings in the seed's order (CPU first, then by precision)."""
+    settings: Dict[str, List[Row]] = {}
+    for row in sorted(rows, key=lambda r: (_index(DEVICE_ORDER, r.device), _index(PRECISION_ORDER, r.precision))):
+        settings.setdefault(row.setting, []).append(row)
+    return settings
+
+
+def longest_per_setting(rows: List[Row]) -> Dict[str, Row]:
+    return {s: max(rs, key=lambda r: r.max_new_tokens) for s, rs in by_setting(rows).items()}
+
+
 def cpu_vs_gpu(rows: List[Row], samples: Dict[str, str], hardware: Dict[str, str]) -> Optional[str]:
     """Seed 000's comparison for a model measured on both devices: one column per setting, CPU first.
     samples / hardware: run_id -> the first prompt's output / the machine, from the runs' artifacts."""
     devices = {r.device for r in rows}
     if not {"cpu", "cuda"} <= devices:
         return None
-    settings: Dict[str, List[Row]] = {}
-    for row in sorted(rows, key=lambda r: (_index(DEVICE_ORDER, r.device), _index(PRECISION_ORDER, r.precision))):
-        settings.setdefault(row.setting, []).append(row)
+    settings = by_setting(rows)
     lengths = sorted({r.max_new_tokens for r in rows})
-    longest = {s: max(rs, key=lambda r: r.max_new_tokens) for s, rs in settings.items()}
+    longest = longest_per_setting(rows)
     baseline = next(iter(settings))  # the first CPU setting (CPU FP32 when measured): speeds relative to it
 
     def per_setting(fn):
@@ -277,14 +287,22 @@ def write_report(store, jobs: List[dict], out_dir: Path, source: str, parent_run
                       + ", ".join(f"{r.setting} {r.max_new_tokens}" for r in degenerate), ""]
         for chart in charts.model_charts(model, rows, out_dir):
             lines += [f"![{chart.caption}]({chart.path.name})", "", f"*{chart.caption}*", ""]
-        hardware = {r.job["run_id"]: hardware_text(tracking.read_json_artifact(store, r.job["run_id"],
-                                                                                  "environment.json"))
-                    for r in rows} if len({r.device for r in rows}) > 1 else {}
-        samples = {r.job["run_id"]: sample_text(tracking.read_json_artifact(store, r.job["run_id"],
-                                                                            "generations.json"))
-                   for r in rows} if hardware else {}
-        comparison = cpu_vs_gpu(rows, samples, {k: v for k, v in hardware.items() if v})
-        if comparison:
+        longest = longest_per_setting(rows)
+        generations = {r.job["run_id"]: tracking.read_json_artifact(store, r.job["run_id"], "generations.json")
+                       for r in longest.values()}
+        samples = {run_id: sample_text(g) for run_id, g in generations.items()}
+        prompt = next((g[0].get("prompt") for g in generations.values() if g), None)
+        if prompt:
+            lines += [f"### Sample output: {model}", "", f"The first prompt, “{prompt}”, at each setting's "
+                      "longest length (greedy; the text of every prompt is in each run's generations.md).", "",
+                      markdown_table(["Setting", "New tokens", "Output"],
+                                     [[s, str(r.max_new_tokens), samples[r.job["run_id"]]]
+                                      for s, r in longest.items()], ["<", ">", "<"]), ""]
+        if {"cpu", "cuda"} <= {r.device for r in rows}:
+            hardware = {r.job["run_id"]: hardware_text(tracking.read_json_artifact(store, r.job["run_id"],
+                                                                                      "environment.json"))
+                        for r in longest.values()}
+            comparison = cpu_vs_gpu(rows, samples, {k: v for k, v in hardware.items() if v})
             lines += [f"### CPU vs GPU: {model}", "",
                       "The comparison of seed 000, from the same runs (inference time and speed at every "
                       "length measured; the other rows from the longest).", "", comparison, ""]
