@@ -1,37 +1,103 @@
-"""`python -m qsweep` / `qsweep`: commands on recorded runs. Sweeps themselves run with `python run.py`."""
+"""`python -m qsweep <command>` (or `qsweep <command>`): work on what sweeps recorded.
+
+Sweeps themselves run through Hydra: `python run.py -m ...`.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import List, Optional
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="qsweep", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    rep = commands.add_parser("reproduce", help="measure a recorded run again from its config_hash and compare",
-                              description="Find the run with this config_hash, run the config recorded with it "
-                                          "again as a new run tagged reproduces=<run id>, and compare the two.")
-    rep.add_argument("hash", help="the run's config_hash (a unique prefix is enough)")
-    rep.add_argument("--tracking-uri", help="the MLflow store to read and record in "
-                                            "(default: $MLFLOW_TRACKING_URI, else this project's mlruns/)")
-    rep.add_argument("--experiment", help="record the new run in this experiment (default: the original's)")
-    rep.add_argument("--run-id", help="which run of that hash to reproduce (default: the newest FINISHED one)")
-    rep.add_argument("--allow-new-hash", action="store_true",
-                     help="run even when today's code hashes the recorded config differently")
-    args = parser.parse_args(argv)
+def _report(args: argparse.Namespace) -> int:
+    from qsweep import report, tracking
+    from qsweep.config import TrackingConfig
 
-    from qsweep import reproduce, tracking  # deferred: `--help` stays fast
+    store = tracking.open_store(TrackingConfig(uri=args.tracking_uri, experiment=args.experiment or "qsweep"),
+                                create=False)
+    parent = None
+    if args.sweep:
+        parent = tracking.get_job(store, args.sweep)
+        jobs, source = tracking.sweep_jobs(store, args.sweep), f"sweep {parent['name']}"
+    elif args.filter or args.experiment:
+        jobs = report.latest_per_config(tracking.find_jobs(store, args.filter or ""))
+        source = f"experiment {args.experiment or 'qsweep'}" + (f", runs where {args.filter}" if args.filter else "")
+    else:
+        parent = tracking.latest_sweep(store)
+        if parent is None:
+            print(f"qsweep report: no sweep in experiment 'qsweep' of {store.uri}; run `python run.py -m ...` "
+                  "first, or pick runs with --experiment / --filter", file=sys.stderr)
+            return 2
+        jobs, source = tracking.sweep_jobs(store, parent["run_id"]), f"sweep {parent['name']}"
+    if not jobs:
+        print(f"qsweep report: no job runs in {source}", file=sys.stderr)
+        return 2
+    if parent:
+        overrides = parent["tags"].get("sweep_overrides")
+        source += f" (`{overrides}`)" if overrides else ""
+    from qsweep.charts import slug
+
+    out = Path(args.out) if args.out else Path("reports") / slug(parent["name"] if parent else source)
+    path = report.write_report(store, jobs, out, source, parent and parent["run_id"], log=not args.no_log)
+    print(report.summary(jobs))
+    print(f"\nqsweep report: {path} and {len(list(out.glob('*.png')))} charts"
+          + (f"; logged to run {parent['run_id']} (artifacts report/)" if parent and not args.no_log else ""))
+    return 0
+
+
+def _reproduce(args: argparse.Namespace) -> int:
+    from qsweep import reproduce
 
     try:
         result = reproduce.reproduce(args.hash, args.tracking_uri, args.experiment, args.run_id,
                                      args.allow_new_hash)
-    except (reproduce.ReproduceError, tracking.StoreUnavailable) as err:
+    except reproduce.ReproduceError as err:
         print(f"qsweep reproduce: error: {err}", file=sys.stderr, flush=True)
         return 1
     print("\n" + result.report, flush=True)
     return 0 if result.new["status"] == "FINISHED" else 1
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="qsweep", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    rep = commands.add_parser("report", help="tables and charts of a sweep: report.md + PNGs, logged to the sweep",
+                              description="Default: the latest sweep in the store.")
+    rep.add_argument("--sweep", metavar="RUN_ID", help="the sweep's parent run id (default: the latest sweep)")
+    rep.add_argument("--experiment", help="every job run of this MLflow experiment (the newest run per "
+                     "config_hash) instead of one sweep")
+    rep.add_argument("--filter", metavar="MLFLOW_FILTER",
+                     help="job runs matching an MLflow search filter, e.g. \"tags.model = 'gpt2'\"")
+    rep.add_argument("--out", metavar="DIR", help="output folder (default: reports/<sweep name>)")
+    rep.add_argument("--tracking-uri", help="the MLflow store (default: $MLFLOW_TRACKING_URI, else mlruns/)")
+    rep.add_argument("--no-log", action="store_true", help="do not log the report to the sweep's parent run")
+    rep.set_defaults(func=_report)
+
+    again = commands.add_parser("reproduce", help="measure a recorded run again from its config_hash and compare",
+                                description="Find the run with this config_hash, run the config recorded with it "
+                                            "again as a new run tagged reproduces=<run id>, and compare the two.")
+    again.add_argument("hash", help="the run's config_hash (a unique prefix is enough)")
+    again.add_argument("--tracking-uri", help="the MLflow store to read and record in "
+                                              "(default: $MLFLOW_TRACKING_URI, else this project's mlruns/)")
+    again.add_argument("--experiment", help="record the new run in this experiment (default: the original's)")
+    again.add_argument("--run-id", help="which run of that hash to reproduce (default: the newest FINISHED one)")
+    again.add_argument("--allow-new-hash", action="store_true",
+                       help="run even when today's code hashes the recorded config differently")
+    again.set_defaults(func=_reproduce)
+
+    args = parser.parse_args(argv)
+    from mlflow.exceptions import MlflowException
+
+    from qsweep.tracking import StoreUnavailable, one_line
+
+    try:
+        return args.func(args)
+    except (StoreUnavailable, MlflowException) as err:  # no such store, experiment or run: one line
+        print(f"qsweep {args.command}: {one_line(err)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

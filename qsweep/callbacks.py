@@ -43,7 +43,21 @@ class SweepCallback(Callback):
             self.store, f"sweep-{time.strftime('%Y%m%d-%H%M%S')}", {"sweep_overrides": overrides})
         os.environ[tracking.PARENT_RUN_ENV] = self.parent_run_id
         atexit.register(self._on_abort)
-        print(f"qsweep: sweep run {self.parent_run_id} in {self.store.uri}", flush=True)
+        self.total_jobs = _count_jobs(config)
+        print(f"qsweep: sweep run {self.parent_run_id} in {self.store.uri}"
+              + (f", {self.total_jobs} jobs" if self.total_jobs else ""), flush=True)
+
+    def on_job_start(self, config: DictConfig, **kwargs) -> None:
+        """One line per job: which one of how many, and what it is about to do."""
+        if not hasattr(self, "parent_run_id"):  # a single run: nothing to count
+            return
+        from qsweep.job import run_name
+
+        gen = config.generation
+        number = f"{config.hydra.job.num + 1}" + (f"/{self.total_jobs}" if self.total_jobs else "")
+        name = run_name(config.model.name, config.precision.name, config.device.name, gen.max_new_tokens)
+        print(f"qsweep: job {number}: {name}: load, {gen.warmup} warm-up + {len(gen.prompts)} prompts x "
+              f"{gen.repeats} timed repeats", flush=True)
 
     def _on_abort(self) -> None:
         """At exit of a sweep that never reached on_multirun_end (interrupt, bad override)."""
@@ -75,6 +89,24 @@ class SweepCallback(Callback):
         jobs = self.skipped + measured  # a resumed sweep skips its first jobs and measures the rest
         tracking.end_sweep(self.store, self.parent_run_id, "FAILED" if failed else "FINISHED")
         os.environ.pop(tracking.PARENT_RUN_ENV, None)
-        print("\n" + report.summary(jobs), flush=True)
+        table = report.summary(jobs)
+        tracking.set_description(self.store, self.parent_run_id, table)
+        print("\n" + table, flush=True)
+        print("qsweep: charts and report.md: python -m qsweep report", flush=True)
         if failed:
             raise SystemExit(1)
+
+
+def _count_jobs(config: DictConfig):
+    """How many jobs Hydra's basic sweeper will launch (sweeper params + command-line overrides), or None."""
+    try:
+        from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        if not str(config.hydra.sweeper.get("_target_", "")).endswith("BasicSweeper"):
+            return None
+        params = [f"{k}={v}" for k, v in (config.hydra.sweeper.get("params") or {}).items()]
+        overrides = OverridesParser.create().parse_overrides(params + list(config.hydra.overrides.task))
+        return sum(len(batch) for batch in BasicSweeper.split_arguments(overrides, None))
+    except Exception:  # another sweeper, or an override this cannot expand: jobs are numbered without n
+        return None

@@ -114,6 +114,17 @@ def _median_iqr(values: List[float]) -> tuple:
     return statistics.median(values), q3 - q1
 
 
+def _progress(total: int):
+    """A progress bar over the timed generations, on a terminal only (logs and pipes get nothing)."""
+    import sys
+
+    if total < 2 or not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="qsweep: timed generations", unit="gen", leave=False)
+
+
 def generate_timed(model, prompt_ids: List[torch.Tensor], gen: GenerationConfig,
                    device: str) -> tuple[SpeedMetrics, List[Generation]]:
     cuda = device == "cuda"
@@ -138,15 +149,20 @@ def generate_timed(model, prompt_ids: List[torch.Tensor], gen: GenerationConfig,
             for ids in (prompt_ids if gen.compile else prompt_ids[:1]):
                 run(ids)
         latencies, ttfts, decode_rates, outputs = [], [], [], {}
+        progress = _progress(gen.repeats * len(prompt_ids))
         for _ in range(gen.repeats):
             for i, ids in enumerate(prompt_ids):
                 new, latency, ttft = run(ids)
+                if progress is not None:  # outside the timed region
+                    progress.update()
                 latencies.append(latency)
                 ttfts.append(ttft)
                 if len(new) > 1:
                     decode_rates.append((len(new) - 1) / (latency - ttft))
                 outputs[i] = Generation(ids[0].tolist(), new.tolist())
 
+    if progress is not None:
+        progress.close()
     new_tokens = len(outputs[0].output_ids)
     latency, latency_iqr = _median_iqr(latencies)
     ttft, ttft_iqr = _median_iqr(ttfts)

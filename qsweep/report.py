@@ -1,47 +1,164 @@
-"""Tables from MLflow runs: the end-of-sweep summary."""
+"""Reports from MLflow runs: the seed-style table per model (printed at the end of every multirun and
+by `python -m qsweep report`), the CPU-vs-GPU comparison, and report.md with its charts (charts.py).
+
+Everything here reads plain job dicts (tracking.sweep_jobs / find_jobs); only `write_report` touches
+the store, through tracking.
+"""
 
 from __future__ import annotations
 
-from typing import List
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional
 
-SUMMARY_COLUMNS = (  # (header, metric, format)
-    ("tokens/s", "tokens_per_s", "{:.2f}"),
-    ("decode tok/s", "decode_tokens_per_s", "{:.2f}"),
-    ("latency s", "latency_s", "{:.3f}"),
-    ("TTFT s", "ttft_s", "{:.3f}"),
-    ("load s", "load_time_s", "{:.1f}"),
-    ("footprint GB", "model_footprint_gb", "{:.3g}"),
-    ("peak RSS GB", "peak_rss_gb", "{:.2f}"),
-    ("peak VRAM GB", "peak_vram_gb", "{:.3f}"),
-    ("perplexity", "perplexity", "{:.2f}"),
-    ("KL vs fp32", "kl_div_vs_fp32", "{:.4f}"),
+PRECISION_ORDER = ("fp32", "fp16", "bf16", "int8", "int4")
+DEVICE_ORDER = ("cpu", "cuda")
+DASH = "–"  # the seed's mark for "does not apply" (VRAM on the CPU)
+
+# (header, metric, decimals, spread metric): the seed's columns first, then what it did not measure.
+SPEED_COLUMNS = (
+    ("Latency (s)", "latency_s", 3, "latency_iqr_s"),
+    ("Tokens/sec", "tokens_per_s", 2, None),
+    ("VRAM (GB)", "peak_vram_gb", 2, None),
+    ("TTFT (s)", "ttft_s", 3, "ttft_iqr_s"),
+    ("Decode tokens/sec", "decode_tokens_per_s", 2, "decode_tokens_per_s_iqr"),
+    ("RSS (GB)", "peak_rss_gb", 2, None),
+    ("Load (s)", "load_time_s", 1, None),
 )
+QUALITY_COLUMNS = (  # shown when some run has them (measured by qsweep/quality.py)
+    ("Perplexity", "perplexity", 2, None),
+    ("KL vs FP32", "kl_div_vs_fp32", 4, None),
+    ("Top-1 agreement vs FP32", "top1_agreement_vs_fp32", 3, None),
+    ("Output match vs FP32", "output_match_vs_fp32", 3, None),
+)
+DEGENERATE = "degenerate_output"
+UNFINISHED = "Jobs that did not finish (failed, killed, skipped or still running)"
+
+LEGEND = (
+    "Every figure is the median over the run's timed generations (`timed_samples`: prompts x repeats). "
+    "`a ± b` shows the spread: b is half the interquartile range (the middle half of the samples lies "
+    "within about a ± b); a figure without ± has no spread (one sample, or a single measurement such as "
+    "memory and load time). Tokens/sec = new tokens / median latency (the seed's definition, prefill "
+    "included); decode tokens/sec leaves out the first token. VRAM = torch's peak allocated GPU memory "
+    f"({DASH} on the CPU); RSS = the process's peak resident memory. GB are GiB.")
 
 
-def _cell(run: dict, metric: str, fmt: str) -> str:
-    value = run["metrics"].get(metric)
-    return "-" if value is None else fmt.format(value)
+@dataclass
+class Row:
+    """One finished job as the tables show it."""
+    job: dict
+    model: str
+    device: str
+    precision: str
+    max_new_tokens: int
+
+    @property
+    def setting(self) -> str:  # the seed's names: CPU FP32, GPU FP16
+        return f"{'GPU' if self.device == 'cuda' else self.device.upper()} {self.precision.upper()}"
+
+    @property
+    def metrics(self) -> dict:
+        return self.job["metrics"]
+
+    @property
+    def degenerate(self) -> bool:
+        return bool(self.metrics.get(DEGENERATE))
+
+    def sort_key(self):
+        return (self.max_new_tokens, _index(DEVICE_ORDER, self.device), _index(PRECISION_ORDER, self.precision))
 
 
-def markdown_table(headers: List[str], rows: List[List[str]]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
+def _index(order: tuple, value: str) -> int:
+    return order.index(value) if value in order else len(order)
 
 
-def summary(jobs: List[dict]) -> str:
-    headers = ["run", "status", "config_hash", *(h for h, _, _ in SUMMARY_COLUMNS), "degenerate", "error"]
-    rows = [[job["name"], _status(job), job["tags"].get("config_hash", "-"),
-             *(_cell(job, metric, fmt) for _, metric, fmt in SUMMARY_COLUMNS), _degenerate(job),
-             job["tags"].get("error", "")] for job in jobs]
-    skipped = sum(job["status"] == "SKIPPED" for job in jobs)
-    failed = sum(job["status"] not in ("FINISHED", "SKIPPED") for job in jobs)
-    broken = [f"{job['name']} ({job['tags'].get('degenerate_reason', '?')})" for job in jobs
-              if job["metrics"].get("degenerate_output") == 1]
-    return (markdown_table(headers, rows) +
-            f"\n\n{len(jobs) - failed - skipped} of {len(jobs)} jobs finished, {failed} failed" +
-            (f", {skipped} skipped (already FINISHED: the SKIPPED rows show those runs)." if skipped else ".") +
-            (f"\nDegenerate output, so speed figures of broken text: {', '.join(broken)}." if broken else ""))
+def rows_by_model(jobs: List[dict]) -> Dict[str, List[Row]]:
+    """Finished jobs, grouped by model (in order of appearance), each sorted like the seed's table."""
+    models: Dict[str, List[Row]] = {}
+    for job in jobs:
+        tags = job["tags"]
+        if job["status"] != "FINISHED" or "model" not in tags:
+            continue
+        row = Row(job, tags["model"], tags.get("device", "?"), tags.get("precision", "?"),
+                  int(tags.get("max_new_tokens", job["metrics"].get("new_tokens", 0))))
+        models.setdefault(row.model, []).append(row)
+    return {model: sorted(rows, key=Row.sort_key) for model, rows in models.items()}
+
+
+def not_finished(jobs: List[dict]) -> List[dict]:
+    return [job for job in jobs if job["status"] != "FINISHED"]
+
+
+def latest_per_config(jobs: List[dict]) -> List[dict]:
+    """Several sweeps of one experiment: per config_hash the newest finished run, else its newest failure."""
+    chosen: Dict[str, dict] = {}
+    for job in jobs:  # oldest first
+        key = job["tags"].get("config_hash") or job["name"]
+        if job["status"] == "FINISHED" or chosen.get(key, {}).get("status") != "FINISHED":
+            chosen[key] = job
+    return list(chosen.values())
+
+
+# --- cells and tables -------------------------------------------------------------------------------
+
+def fmt(value: Optional[float], decimals: int, spread: Optional[float] = None) -> str:
+    if value is None or value != value:  # missing or NaN
+        return DASH
+    text = f"{value:.{decimals}f}"
+    return f"{text} ± {spread / 2:.{decimals}f}" if spread else text
+
+
+def cell(row: Row, metric: str, decimals: int, spread_metric: Optional[str]) -> str:
+    m = row.metrics
+    spread = m.get(spread_metric) if spread_metric and m.get("timed_samples", 0) > 1 else None
+    if metric == "peak_vram_gb" and row.device != "cuda":
+        return DASH
+    return fmt(m.get(metric), decimals, spread)
+
+
+def columns_for(rows: List[Row]) -> tuple:
+    present = {k for row in rows for k in row.metrics}
+    quality = tuple(c for c in QUALITY_COLUMNS if c[1] in present)
+    return SPEED_COLUMNS + quality, DEGENERATE in present
+
+
+def markdown_table(headers: List[str], rows: List[List[str]], align: Optional[List[str]] = None) -> str:
+    """A Markdown table padded to line up in a terminal too."""
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
+    align = align or ["<"] + [">"] * (len(headers) - 1)
+    rule = {"<": ":{}", ">": "{}:", "^": ":{}:"}
+
+    def line(cells):
+        return "| " + " | ".join(f"{c:{a}{w}}" for c, a, w in zip(cells, align, widths)) + " |"
+
+    seps = [rule[a].format("-" * max(1, w - (2 if a == "^" else 1))) for a, w in zip(align, widths)]
+    return "\n".join([line(headers), "| " + " | ".join(seps) + " |", *(line(r) for r in rows)])
+
+
+def model_table(rows: List[Row]) -> str:
+    """The seed's table (Setting, Max New Tokens, Latency, Tokens/sec, VRAM) plus TTFT, decode speed,
+    RSS, load time and the quality columns; the last column names the run (its config_hash)."""
+    columns, has_degenerate = columns_for(rows)
+    headers = ["Setting", "Max New Tokens", *(c[0] for c in columns)]
+    headers += ["Degenerate output"] if has_degenerate else []
+    body = []
+    for row in rows:
+        cells = [row.setting + (" ⚠" if row.degenerate else ""), str(row.max_new_tokens),
+                 *(cell(row, metric, dec, spread) for _, metric, dec, spread in columns)]
+        if has_degenerate:
+            cells.append(("yes: " + row.job["tags"].get("degenerate_reason", "")).strip(": ")
+                         if row.degenerate else "no")
+        body.append(cells + [row.job["tags"].get("config_hash", "-")])
+    headers.append("config_hash")
+    return markdown_table(headers, body, ["<", ">", *[">"] * len(columns), *(["<"] if has_degenerate else []), "<"])
+
+
+def failures_table(jobs: List[dict]) -> str:
+    return markdown_table(["Run", "Status", "Error"],
+                          [[job["name"], _status(job), job["tags"].get("error", "no error recorded")]
+                           for job in jobs], ["<", "<", "<"])
 
 
 def _status(job: dict) -> str:
@@ -49,9 +166,182 @@ def _status(job: dict) -> str:
     return f"SKIPPED = run {job['run_id']}" if job["status"] == "SKIPPED" else job["status"]
 
 
-def _degenerate(job: dict) -> str:
-    """yes (why) / no / - (quality not measured)."""
-    flag = job["metrics"].get("degenerate_output")
-    if flag is None:
-        return "-"
-    return f"yes ({job['tags'].get('degenerate_reason', '?')})" if flag == 1 else "no"
+def title(model: str, rows: List[Row]) -> str:
+    random = any(r.job["tags"].get("weights") == "random" for r in rows)
+    return model + (" (random weights: speed and memory only)" if random else "")
+
+
+def summary(jobs: List[dict]) -> str:
+    """The main table per model, the jobs that did not finish with their error, and a count:
+    what the end of a multirun prints, and what `python -m qsweep report` prints."""
+    parts = [f"## {title(model, rows)}\n\n{model_table(rows)}" for model, rows in rows_by_model(jobs).items()]
+    failed = not_finished(jobs)
+    if failed:
+        parts.append(f"## {UNFINISHED}\n\n{failures_table(failed)}")
+    parts.append(count_line(jobs) + degenerate_line(jobs))
+    return "\n\n".join(parts)
+
+
+def degenerate_line(jobs: List[dict]) -> str:
+    """Names the runs whose output is broken: their speed figures are those of garbage text."""
+    broken = [f"{job['name']} ({job['tags'].get('degenerate_reason', '?')})" for job in jobs
+              if job["metrics"].get(DEGENERATE) == 1]
+    return f"\nDegenerate output, so speed figures of broken text: {', '.join(broken)}." if broken else ""
+
+
+def count_line(jobs: List[dict]) -> str:
+    """'5 of 6 jobs finished, 1 failed.'; killed or still running jobs are counted apart from failures."""
+    statuses = Counter(job["status"] for job in jobs)
+    others = "".join(f", {n} {status.lower()}" for status, n in sorted(statuses.items())
+                     if status not in ("FINISHED", "FAILED"))
+    return f"{statuses['FINISHED']} of {len(jobs)} jobs finished, {statuses['FAILED']} failed{others}."
+
+
+# --- CPU vs GPU (seed 000) ---------------------------------------------------------------------------
+
+def _quantization(precision: str) -> str:
+    return {"int8": "Yes (8-bit, LLM.int8)", "int4": "Yes (4-bit)"}.get(precision, f"No ({precision.upper()})")
+
+
+def by_setting(rows: List[Row]) -> Dict[str, List[Row]]:
+    """Setting -> its rows, settings in the seed's order (CPU first, then by precision)."""
+    settings: Dict[str, List[Row]] = {}
+    for row in sorted(rows, key=lambda r: (_index(DEVICE_ORDER, r.device), _index(PRECISION_ORDER, r.precision))):
+        settings.setdefault(row.setting, []).append(row)
+    return settings
+
+
+def longest_per_setting(rows: List[Row]) -> Dict[str, Row]:
+    return {s: max(rs, key=lambda r: r.max_new_tokens) for s, rs in by_setting(rows).items()}
+
+
+def cpu_vs_gpu(rows: List[Row], samples: Dict[str, str], hardware: Dict[str, str]) -> Optional[str]:
+    """Seed 000's comparison for a model measured on both devices: one column per setting, CPU first.
+    samples / hardware: run_id -> the first prompt's output / the machine, from the runs' artifacts."""
+    devices = {r.device for r in rows}
+    if not {"cpu", "cuda"} <= devices:
+        return None
+    settings = by_setting(rows)
+    lengths = sorted({r.max_new_tokens for r in rows})
+    longest = longest_per_setting(rows)
+    baseline = next(iter(settings))  # the first CPU setting (CPU FP32 when measured): speeds relative to it
+
+    def per_setting(fn):
+        return [fn(longest[s]) for s in settings]
+
+    def at_length(n, metric, decimals, spread=None):
+        out = []
+        for s in settings:
+            row = next((r for r in settings[s] if r.max_new_tokens == n), None)
+            out.append(cell(row, metric, decimals, spread) if row else "not measured")
+        return out
+
+    table = [["Hardware", *per_setting(lambda r: hardware.get(r.job["run_id"], r.setting.split()[0]))],
+             ["Quantization", *per_setting(lambda r: _quantization(r.precision))],
+             ["Model size in memory (GB)", *per_setting(lambda r: fmt(r.metrics.get("model_footprint_gb"), 3))],
+             ["Load time (s)", *per_setting(lambda r: fmt(r.metrics.get("load_time_s"), 1))]]
+    for n in lengths:
+        table.append([f"Inference time, {n} tokens (s)", *at_length(n, "latency_s", 3, "latency_iqr_s")])
+        speeds = [next((r.metrics.get("tokens_per_s") for r in settings[s] if r.max_new_tokens == n), None)
+                  for s in settings]
+        table.append([f"Tokens/sec, {n} tokens (x {baseline})",
+                      *(("not measured" if v is None else f"{v:.2f}" + (f" ({v / speeds[0]:.2f}x)" if speeds[0] else ""))
+                        for v in speeds)])
+    table.append(["Time to first token (s)", *per_setting(lambda r: cell(r, "ttft_s", 3, "ttft_iqr_s"))])
+    table.append(["RAM usage, peak RSS (GB)", *per_setting(lambda r: fmt(r.metrics.get("peak_rss_gb"), 2))])
+    table.append(["VRAM usage (GB)", *per_setting(lambda r: cell(r, "peak_vram_gb", 2, None))])
+    for header, metric, decimals, _ in QUALITY_COLUMNS:
+        if any(metric in r.metrics for r in rows):
+            table.append([header, *per_setting(lambda r: fmt(r.metrics.get(metric), decimals))])
+    table.append(["Response output", *per_setting(lambda r: samples.get(r.job["run_id"], DASH))])
+    return markdown_table(["Feature", *settings], table, ["<"] * (len(settings) + 1))
+
+
+def sample_text(generations, limit: int = 160) -> str:
+    """The first prompt's output from a run's generations.json, on one line, safe in a table cell."""
+    if not generations:
+        return DASH
+    text = " ".join(str(generations[0].get("output", "")).split()).replace("|", "\\|")
+    text = text if len(text) <= limit else text[:limit].rstrip() + "…"
+    return f"“{text}”" if text else "(empty)"
+
+
+def hardware_text(env) -> Optional[str]:
+    if not env:
+        return None
+    if env.get("cuda_available") and env.get("gpu_name"):
+        return f"GPU: {env['gpu_name']}"
+    return f"CPU: {env.get('cpu', '?')} ({env.get('torch_threads', '?')} threads)"
+
+
+# --- report.md ----------------------------------------------------------------------------------------
+
+def write_report(store, jobs: List[dict], out_dir: Path, source: str, parent_run_id: Optional[str] = None,
+                 log: bool = True) -> Path:
+    """report.md, the charts and the CPU-vs-GPU tables into out_dir; logged to the sweep's parent run."""
+    from qsweep import charts, tracking
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    by_model = rows_by_model(jobs)
+    failed = not_finished(jobs)
+    lines = [f"# qsweep report: {source}", "",
+             f"{count_line(jobs)} "
+             f"Store: `{store.uri}`. Written {time.strftime('%Y-%m-%d %H:%M:%S')}.", ""]
+    env = _environment(store, [r for rows in by_model.values() for r in rows])
+    if env:
+        lines += [f"Measured with {env}.", ""]
+    lines += [f"**How to read the tables.** {LEGEND}", ""]
+    for model, rows in by_model.items():
+        lines += [f"## {title(model, rows)}", "", model_table(rows), ""]
+        degenerate = [r for r in rows if r.degenerate]
+        if degenerate:
+            lines += ["⚠ degenerate output (the quality check flagged the generated text): "
+                      + ", ".join(f"{r.setting} {r.max_new_tokens}" for r in degenerate), ""]
+        for chart in charts.model_charts(model, rows, out_dir):
+            lines += [f"![{chart.caption}]({chart.path.name})", "", f"*{chart.caption}*", ""]
+        longest = longest_per_setting(rows)
+        generations = {r.job["run_id"]: tracking.read_json_artifact(store, r.job["run_id"], "generations.json")
+                       for r in longest.values()}
+        samples = {run_id: sample_text(g) for run_id, g in generations.items()}
+        prompt = next((g[0].get("prompt") for g in generations.values() if g), None)
+        if prompt:
+            lines += [f"### Sample output: {model}", "", f"The first prompt, “{prompt}”, at each setting's "
+                      "longest length (greedy; the text of every prompt is in each run's generations.md).", "",
+                      markdown_table(["Setting", "New tokens", "Output"],
+                                     [[s, str(r.max_new_tokens), samples[r.job["run_id"]]]
+                                      for s, r in longest.items()], ["<", ">", "<"]), ""]
+        if {"cpu", "cuda"} <= {r.device for r in rows}:
+            hardware = {r.job["run_id"]: hardware_text(tracking.read_json_artifact(store, r.job["run_id"],
+                                                                                      "environment.json"))
+                        for r in longest.values()}
+            comparison = cpu_vs_gpu(rows, samples, {k: v for k, v in hardware.items() if v})
+            lines += [f"### CPU vs GPU: {model}", "",
+                      "The comparison of seed 000, from the same runs (inference time and speed at every "
+                      "length measured; the other rows from the longest).", "", comparison, ""]
+    lines += [f"## {UNFINISHED}", ""]
+    lines += [failures_table(failed), ""] if failed else ["None: every job finished.", ""]
+    report = out_dir / "report.md"
+    report.write_text("\n".join(lines))
+    if log and parent_run_id:
+        tracking.log_report(store, parent_run_id, out_dir)
+        tracking.set_description(store, parent_run_id,
+                                 "Report: artifacts `report/report.md` and charts.\n\n" + summary(jobs))
+    return report
+
+
+def _environment(store, rows: List[Row]) -> Optional[str]:
+    """One line about the software and machines, from the runs' environment.json."""
+    from qsweep import tracking
+
+    seen = []
+    for device in DEVICE_ORDER:
+        row = next((r for r in rows if r.device == device), None)
+        env = row and tracking.read_json_artifact(store, row.job["run_id"], "environment.json")
+        if env:
+            seen.append((hardware_text(env), env))
+    if not seen:
+        return None
+    packages = seen[0][1].get("packages", {})
+    versions = ", ".join(f"{p} {packages[p]}" for p in ("torch", "transformers", "bitsandbytes") if packages.get(p))
+    commit = (seen[0][1].get("git_commit") or "")[:10]
+    return "; ".join(h for h, _ in seen) + f"; {versions}" + (f"; qsweep commit {commit}" if commit else "")

@@ -20,9 +20,12 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_STORE_DIR = PROJECT_ROOT / "mlruns"
 PARENT_RUN_ENV = "QSWEEP_PARENT_RUN_ID"  # set by the sweep callback, read by every job of the sweep
 MAX_PARAM_CHARS = 6000  # MLflow cuts longer param values
+MAX_NOTE_CHARS = 8000  # a run description is a tag: MLflow keeps 8000 characters of a tag
 
 # Tags that identify a run; names are part of qsweep's interface.
 TAG_HASH, TAG_ERROR, TAG_KIND = "config_hash", "error", "qsweep.kind"
+# The MLflow UI opens an experiment of this kind on its runs table and charts, not the GenAI overview.
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 RUN_TAGS = ("model", "precision", "device", "weights", "max_new_tokens", "setting")
 
 for noisy in ("alembic", "mlflow.store.db.utils", "mlflow.tracking._tracking_service.client"):
@@ -58,8 +61,8 @@ class Store:
     uri: str
 
 
-def open_store(tracking: TrackingConfig) -> Store:
-    """Open (and on first use create) the store and the experiment."""
+def open_store(tracking: TrackingConfig, create: bool = True) -> Store:
+    """Open (and on first use create, unless create=False) the store and the experiment."""
     from mlflow import MlflowClient
 
     uri = store_uri(tracking)
@@ -67,14 +70,22 @@ def open_store(tracking: TrackingConfig) -> Store:
     try:
         if uri.startswith("sqlite:///"):
             db = Path(uri[len("sqlite:///"):])
+            if not create and not db.is_file():
+                raise StoreUnavailable(f"no MLflow store at {db}: run a sweep first, or give its tracking URI")
             db.parent.mkdir(parents=True, exist_ok=True)
             artifact_location = (db.parent / "artifacts").as_uri()
         elif uri.startswith(("http://", "https://")):
             _check_server(uri)
         client = MlflowClient(tracking_uri=uri)
         experiment = client.get_experiment_by_name(tracking.experiment)
+        if experiment is None and not create:
+            raise StoreUnavailable(f"no experiment named {tracking.experiment!r} in the MLflow store {uri}")
         experiment_id = (experiment.experiment_id if experiment else
                          client.create_experiment(tracking.experiment, artifact_location=artifact_location))
+        if create and (experiment is None or EXPERIMENT_KIND[0] not in experiment.tags):
+            client.set_experiment_tag(experiment_id, *EXPERIMENT_KIND)
+    except StoreUnavailable:
+        raise
     except Exception as err:
         first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise StoreUnavailable(f"cannot open the MLflow store {uri}: {first_line}; "
@@ -271,3 +282,44 @@ def train_run(store: Store, run_name: str, tags: dict) -> Iterator[TrainRun]:
         raise
     else:
         store.client.set_terminated(train.run_id, "FINISHED")
+
+
+# --- reading sweeps back, for reports --------------------------------------------------------------
+
+def latest_sweep(store: Store) -> Optional[dict]:
+    """The newest sweep parent run of the experiment, or None."""
+    runs = store.client.search_runs([store.experiment_id], filter_string=f"tags.`{TAG_KIND}` = 'sweep'",
+                                    order_by=["attributes.start_time DESC"], max_results=1)
+    return _as_dict(runs[0]) if runs else None
+
+
+def find_jobs(store: Store, filter_string: str = "") -> List[dict]:
+    """Job runs of the experiment matching an MLflow filter (e.g. "tags.model = 'gpt2'"), oldest first."""
+    where = f"tags.`{TAG_KIND}` = 'job'" + (f" and {filter_string}" if filter_string else "")
+    runs = store.client.search_runs([store.experiment_id], filter_string=where,
+                                    order_by=["attributes.start_time ASC"], max_results=10000)
+    return [_as_dict(run) for run in runs]
+
+
+def read_json_artifact(store: Store, run_id: str, path: str):
+    """A JSON artifact of a run, or None when the run has none."""
+    import json
+    import tempfile
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per small file is noise
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            local = store.client.download_artifacts(run_id, path, tmp)
+            return json.loads(Path(local).read_text())
+    except Exception:
+        return None
+
+
+def log_report(store: Store, run_id: str, folder: Path, artifact_path: str = "report") -> None:
+    """Attach a report folder to a (sweep parent) run."""
+    store.client.log_artifacts(run_id, str(folder), artifact_path)
+
+
+def set_description(store: Store, run_id: str, markdown: str) -> None:
+    """The run's description, shown as Markdown on its page in the MLflow UI."""
+    store.client.set_tag(run_id, "mlflow.note.content", markdown[:MAX_NOTE_CHARS])

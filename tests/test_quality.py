@@ -200,7 +200,7 @@ def test_real_weight_runs_record_quality_and_reuse_the_fp32_reference(sweep, che
     texts = json.loads(open(sweep.client().download_artifacts(runs["bf16"].info.run_id, "generations.json")).read())
     assert all("fp32_output" in t and len(t["fp32_output_ids"]) == 16 for t in texts)
     assert "**fp32:**" in open(sweep.client().download_artifacts(runs["bf16"].info.run_id, "generations.md")).read()
-    assert "perplexity" in first.stdout and "KL vs fp32" in first.stdout
+    assert "Perplexity" in first.stdout and "KL vs FP32" in first.stdout
 
     # second sweep: the stored reference is found, not recomputed, and the numbers repeat exactly
     second = sweep.run("-m", *common, "precision=bf16")
@@ -216,15 +216,15 @@ def test_real_weight_runs_record_quality_and_reuse_the_fp32_reference(sweep, che
 def test_the_sweep_summary_shows_quality_and_names_degenerate_runs():
     from qsweep import report
 
-    def job(name, metrics, tags):
-        return {"name": name, "status": "FINISHED", "metrics": metrics, "tags": tags}
+    def job(precision, metrics, tags):
+        return {"run_id": precision, "name": f"g-{precision}", "status": "FINISHED", "metrics": metrics,
+                "tags": {"model": "g", "precision": precision, "device": "cpu", "max_new_tokens": "8", **tags}}
 
-    jobs = [job("g-fp32", {"perplexity": 20.5, "kl_div_vs_fp32": 0.0, "degenerate_output": 0}, {"degenerate_reason": "none"}),
-            job("g-fp16", {"perplexity": float("nan"), "kl_div_vs_fp32": float("nan"), "degenerate_output": 1},
-                {"degenerate_reason": "non_finite_logits,empty_output"}),
-            job("tiny-random", {}, {"quality": "not_applicable"})]
+    jobs = [job("fp32", {"perplexity": 20.5, "kl_div_vs_fp32": 0.0, "degenerate_output": 0}, {"degenerate_reason": "none"}),
+            job("fp16", {"perplexity": float("nan"), "kl_div_vs_fp32": float("nan"), "degenerate_output": 1},
+                {"degenerate_reason": "non_finite_logits,empty_output"})]
     text = report.summary(jobs)
-    assert "| 20.50 | 0.0000 | no |" in text and "| nan | nan | yes (non_finite_logits,empty_output) |" in text
-    assert "| - | - | - |" in text
+    assert "Perplexity" in text and "KL vs FP32" in text and "20.50" in text and "0.0000" in text
+    assert "CPU FP16 ⚠" in text and "yes: non_finite_logits,empty_output" in text
     assert text.splitlines()[-1].startswith("Degenerate output") and "g-fp16 (non_finite_logits,empty_output)" in text
     assert "g-fp32 (" not in text

@@ -81,4 +81,4 @@ def test_a_single_run_is_standalone_and_prints_its_result(sweep):
     assert result.returncode == 0, result.stderr[-3000:]
     (run,) = sweep.runs()
     assert run.info.status == "FINISHED" and "mlflow.parentRunId" not in run.data.tags
-    assert "tiny-gpt2-bf16-cpu-4 | FINISHED" in result.stdout
+    assert "| CPU BF16 " in result.stdout and "1 of 1 jobs finished, 0 failed." in result.stdout

@@ -1,0 +1,355 @@
+"""Reports: seed-style tables, CPU-vs-GPU comparison, charts; a report of a real tiny sweep checked
+against its runs; and the MLflow UI on that store, opened in headless Chromium."""
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from conftest import ROOT, Sweep
+from qsweep import charts, report
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def job(device, precision, tokens, status="FINISHED", model="m", **metrics):
+    name = f"{model}-{precision}-{device}-{tokens}"
+    tags = {"model": model, "device": device, "precision": precision, "max_new_tokens": str(tokens),
+            "config_hash": f"h{abs(hash(name)) % 10**8:08d}", "weights": "pretrained"}
+    if status != "FINISHED":
+        tags = {"error": "ConfigError: device=cuda but CUDA is not available here"}
+    return {"run_id": f"id-{name}", "name": name, "status": status, "metrics": metrics, "tags": tags}
+
+
+def speed(latency, iqr=0.0, tokens=128, samples=8, **extra):
+    return dict(latency_s=latency, latency_iqr_s=iqr, tokens_per_s=tokens / latency, ttft_s=latency / 10,
+                ttft_iqr_s=iqr / 10, decode_tokens_per_s=(tokens - 1) / (latency * 0.9),
+                decode_tokens_per_s_iqr=1.0, peak_rss_gb=1.5, load_time_s=2.0, model_footprint_gb=0.5,
+                new_tokens=tokens, timed_samples=samples, **extra)
+
+
+def tables(text):
+    """Every Markdown table in text, as lists of {header: cell}."""
+    found, current = [], None
+    for line in text.splitlines():
+        if line.startswith("|"):
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if current is None:
+                current = {"headers": cells, "rows": []}
+            elif not all(set(c) <= set(":-") for c in cells):
+                current["rows"].append(dict(zip(current["headers"], cells)))
+        elif current is not None:
+            found.append(current)
+            current = None
+    if current is not None:
+        found.append(current)
+    return found
+
+
+def number(text):
+    """'1.234 ± 0.010' -> (1.234, 0.010); '5.00' -> (5.0, None)."""
+    parts = [float(p) for p in re.findall(r"-?\d+(?:\.\d+)?", text)]
+    return parts[0], (parts[1] if len(parts) > 1 else None)
+
+
+SEED_JOBS = [job("cpu", "fp32", 256, **speed(8.754, iqr=0.2, tokens=256)),
+             job("cuda", "int4", 128, **speed(0.797, tokens=128, peak_vram_gb=0.42)),
+             job("cpu", "fp32", 128, **speed(7.244, iqr=0.1)),
+             job("cuda", "fp16", 128, **speed(1.167, tokens=128, peak_vram_gb=0.17)),
+             job("cuda", "fp16", 256, **speed(1.707, tokens=256, peak_vram_gb=0.18)),
+             job("cuda", "int8", 128, status="FAILED")]
+
+
+def test_the_table_has_the_seeds_columns_order_and_numbers():
+    text = report.summary(SEED_JOBS)
+    (table, failures) = tables(text)
+    assert table["headers"][:5] == ["Setting", "Max New Tokens", "Latency (s)", "Tokens/sec", "VRAM (GB)"]
+    assert [(r["Setting"], r["Max New Tokens"]) for r in table["rows"]] == [
+        ("CPU FP32", "128"), ("GPU FP16", "128"), ("GPU INT4", "128"), ("CPU FP32", "256"), ("GPU FP16", "256")]
+    cpu128, fp16_128 = table["rows"][0], table["rows"][1]
+    assert cpu128["Latency (s)"] == "7.244 ± 0.050"  # the spread is half the IQR
+    assert cpu128["Tokens/sec"] == f"{128 / 7.244:.2f}" and cpu128["VRAM (GB)"] == "–"
+    assert fp16_128["VRAM (GB)"] == "0.17" and fp16_128["Latency (s)"] == "1.167"  # no IQR: no ±
+    assert failures["rows"] == [{"Run": "m-int8-cuda-128", "Status": "FAILED",
+                                 "Error": "ConfigError: device=cuda but CUDA is not available here"}]
+    assert text.endswith("5 of 6 jobs finished, 1 failed.")
+    running = job("cpu", "int4", 8, status="RUNNING")
+    assert report.count_line(SEED_JOBS + [running]) == "5 of 7 jobs finished, 1 failed, 1 running."
+
+
+def test_one_sample_has_no_spread():
+    (table,) = tables(report.summary([job("cpu", "fp32", 16, **speed(2.0, iqr=0.5, samples=1))]))
+    assert table["rows"][0]["Latency (s)"] == "2.000"
+
+
+def test_quality_columns_appear_when_measured_and_degenerate_runs_are_flagged():
+    jobs = [job("cpu", "fp32", 16, **speed(1.0), perplexity=12.5, kl_div_vs_fp32=0.0, degenerate_output=0.0),
+            job("cpu", "fp16", 16, **speed(0.8), perplexity=9999.0, kl_div_vs_fp32=3.2, degenerate_output=1.0)]
+    jobs[1]["tags"]["degenerate_reason"] = "empty output"
+    (table,) = tables(report.summary(jobs))
+    assert {"Perplexity", "KL vs FP32", "Degenerate output"} <= set(table["headers"])
+    assert "Top-1 agreement vs FP32" not in table["headers"]  # not measured: no empty column
+    rows = {r["Setting"]: r for r in table["rows"]}
+    assert rows["CPU FP32"]["Perplexity"] == "12.50" and rows["CPU FP32"]["Degenerate output"] == "no"
+    assert rows["CPU FP16 ⚠"]["Degenerate output"] == "yes: empty output"
+    assert "Perplexity" not in tables(report.summary(SEED_JOBS))[0]["headers"]
+
+
+def test_cpu_vs_gpu_compares_every_setting_of_a_model_measured_on_both():
+    rows = report.rows_by_model(SEED_JOBS)["m"]
+    samples = {r.job["run_id"]: f"out {r.setting}" for r in rows}
+    (table,) = tables(report.cpu_vs_gpu(rows, samples, {}))
+    assert table["headers"] == ["Feature", "CPU FP32", "GPU FP16", "GPU INT4"]
+    by_feature = {r["Feature"]: r for r in table["rows"]}
+    assert by_feature["Quantization"]["GPU INT4"] == "Yes (4-bit)"
+    assert by_feature["Inference time, 128 tokens (s)"]["GPU INT4"] == "0.797"
+    assert by_feature["Inference time, 256 tokens (s)"]["GPU INT4"] == "not measured"
+    assert by_feature["VRAM usage (GB)"]["CPU FP32"] == "–"
+    speed_256 = by_feature["Tokens/sec, 256 tokens (x CPU FP32)"]
+    assert speed_256["CPU FP32"] == f"{256 / 8.754:.2f} (1.00x)"
+    assert speed_256["GPU FP16"] == f"{256 / 1.707:.2f} ({(256 / 1.707) / (256 / 8.754):.2f}x)"
+    assert by_feature["Hardware"]["GPU INT4"] == "GPU"  # no environment.json given
+    assert by_feature["Response output"]["GPU FP16"] == "out GPU FP16"
+    cpu_only = report.rows_by_model([j for j in SEED_JOBS if j["tags"].get("device") == "cpu"])["m"]
+    assert report.cpu_vs_gpu(cpu_only, {}, {}) is None
+
+
+def test_latest_per_config_keeps_the_newest_finished_run():
+    old, new, failed = (job("cpu", "fp32", 8, latency_s=1.0), job("cpu", "fp32", 8, latency_s=2.0),
+                        job("cpu", "fp32", 8, status="FAILED"))
+    failed["tags"]["config_hash"] = old["tags"]["config_hash"]
+    assert report.latest_per_config([old, new, failed]) == [new]
+
+
+def assert_png(path: Path):
+    assert path.read_bytes()[:8] == PNG_SIGNATURE, path
+    with Image.open(path) as image:
+        image.verify()
+    with Image.open(path) as image:
+        assert image.size[0] > 300 and image.size[1] > 200
+
+
+def test_charts_are_pngs_and_quality_against_speed_needs_a_quality_metric(tmp_path):
+    rows = report.rows_by_model(SEED_JOBS)["m"]
+    made = charts.model_charts("m", rows, tmp_path)
+    assert [c.path.name for c in made] == ["m_tokens_per_s.png", "m_latency_s.png", "m_memory.png"]
+    for chart in made:
+        assert_png(chart.path)
+    with_kl = [job("cpu", "fp32", 8, **speed(1.0), kl_div_vs_fp32=0.0),
+               job("cpu", "int4", 8, **speed(2.0), kl_div_vs_fp32=0.4, degenerate_output=1.0)]
+    made = charts.model_charts("q/model", report.rows_by_model(with_kl)["m"], tmp_path)
+    assert made[-1].path.name == "q_model_quality_vs_speed.png"
+    assert_png(made[-1].path)
+
+
+def test_the_sweep_knows_how_many_jobs_it_will_run():
+    from conftest import compose_cfg
+    from qsweep.callbacks import _count_jobs
+
+    # a preset's sweeper params and the command line's sweeps multiply; the callback sees both
+    cfg = compose_cfg("experiment=cpu-precisions", hydra_config=True)
+    cfg.hydra.overrides.task = ["experiment=cpu-precisions", "generation.max_new_tokens=128,256"]
+    assert _count_jobs(cfg) == 5 * 2
+    cfg.hydra.overrides.task = ["precision=fp32,int8"]  # the command line overrides the preset's list
+    assert _count_jobs(cfg) == 2
+
+
+# --- a real tiny sweep ------------------------------------------------------------------------------------
+
+TINY = ("-m", "model=tiny-gpt2", "setting=cpu-fp32,cpu-bf16,cuda-fp32", "generation.max_new_tokens=4,8",
+        "generation.repeats=2")
+
+
+@pytest.fixture(scope="module")
+def tiny_sweep(tmp_path_factory):
+    sweep = Sweep(tmp_path_factory.mktemp("report_sweep"))
+    result = sweep.run(*TINY)
+    assert result.returncode == 1, result.stderr[-3000:]  # the CUDA jobs fail here (no GPU), the others run
+    return sweep
+
+
+def run_report(sweep, *args):
+    return subprocess.run([sys.executable, "-m", "qsweep", "report", *args], cwd=sweep.tmp_path,
+                          env={**os.environ, "MLFLOW_TRACKING_URI": sweep.uri}, capture_output=True, text=True,
+                          timeout=600)
+
+
+@pytest.mark.slow
+def test_report_of_a_tiny_sweep_matches_its_runs(tiny_sweep):
+    out = tiny_sweep.tmp_path / "report"
+    result = run_report(tiny_sweep, "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    text = (out / "report.md").read_text()
+    runs = tiny_sweep.runs()
+    (parent,) = [r for r in runs if r.data.tags.get("qsweep.kind") == "sweep"]
+    jobs = [r for r in runs if r.data.tags.get("qsweep.kind") == "job"]
+    finished = [r for r in jobs if r.info.status == "FINISHED"]
+    assert len(jobs) == 6 and len(finished) == 4
+
+    main, *_ = tables(text)
+    rows = {(r["Setting"], int(r["Max New Tokens"])): r for r in main["rows"]}
+    assert set(rows) == {(s, n) for s in ("CPU FP32", "CPU BF16") for n in (4, 8)}
+    for run in finished:
+        m, row = run.data.metrics, rows[(run.data.tags["setting"], int(run.data.tags["max_new_tokens"]))]
+        assert row["config_hash"] == run.data.tags["config_hash"]
+        for header, metric, spread, decimals in (("Latency (s)", "latency_s", "latency_iqr_s", 3),
+                                                 ("TTFT (s)", "ttft_s", "ttft_iqr_s", 3),
+                                                 ("Decode tokens/sec", "decode_tokens_per_s",
+                                                  "decode_tokens_per_s_iqr", 2),
+                                                 ("Tokens/sec", "tokens_per_s", None, 2),
+                                                 ("RSS (GB)", "peak_rss_gb", None, 2)):
+            median, half_iqr = number(row[header])
+            assert median == pytest.approx(m[metric], abs=0.6 * 10**-decimals), (header, row)
+            if spread and m[spread] > 0:
+                assert half_iqr == pytest.approx(m[spread] / 2, abs=0.6 * 10**-decimals), (header, row)
+        assert row["VRAM (GB)"] == "–"
+
+    failed = {r.info.run_name: r for r in jobs if r.info.status == "FAILED"}
+    assert set(failed) == {"tiny-gpt2-fp32-cuda-4", "tiny-gpt2-fp32-cuda-8"}
+    for name, run in failed.items():  # listed with their error, not dropped
+        assert f"| {name} " in text and run.data.tags["error"] in text
+    assert "CUDA is not available" in text
+    assert "### Sample output: tiny-gpt2" in text and "### CPU vs GPU" not in text  # no GPU run here
+
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    assert pngs == ["tiny-gpt2_latency_s.png", "tiny-gpt2_memory.png", "tiny-gpt2_tokens_per_s.png"]
+    for name in pngs:
+        assert_png(out / name)
+        assert f"]({name})" in text
+
+    # the main table on the terminal, and everything logged on the sweep's parent run
+    assert "| CPU FP32 " in result.stdout and "4 of 6 jobs finished, 2 failed." in result.stdout
+    client = tiny_sweep.client()
+    logged = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    assert logged == {f"report/{n}" for n in ["report.md", *pngs]}
+    note = client.get_run(parent.info.run_id).data.tags["mlflow.note.content"]
+    assert "| CPU BF16 " in note
+
+
+@pytest.mark.slow
+def test_report_selections_and_errors(tiny_sweep, monkeypatch, capsys):
+    from qsweep.__main__ import main
+
+    monkeypatch.chdir(tiny_sweep.tmp_path)
+    uri = ["--tracking-uri", tiny_sweep.uri]
+    assert main(["report", *uri, "--no-log", "--filter", "tags.precision = 'bf16'"]) == 0
+    (path,) = (tiny_sweep.tmp_path / "reports").glob("*bf16*/report.md")  # default folder: reports/<selection>
+    assert "| CPU BF16 " in path.read_text() and "CPU FP32" not in path.read_text()
+    assert main(["report", *uri, "--sweep", "0" * 32]) == 1
+    assert main(["report", *uri, "--experiment", "no-such-experiment"]) == 1
+    assert main(["report", "--tracking-uri", f"sqlite:///{tiny_sweep.tmp_path}/none.db"]) == 1
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("qsweep report:")]
+    assert len(errors) == 3 and "Traceback" not in err, err  # one line each
+    assert "no experiment named 'no-such-experiment'" in errors[1] and "no MLflow store" in errors[2]
+
+
+# --- the MLflow UI in a real browser -----------------------------------------------------------------------
+
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_ui(uri: str, port: int, log: Path) -> subprocess.Popen:
+    """`mlflow ui` in its own process group (it starts workers), stopped by killing that group."""
+    mlflow = Path(sys.executable).with_name("mlflow")
+    process = subprocess.Popen(
+        [str(mlflow), "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1"], stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"mlflow ui exited: {log.read_text()[-2000:]}")
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5)
+            return process
+        except OSError:
+            time.sleep(0.5)
+    os.killpg(process.pid, signal.SIGTERM)
+    raise AssertionError(f"mlflow ui not up after 240 s: {log.read_text()[-2000:]}")
+
+
+def chromium(user_data_dir: str):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--window-size=1600,1000", f"--user-data-dir={user_data_dir}"):
+        options.add_argument(flag)
+    return webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)  # never downloads a driver
+
+
+def close_assistant_panel(driver) -> None:
+    """MLflow 3 opens an assistant side panel; close it so the runs get the width (best effort)."""
+    try:
+        driver.find_element("xpath", "//*[text()='MLflow Assistant']/ancestor::*[.//button][1]//button[last()]").click()
+        time.sleep(1)
+    except Exception:
+        pass
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
+                    reason="Chromium is not installed: apt-get install chromium chromium-driver (.ci/run does)")
+def test_the_mlflow_ui_shows_the_sweep_in_headless_chromium(tiny_sweep, tmp_path):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    runs = tiny_sweep.runs()
+    (parent,) = [r for r in runs if r.data.tags.get("qsweep.kind") == "sweep"]
+    job_names = sorted(r.info.run_name for r in runs if r.data.tags.get("qsweep.kind") == "job")
+    port = free_port()
+    ui = start_ui(tiny_sweep.uri, port, tmp_path / "mlflow-ui.log")
+    driver = None
+    try:
+        driver = chromium(tempfile.mkdtemp(dir=tmp_path))
+        driver.get(f"http://127.0.0.1:{port}/#/experiments/{parent.info.experiment_id}/runs")
+
+        def page_text(d):
+            return d.find_element("tag name", "body").text
+
+        WebDriverWait(driver, 60).until(lambda d: parent.info.run_name in page_text(d))
+        # jobs are nested under the sweep's run: open it, as a user would
+        driver.find_element("xpath", f"//a[.//span[text()='{parent.info.run_name}']]"
+                                     "/ancestor::*[@role='gridcell'][1]//button").click()
+        WebDriverWait(driver, 60).until(lambda d: all(n in page_text(d) for n in job_names))
+        close_assistant_panel(driver)
+        shot = tmp_path / "mlflow-ui-runs.png"
+        driver.save_screenshot(str(shot))
+        assert_png(shot)
+        # the chart view: a chart per metric, the jobs' tokens_per_s among them
+        driver.get(f"http://127.0.0.1:{port}/#/experiments/{parent.info.experiment_id}/runs?compareRunsMode=CHART")
+        WebDriverWait(driver, 60).until(lambda d: "tokens_per_s" in page_text(d))
+        search = driver.find_elements("xpath", "//input[@placeholder='Search metric charts']")
+        if search:  # the seed's question first: only the tokens/s charts
+            search[0].send_keys("tokens_per_s")
+        time.sleep(2)  # let the bars draw
+        chart = tmp_path / "mlflow-ui-charts.png"
+        driver.save_screenshot(str(chart))
+        assert_png(chart)
+        if os.environ.get("QSWEEP_SCREENSHOT_DIR"):  # how docs/ got its screenshots
+            for path in (shot, chart):
+                shutil.copy(path, Path(os.environ["QSWEEP_SCREENSHOT_DIR"]) / path.name)
+    finally:
+        if driver is not None:
+            driver.quit()
+        os.killpg(ui.pid, signal.SIGTERM)
+        ui.wait(60)
