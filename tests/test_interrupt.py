@@ -24,9 +24,10 @@ def wait_for(predicate, timeout=180):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
-def test_an_interrupted_sweep_leaves_nothing_running(sweep, how):
+def test_an_interrupted_sweep_leaves_nothing_running(sweep, how, request):
     sweep.create_store()
     process = sweep.start(*JOBS, start_new_session=True)
+    request.addfinalizer(lambda: process.poll() is None and os.killpg(process.pid, signal.SIGKILL))
 
     def long_job_running():
         experiment = sweep.client().get_experiment_by_name("qsweep")

@@ -25,8 +25,9 @@ def test_a_job_over_its_time_limit_fails_and_the_next_runs(sweep):
 
 
 @pytest.mark.slow
-def test_a_worker_killed_mid_job_is_recorded_and_the_sweep_goes_on(sweep):
+def test_a_worker_killed_mid_job_is_recorded_and_the_sweep_goes_on(sweep, request):
     process = sweep.start("-m", *TINY)
+    request.addfinalizer(lambda: process.poll() is None and process.kill())  # never leave it running
     sweeper = psutil.Process(process.pid)
     deadline = time.monotonic() + 120
     victim = None
