@@ -161,20 +161,27 @@ def job_run(store: Store, run_name: str, parent_run_id: Optional[str],
     if parent_run_id:
         tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
     run = store.client.create_run(store.experiment_id, run_name=run_name, tags=tags)
-    job = JobRun(store, run.info.run_id)
-    try:
+    with _ended_by_outcome(JobRun(store, run.info.run_id)) as job:
         yield job
+
+
+@contextmanager
+def _ended_by_outcome(run: JobRun) -> Iterator[JobRun]:
+    """Ends the run as its block ends: FINISHED, FAILED (one-line `error` tag + traceback) or KILLED."""
+    client = run.store.client
+    try:
+        yield run
     except KeyboardInterrupt:
-        store.client.set_terminated(job.run_id, "KILLED")
+        client.set_terminated(run.run_id, "KILLED")
         raise
     except Exception as err:
-        job.set_tags({TAG_ERROR: one_line(err)})
+        run.set_tags({TAG_ERROR: one_line(err)})
         # a worker's exception carries the traceback from its own process
-        job.log_text(getattr(err, "remote_traceback", "") + traceback.format_exc(), "traceback.txt")
-        store.client.set_terminated(job.run_id, "FAILED")
+        run.log_text(getattr(err, "remote_traceback", "") + traceback.format_exc(), "traceback.txt")
+        client.set_terminated(run.run_id, "FAILED")
         raise
     else:
-        store.client.set_terminated(job.run_id, "FINISHED")
+        client.set_terminated(run.run_id, "FINISHED")
 
 
 def start_sweep(store: Store, run_name: str, tags: dict) -> str:
@@ -269,19 +276,8 @@ def train_run(store: Store, run_name: str, tags: dict) -> Iterator[TrainRun]:
     """Like job_run: ends FINISHED, FAILED (with `error` tag and traceback) or KILLED, never left active."""
     run = store.client.create_run(store.experiment_id, run_name=run_name,
                                   tags={TAG_KIND: TRAIN_KIND, **{k: str(v) for k, v in tags.items()}})
-    train = TrainRun(store, run.info.run_id)
-    try:
+    with _ended_by_outcome(TrainRun(store, run.info.run_id)) as train:
         yield train
-    except KeyboardInterrupt:
-        store.client.set_terminated(train.run_id, "KILLED")
-        raise
-    except Exception as err:
-        train.set_tags({TAG_ERROR: one_line(err)})
-        train.log_text(traceback.format_exc(), "traceback.txt")
-        store.client.set_terminated(train.run_id, "FAILED")
-        raise
-    else:
-        store.client.set_terminated(train.run_id, "FINISHED")
 
 
 # --- reading sweeps back, for reports --------------------------------------------------------------
