@@ -27,12 +27,12 @@ def _report(args: argparse.Namespace) -> int:
     else:
         parent = tracking.latest_sweep(store)
         if parent is None:
-            print(f"qsweep report: no sweep in experiment 'qsweep' of {store.uri}; run `python run.py -m ...` "
+            print(f"qsweep report: error: no sweep in experiment 'qsweep' of {store.uri}; run `python run.py -m ...` "
                   "first, or pick runs with --experiment / --filter", file=sys.stderr)
             return 2
         jobs, source = tracking.sweep_jobs(store, parent["run_id"]), f"sweep {parent['name']}"
     if not jobs:
-        print(f"qsweep report: no job runs in {source}", file=sys.stderr)
+        print(f"qsweep report: error: no job runs in {source}", file=sys.stderr)
         return 2
     if parent:
         overrides = parent["tags"].get("sweep_overrides")
@@ -91,12 +91,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     from mlflow.exceptions import MlflowException
 
-    from qsweep.tracking import StoreUnavailable, one_line
+    from qsweep.tracking import StoreUnavailable
 
     try:
         return args.func(args)
     except (StoreUnavailable, MlflowException) as err:  # no such store, experiment or run: one line
-        print(f"qsweep {args.command}: {one_line(err)}", file=sys.stderr)
+        print(f"qsweep {args.command}: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 1
 
 

@@ -198,8 +198,9 @@ def test_reproduce_a_tiny_run_end_to_end_through_the_cli(sweep):
             [t["output_ids"] for t in json.loads(artifact(original, "generations.json"))])
     # the side-by-side table: every metric with both values and their ratio
     for metric in ("tokens_per_s", "latency_s", "model_footprint_gb", "peak_rss_gb"):
-        (row,) = [line for line in out.stdout.splitlines() if line.startswith(f"| {metric} |")]
-        cells = [c.strip() for c in row.strip("|").split("|")]
+        rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in out.stdout.splitlines()
+                if line.startswith("|")]
+        (cells,) = [row for row in rows if row[0] == metric]
         assert float(cells[1]) == pytest.approx(original.data.metrics[metric], rel=1e-3)
         assert float(cells[2]) == pytest.approx(new.data.metrics[metric], rel=1e-3)
         assert float(cells[3]) == pytest.approx(new.data.metrics[metric] / original.data.metrics[metric], abs=1e-3)
