@@ -1,7 +1,8 @@
-"""Where a sweep's wall time goes: measured work (model loading + timed generation) against the rest
-(worker start, warm-up, environment record, MLflow logging, Hydra between jobs).
+"""Where a sweep's wall time goes: measured work (model loading, warm-up and timed generation, quality
+evaluation) against the rest (worker start, environment record, MLflow logging, Hydra between jobs).
 
     python benchmarks/sweep_cost.py --store sqlite:///$PWD/mlruns/mlflow.db   # the latest sweep
+    python benchmarks/sweep_cost.py --store ... --sweep RUN_ID               # a given sweep
 """
 
 import argparse
@@ -14,11 +15,15 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--store", required=True)
     parser.add_argument("--experiment", default="qsweep")
+    parser.add_argument("--sweep", metavar="RUN_ID", help="the sweep's parent run (default: the latest sweep)")
     args = parser.parse_args()
     client = MlflowClient(args.store)
     experiment = client.get_experiment_by_name(args.experiment)
-    (parent,) = client.search_runs([experiment.experiment_id], "tags.`qsweep.kind` = 'sweep'",
-                                   order_by=["attributes.start_time DESC"], max_results=1)
+    if args.sweep:
+        parent = client.get_run(args.sweep)
+    else:
+        (parent,) = client.search_runs([experiment.experiment_id], "tags.`qsweep.kind` = 'sweep'",
+                                       order_by=["attributes.start_time DESC"], max_results=1)
     jobs = client.search_runs([experiment.experiment_id],
                               f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     sweep_s = (parent.info.end_time - parent.info.start_time) / 1000
@@ -28,13 +33,13 @@ def main():
     warmup_s = sum(j.data.metrics.get("latency_s", 0) * int(j.data.params.get("generation.warmup", 0))
                    for j in jobs)
     load_s = sum(j.data.metrics.get("load_time_s", 0) for j in jobs)
-    measured = timed_s + load_s
+    quality_s = sum(j.data.metrics.get("quality_time_s", 0) for j in jobs)
+    measured = timed_s + warmup_s + load_s + quality_s
     print(json.dumps({
         "sweep": parent.info.run_name, "jobs": len(jobs), "sweep_wall_s": round(sweep_s, 1),
         "job_runs_s": round(jobs_s, 1), "load_s": round(load_s, 1), "timed_generation_s": round(timed_s, 1),
-        "warmup_generation_s": round(warmup_s, 1),
-        "rest_s": round(sweep_s - measured, 1), "rest_share": round(1 - measured / sweep_s, 3),
-        "rest_without_warmup_share": round(1 - (measured + warmup_s) / sweep_s, 3)}))
+        "warmup_generation_s": round(warmup_s, 1), "quality_s": round(quality_s, 1),
+        "rest_s": round(sweep_s - measured, 1), "rest_share": round(1 - measured / sweep_s, 3)}))
 
 
 if __name__ == "__main__":

@@ -49,6 +49,8 @@ class SweepCallback(Callback):
 
     def on_job_start(self, config: DictConfig, **kwargs) -> None:
         """One line per job: which one of how many, and what it is about to do."""
+        if _signals:  # the interrupt was swallowed (it came during gc between jobs): stop here instead
+            raise KeyboardInterrupt(f"signal {_signals[0]}")
         if not hasattr(self, "parent_run_id"):  # a single run: nothing to count
             return
         from qsweep.job import run_name
@@ -69,10 +71,6 @@ class SweepCallback(Callback):
             print("\nqsweep: sweep interrupted\n" + report.summary(jobs), flush=True)
         else:  # no job ever started (e.g. a typo in an override): an empty parent is only noise
             tracking.delete_run(self.store, self.parent_run_id)
-
-    def on_job_start(self, config: DictConfig, **kwargs) -> None:
-        if _signals:  # the interrupt was swallowed (it came during gc between jobs): stop here instead
-            raise KeyboardInterrupt(f"signal {_signals[0]}")
 
     def on_job_end(self, config: DictConfig, job_return, **kwargs) -> None:
         from hydra.core.utils import JobStatus

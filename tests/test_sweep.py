@@ -55,6 +55,9 @@ def test_tiny_multirun_over_every_cpu_precision(sweep):
     footprint = {r.data.tags["precision"]: r.data.metrics["model_footprint_gb"] for r in children}
     assert footprint["int4"] < footprint["int8"] < footprint["fp32"] and footprint["bf16"] < footprint["fp32"]
     assert "4 of 4 jobs finished, 0 failed" in result.stdout
+    # progress: one line per job as it starts, saying which of how many and what it will do
+    assert "qsweep: job 1/4: tiny-gpt2-fp32-cpu-16: load, 1 warm-up + 4 prompts x 2 timed repeats" in result.stdout
+    assert "qsweep: job 4/4: tiny-gpt2-int4-cpu-16:" in result.stdout
 
 
 @pytest.mark.slow
