@@ -1,8 +1,9 @@
 """Is qsweep's measured generation as fast as a bare `model.generate` loop?
 
 Same loaded model, same process, same prompt: rounds alternate qsweep's `measure.generate_timed`
-(fixed-length greedy + the first-token clock) with a bare timed `model.generate` of the same length.
-Prints one JSON line per model: median tokens/s of each and their ratio (target: >= 0.97).
+(fixed-length greedy + the first-token clock, under the memory tracker's RSS poller, as in a job) with
+a bare timed `model.generate` of the same length. Prints one JSON line per model: median tokens/s of
+each, their ratio (target: >= 0.97) and the spread of the per-round ratios.
 
     python benchmarks/overhead.py model=tiny-gpt2 model=gpt2 model=gemma-3-270m --rounds 5
 """
@@ -59,12 +60,15 @@ def main():
             measure.generate_timed(loaded.model, ids, gen, "cpu")
             qsweep_rates, bare_rates = [], []
             for _ in range(args.rounds):
-                qsweep_rates.append(measure.generate_timed(loaded.model, ids, gen, "cpu")[0].tokens_per_s)
+                with measure.MemoryTracker("cpu").track():  # as in a job: the RSS poller runs alongside
+                    qsweep_rates.append(measure.generate_timed(loaded.model, ids, gen, "cpu")[0].tokens_per_s)
                 bare_rates.append(bare_tokens_per_s(loaded.model, ids[0], args.tokens))
         q, b = statistics.median(qsweep_rates), statistics.median(bare_rates)
+        ratios = sorted(x / y for x, y in zip(qsweep_rates, bare_rates))  # round by round
         print(json.dumps({"model": cfg.model.name, "weights": cfg.model.weights, "new_tokens": args.tokens,
                           "rounds": args.rounds, "qsweep_tokens_per_s": round(q, 2),
                           "bare_tokens_per_s": round(b, 2), "ratio": round(q / b, 3),
+                          "round_ratio_min": round(ratios[0], 3), "round_ratio_max": round(ratios[-1], 3),
                           "torch_threads": torch.get_num_threads()}), flush=True)
 
 

@@ -51,6 +51,17 @@ def run_tags(cfg: RunConfig) -> dict:
                                        cfg.generation.max_new_tokens)}
 
 
+def worker_preload() -> Tuple[str, ...]:
+    """What the fork server imports once, so that no job's worker pays it again. Beyond this module,
+    the modeling code every model loads lazily and bitsandbytes (3 to 5 s per job on 2 cores;
+    benchmarks/RESULTS.md, sweep cost), but only where there is no GPU: bitsandbytes queries the GPU
+    when imported, and a fork server that has initialised CUDA forks workers that cannot use it."""
+    if torch.cuda.is_available():
+        return ("qsweep.job",)
+    return ("qsweep.job", "transformers.modeling_utils", "transformers.modeling_layers",
+            "transformers.activations", "transformers.generation.utils", "bitsandbytes")
+
+
 def run_job(raw: DictConfig, tags: Optional[dict] = None) -> Tuple[tracking.Store, str, bool]:
     """Measure one configuration into one MLflow run (with `tags` on top): (store, run id, succeeded).
     A failure is recorded in the run, not raised, so the other jobs of a sweep go on."""
@@ -66,7 +77,8 @@ def run_job(raw: DictConfig, tags: Optional[dict] = None) -> Tuple[tracking.Stor
             cfg = validate(raw)  # a bad value fails here, as a FAILED run that says which field
             run.set_tags(run_tags(cfg))
             run.log_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)), "config.yaml")
-            result = worker.call(measure_job, cfg, cfg.runner.isolation == "process", cfg.runner.timeout_s)
+            result = worker.call(measure_job, cfg, cfg.runner.isolation == "process", cfg.runner.timeout_s,
+                                 worker_preload())
             _record(run, result)
         return store, run_id, True
     except Exception as err:

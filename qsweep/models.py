@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 import time
 import traceback
 from collections import Counter
@@ -130,16 +131,17 @@ def explain_backend_error(err: Exception, precision: PrecisionConfig, device: st
 
 
 def inspect_precision(model) -> PrecisionReport:
-    import bitsandbytes as bnb
-
+    # Never imported here (a second of imports per job): where nothing imported bitsandbytes, the model
+    # cannot hold its layers.
+    bnb = sys.modules.get("bitsandbytes")
     dtypes = Counter()
     for param in model.parameters():
         dtypes[str(param.dtype).removeprefix("torch.")] += param.numel()
     modules = list(model.modules())
-    four_bit = [m for m in modules if isinstance(m, bnb.nn.Linear4bit)]
+    four_bit = [m for m in modules if bnb and isinstance(m, bnb.nn.Linear4bit)]
     return PrecisionReport(
         weight_dtypes=dict(dtypes),
-        linear_8bit=sum(isinstance(m, bnb.nn.Linear8bitLt) for m in modules),
+        linear_8bit=sum(isinstance(m, bnb.nn.Linear8bitLt) for m in modules) if bnb else 0,
         linear_4bit=len(four_bit),
         linear_full=sum(type(m) is torch.nn.Linear for m in modules),
         quant_type=four_bit[0].weight.quant_type if four_bit else None,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import multiprocessing
 import pickle
 import traceback
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 
 class WorkerDied(RuntimeError):
@@ -31,7 +31,7 @@ def _child(fn: Callable, arg: Any, conn) -> None:
     conn.close()
 
 
-def _context():
+def _context(preload: Sequence[str]):
     if multiprocessing.get_start_method(allow_none=True) not in (None, *multiprocessing.get_all_start_methods()):
         # Inside a joblib (loky) worker the start method is "loky", which a new child cannot resolve.
         multiprocessing.set_start_method("spawn", force=True)
@@ -39,15 +39,16 @@ def _context():
         return multiprocessing.get_context("spawn")
     # Never plain fork: the sweep process may hold CUDA state. The fork server is a clean process.
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["qsweep.job"])
+    context.set_forkserver_preload(list(preload))  # takes effect when the fork server starts (first call)
     return context
 
 
-def call(fn: Callable, arg: Any, isolated: bool, timeout_s: float) -> Any:
-    """fn(arg), in a fresh process when isolated; its exceptions are re-raised here."""
+def call(fn: Callable, arg: Any, isolated: bool, timeout_s: float, preload: Sequence[str] = ()) -> Any:
+    """fn(arg), in a fresh process when isolated; its exceptions are re-raised here. `preload`: modules
+    the fork server imports once for all workers (fn's own module among them)."""
     if not isolated:
         return fn(arg)
-    context = _context()
+    context = _context(preload)
     receiver, sender = context.Pipe(duplex=False)
     process = context.Process(target=_child, args=(fn, arg, sender), daemon=True)
     process.start()
