@@ -24,6 +24,8 @@ MAX_NOTE_CHARS = 8000  # a run description is a tag: MLflow keeps 8000 character
 
 # Tags that identify a run; names are part of qsweep's interface.
 TAG_HASH, TAG_ERROR, TAG_KIND = "config_hash", "error", "qsweep.kind"
+# host:pid:start time of the process that ends the run: lets a later run close it if that process died
+TAG_OWNER = "qsweep.owner"
 # The MLflow UI opens an experiment of this kind on its runs table and charts, not the GenAI overview.
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 RUN_TAGS = ("model", "precision", "device", "weights", "max_new_tokens", "setting")
@@ -90,7 +92,61 @@ def open_store(tracking: TrackingConfig, create: bool = True) -> Store:
         first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise StoreUnavailable(f"cannot open the MLflow store {uri}: {first_line}; "
                                "check tracking.uri (or MLFLOW_TRACKING_URI)") from None
-    return Store(client, experiment_id, uri)
+    store = Store(client, experiment_id, uri)
+    if create:
+        close_orphans(store)
+    return store
+
+
+def _owner() -> str:
+    import socket
+
+    import psutil
+
+    me = psutil.Process()
+    return f"{socket.gethostname()}:{me.pid}:{me.create_time():.3f}"
+
+
+def _owner_alive(owner: str) -> bool:
+    import psutil
+
+    _, pid, started = owner.rsplit(":", 2)
+    try:  # the start time tells a reused pid from the original process
+        return f"{psutil.Process(int(pid)).create_time():.3f}" == started
+    except (psutil.NoSuchProcess, ValueError):
+        return False
+
+
+def close_orphans(store: Store) -> List[str]:
+    """End as KILLED the RUNNING runs whose process died without ending them (a SIGKILL, an OOM kill, a
+    power cut), so no run stays RUNNING forever. Only runs owned by processes of this host are judged:
+    on a shared server, another machine's runs may well be alive. Returns their names."""
+    import socket
+
+    host = socket.gethostname()
+    runs = store.client.search_runs(
+        [store.experiment_id], f"attributes.status = 'RUNNING' and tags.`{TAG_OWNER}` LIKE '{host}:%'",
+        max_results=1000)
+    closed = []
+    for run in runs:
+        owner = run.data.tags[TAG_OWNER]
+        if owner.rsplit(":", 2)[0] != host or _owner_alive(owner):  # LIKE treats "_" in a name as a wildcard
+            continue
+        pid = owner.rsplit(":", 2)[1]
+        store.client.set_tag(run.info.run_id, TAG_ERROR, f"orphaned: its process (pid {pid} on {host}) ended "
+                             "without ending the run (killed by SIGKILL or out of memory?); closed by a later qsweep")
+        store.client.set_terminated(run.info.run_id, "KILLED")
+        closed.append(run.info.run_name)
+    if closed:
+        print(f"qsweep: {len(closed)} run(s) left RUNNING by a process that no longer exists, now KILLED: "
+              + ", ".join(closed), flush=True)
+    return closed
+
+
+def _create_run(store: Store, run_name: str, tags: dict):
+    """Every qsweep run starts here, tagged with the process that must end it."""
+    return store.client.create_run(store.experiment_id, run_name=run_name,
+                                   tags={TAG_OWNER: _owner(), **{k: str(v) for k, v in tags.items()}})
 
 
 def open_existing(uri: str) -> Store:
@@ -157,10 +213,10 @@ def job_run(store: Store, run_name: str, parent_run_id: Optional[str],
             extra_tags: Optional[dict] = None) -> Iterator[JobRun]:
     from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-    tags = {TAG_KIND: "job", **{k: str(v) for k, v in (extra_tags or {}).items()}}
+    tags = {TAG_KIND: "job", **(extra_tags or {})}
     if parent_run_id:
         tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
-    run = store.client.create_run(store.experiment_id, run_name=run_name, tags=tags)
+    run = _create_run(store, run_name, tags)
     with _ended_by_outcome(JobRun(store, run.info.run_id)) as job:
         yield job
 
@@ -185,9 +241,7 @@ def _ended_by_outcome(run: JobRun) -> Iterator[JobRun]:
 
 
 def start_sweep(store: Store, run_name: str, tags: dict) -> str:
-    run = store.client.create_run(store.experiment_id, run_name=run_name,
-                                  tags={TAG_KIND: "sweep", **{k: str(v) for k, v in tags.items()}})
-    return run.info.run_id
+    return _create_run(store, run_name, {TAG_KIND: "sweep", **tags}).info.run_id
 
 
 def end_sweep(store: Store, run_id: str, status: str) -> None:
@@ -274,8 +328,7 @@ class TrainRun(JobRun):
 @contextmanager
 def train_run(store: Store, run_name: str, tags: dict) -> Iterator[TrainRun]:
     """Like job_run: ends FINISHED, FAILED (with `error` tag and traceback) or KILLED, never left active."""
-    run = store.client.create_run(store.experiment_id, run_name=run_name,
-                                  tags={TAG_KIND: TRAIN_KIND, **{k: str(v) for k, v in tags.items()}})
+    run = _create_run(store, run_name, {TAG_KIND: TRAIN_KIND, **tags})
     with _ended_by_outcome(TrainRun(store, run.info.run_id)) as train:
         yield train
 

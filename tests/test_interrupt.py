@@ -1,12 +1,18 @@
 """Ctrl-C and SIGTERM: the current job run and the sweep end as KILLED, nothing stays RUNNING,
-and the summary says what finished."""
+and the summary says what finished. A process killed outright cannot end its runs: the next qsweep
+process on the same host closes them."""
 
 import os
 import signal
+import socket
 import subprocess
+import sys
 import time
 
 import pytest
+
+from qsweep import tracking
+from qsweep.config import TrackingConfig
 
 # three jobs: a short one, then a long one (100 repeats) that is interrupted, then one never started
 JOBS = ["-m", "model=tiny-gpt2", "device=cpu", "generation.warmup=0", "generation.max_new_tokens=64",
@@ -22,9 +28,7 @@ def wait_for(predicate, timeout=180):
     return False
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
-def test_an_interrupted_sweep_leaves_nothing_running(sweep, how, request):
+def start_until_the_long_job_runs(sweep, request) -> subprocess.Popen:
     sweep.create_store()
     process = sweep.start(*JOBS, start_new_session=True)
     request.addfinalizer(lambda: process.poll() is None and os.killpg(process.pid, signal.SIGKILL))
@@ -35,6 +39,13 @@ def test_an_interrupted_sweep_leaves_nothing_running(sweep, how, request):
             r.data.params.get("generation.repeats") == "100" and r.info.status == "RUNNING" for r in sweep.runs())
 
     assert wait_for(long_job_running), process.communicate(timeout=60)
+    return process
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+def test_an_interrupted_sweep_leaves_nothing_running(sweep, how, request):
+    process = start_until_the_long_job_runs(sweep, request)
     time.sleep(3)  # the worker is measuring now
     if how == "ctrl-c":
         os.killpg(process.pid, signal.SIGINT)  # a terminal's Ctrl-C reaches the whole process group
@@ -47,6 +58,41 @@ def test_an_interrupted_sweep_leaves_nothing_running(sweep, how, request):
     assert status == {"1": "FINISHED", "100": "KILLED", "sweep": "KILLED"}  # the third never started
     assert "sweep interrupted" in out and "1 of 2 jobs finished" in out
     assert "interrupted; finished runs are kept" in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_runs_of_a_sweep_killed_outright_are_closed_by_the_next_run(sweep, request):
+    process = start_until_the_long_job_runs(sweep, request)
+    os.killpg(process.pid, signal.SIGKILL)  # no handler runs in a killed process: its runs stay RUNNING
+    process.communicate(timeout=60)
+    left = [r for r in sweep.runs() if r.info.status == "RUNNING"]
+    assert sorted(r.data.params.get("generation.repeats", "sweep") for r in left) == ["100", "sweep"]
+
+    result = sweep.run("model=tiny-gpt2", "device=cpu", "generation.max_new_tokens=2", "generation.repeats=1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = {r.info.run_id: r for r in sweep.runs()}
+    for run in left:
+        closed = runs[run.info.run_id]
+        assert closed.info.status == "KILLED"
+        assert closed.data.tags["error"].startswith(f"orphaned: its process (pid {process.pid} on ")
+    assert "qsweep: 2 run(s) left RUNNING by a process that no longer exists, now KILLED" in result.stdout
+    assert not [r for r in runs.values() if r.info.status == "RUNNING"]
+
+
+def test_only_runs_of_dead_processes_on_this_host_are_closed(tmp_path):
+    store = tracking.open_store(TrackingConfig(uri=f"sqlite:///{tmp_path / 'mlflow.db'}"))
+    mine = tracking.start_sweep(store, "alive", {})  # owned by this very process
+    host = socket.gethostname()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    owners = {"dead": f"{host}:{dead.stdout.strip()}:1.000",
+              "reused-pid": f"{host}:{os.getpid()}:1.000",  # this pid, but not this process's start time
+              "elsewhere": f"another-host:{dead.stdout.strip()}:1.000"}  # a cluster node's run: not ours to judge
+    ids = {name: store.client.create_run(store.experiment_id, run_name=name,
+                                         tags={tracking.TAG_OWNER: owner}).info.run_id
+           for name, owner in owners.items()}
+    assert sorted(tracking.close_orphans(store)) == ["dead", "reused-pid"]
+    status = {name: store.client.get_run(run_id).info.status for name, run_id in {**ids, "alive": mine}.items()}
+    assert status == {"dead": "KILLED", "reused-pid": "KILLED", "elsewhere": "RUNNING", "alive": "RUNNING"}
 
 
 @pytest.mark.slow
