@@ -6,6 +6,7 @@ peak memory, and quality against speed (one point per setting).
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +52,12 @@ def _settings(rows) -> List[str]:
     return seen
 
 
+def _tick_labels(settings: List[str], rows) -> List[str]:
+    """A setting whose output is broken says so under its bars: its speed is not a result."""
+    broken = {r.setting for r in rows if r.degenerate}
+    return [f"{s}\n(broken output)" if s in broken else s for s in settings]
+
+
 def _save(fig, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=DPI, bbox_inches="tight")  # "tight" keeps a legend below the axes
@@ -60,7 +67,9 @@ def _save(fig, path: Path) -> Path:
 
 def _finish(ax, n_series: int) -> None:
     ax.margins(y=0.15)
-    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=n_series, frameon=False)
+    two_line_ticks = any("\n" in tick.get_text() for tick in ax.get_xticklabels())
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14 if two_line_ticks else -0.08),
+              ncol=n_series, frameon=False)
     ax.grid(axis="y", alpha=0.3)
 
 
@@ -71,7 +80,7 @@ def _grouped_bars(model, rows, out_dir, metric, iqr_metric, ylabel, what) -> Cha
     fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(settings) + 2), 4.2))
     for i, n in enumerate(lengths):
         by_setting: Dict[str, object] = {r.setting: r for r in rows if r.max_new_tokens == n}
-        xs, values, errors = [], [], []
+        xs, values, errors, broken = [], [], [], []
         for x, setting in enumerate(settings):
             row = by_setting.get(setting)
             if row is None or metric not in row.metrics:
@@ -81,12 +90,17 @@ def _grouped_bars(model, rows, out_dir, metric, iqr_metric, ylabel, what) -> Cha
             xs.append(x + (i - (len(lengths) - 1) / 2) * width)
             values.append(value)
             errors.append(spread / 2)
+            broken.append(row.degenerate)
         # half the IQR either side, never below zero (the IQR need not be centred on the median)
         yerr = [[min(e, v) for e, v in zip(errors, values)], errors] if any(errors) else None
         bars = ax.bar(xs, values, width * 0.95, label=f"{n} new tokens", color=COLORS[i % len(COLORS)],
                       yerr=yerr, capsize=3)
+        for bar, is_broken in zip(bars, broken):
+            if is_broken:
+                bar.set_hatch("xx")
+                bar.set_alpha(0.45)
         ax.bar_label(bars, fmt="%.2f" if metric == "tokens_per_s" else "%.3g", fontsize=8, padding=2)
-    ax.set_xticks(range(len(settings)), settings)
+    ax.set_xticks(range(len(settings)), _tick_labels(settings, rows))
     ax.set_ylabel(ylabel)
     ax.set_title(f"{model}: {ylabel.lower()}, {' vs '.join(map(str, lengths))} new tokens")
     _finish(ax, len(lengths))
@@ -111,7 +125,7 @@ def _memory(model, rows, out_dir) -> Chart:
                 values.append(max(found))
         bars = ax.bar(xs, values, width * 0.95, label=label, color=COLORS[(i + 2) % len(COLORS)])
         ax.bar_label(bars, fmt="%.3g", fontsize=8, padding=2)
-    ax.set_xticks(range(len(settings)), settings)
+    ax.set_xticks(range(len(settings)), _tick_labels(settings, rows))
     ax.set_ylabel("GiB")
     ax.set_title(f"{model}: peak memory")
     _finish(ax, len(series))
@@ -127,10 +141,14 @@ def _quality_vs_speed(model, rows, out_dir):
                           if any(m in r.metrics for r in rows)), (None, None))
     if metric is None:
         return None
-    points = {}
+    points, unplotted = {}, {}
     for row in rows:  # sorted by length: the longest length of each setting wins
-        if metric in row.metrics and "tokens_per_s" in row.metrics:
+        if "tokens_per_s" not in row.metrics:
+            continue
+        if math.isfinite(row.metrics.get(metric, math.nan)):
             points[row.setting] = row
+        elif row.degenerate:  # e.g. NaN logits: no quality figure to place it at
+            unplotted[row.setting] = row
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     for i, (setting, row) in enumerate(points.items()):
         x, y = row.metrics["tokens_per_s"], row.metrics[metric]
@@ -145,6 +163,10 @@ def _quality_vs_speed(model, rows, out_dir):
     top = ax.get_ylim()[1]
     ax.set_ylim(bottom=-0.04 * top)  # KL and perplexity are never negative
     ax.grid(alpha=0.3)
+    if unplotted:
+        ax.text(0.01, 0.98, "not shown, broken output: " + ", ".join(
+                f"{setting} ({row.metrics['tokens_per_s']:.3g} tok/s)" for setting, row in unplotted.items()),
+                transform=ax.transAxes, fontsize=8, va="top", color=DEGENERATE_COLOR)
     path = _save(fig, out_dir / f"{slug(model)}_quality_vs_speed.png")
     return Chart(path, f"{model}: {metric} against tokens/s, one point per setting (its longest length); "
                        "the best settings sit bottom right")

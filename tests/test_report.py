@@ -152,6 +152,20 @@ def test_charts_are_pngs_and_quality_against_speed_needs_a_quality_metric(tmp_pa
     assert_png(made[-1].path)
 
 
+def test_charts_never_show_broken_output_as_a_plain_result(tmp_path):
+    rows = report.rows_by_model([job("cpu", "fp32", 8, **speed(1.0), kl_div_vs_fp32=0.0),
+                                 job("cpu", "fp16", 8, **speed(0.3), kl_div_vs_fp32=float("nan"),
+                                     degenerate_output=1.0)])["m"]
+    assert charts._tick_labels(["CPU FP32", "CPU FP16"], rows) == ["CPU FP32", "CPU FP16\n(broken output)"]
+    texts = []
+    real_text = charts.plt.Axes.text
+    with pytest.MonkeyPatch.context() as patch:  # what the quality chart writes on its axes
+        patch.setattr(charts.plt.Axes, "text", lambda ax, *a, **k: texts.append(a[2]) or real_text(ax, *a, **k))
+        made = charts.model_charts("m", rows, tmp_path)
+    assert_png(made[-1].path)
+    assert texts == ["not shown, broken output: CPU FP16 (427 tok/s)"]  # NaN KL: no point, but named
+
+
 def test_the_sweep_knows_how_many_jobs_it_will_run():
     from conftest import compose_cfg
     from qsweep.callbacks import _count_jobs
