@@ -23,17 +23,29 @@ if run overhead; then
 fi
 
 if run peer; then
+  CACHE=${QSWEEP_CACHE:-$HOME/.cache/qsweep}
+  GPT2_RANDOM=$(ls -d "$CACHE"/random/gpt2-*/ | head -1)   # made by any sweep with model=gpt2 model.weights=random
+  json() { grep --line-buffered '^{'; }                      # optimum-benchmark logs to stdout too
   # decode speed: gemma-3-270m fp32 and bf16, 64 new tokens, 8 timed repeats, in both tools
   $PY run.py -m tracking.experiment=$EXP model=gemma-3-270m device=cpu precision=fp32,bf16 \
     generation.max_new_tokens=64 generation.repeats=8 "generation.prompts=[\"$PROMPT\"]"
-  $PEER_PY benchmarks/peer_optimum.py "${QSWEEP_CACHE:-$HOME/.cache/qsweep}/gemma-3-270m" \
-    --dtypes float32,bfloat16 --prompt-tokens 16 --new-tokens 64 | tee "$OUT/peer_gemma.jsonl"
+  for launcher in process inline; do
+    $PEER_PY benchmarks/peer_optimum.py "$CACHE/gemma-3-270m" --dtypes float32,bfloat16 --prompt-tokens 16 \
+      --new-tokens 64 --launcher $launcher 2>/dev/null | json | tee -a "$OUT/peer_gemma.jsonl"
+  done
+  # the same bare generate loop in both environments: tool differences vs library-version differences
+  for python in $PY $PEER_PY; do
+    for dtype in float32 bfloat16; do
+      $python benchmarks/bare_generate.py "$CACHE/gemma-3-270m" --dtype $dtype 2>/dev/null | json \
+        | tee -a "$OUT/bare_generate.jsonl"
+    done
+  done
   # the same 4-job sweep in each tool: random-weight gpt2, fp32/bf16 x 32/64 new tokens, 8 repeats
   /usr/bin/time -f '{"tool": "qsweep", "jobs": 4, "wall_s": %e}' -a -o "$OUT/peer_sweep_wall.jsonl" \
     $PY run.py -m tracking.experiment=$EXP model=gpt2 model.weights=random device=cpu precision=fp32,bf16 \
     generation.max_new_tokens=32,64 generation.repeats=8 "generation.prompts=[\"$PROMPT\"]"
-  $PEER_PY benchmarks/peer_optimum.py "$(ls -d "${QSWEEP_CACHE:-$HOME/.cache/qsweep}"/random/gpt2-*/ | head -1)" \
-    --dtypes float32,bfloat16 --prompt-tokens 16 --new-tokens 32,64 | tee -a "$OUT/peer_sweep_wall.jsonl"
+  $PEER_PY benchmarks/peer_optimum.py "$GPT2_RANDOM" --dtypes float32,bfloat16 --prompt-tokens 16 \
+    --new-tokens 32,64 2>/dev/null | json | tee -a "$OUT/peer_sweep_wall.jsonl"
 fi
 
 if run compile; then
