@@ -77,10 +77,10 @@ def run_job(raw: DictConfig, tags: Optional[dict] = None) -> Tuple[tracking.Stor
             cfg = validate(raw)  # a bad value fails here, as a FAILED run that says which field
             run.set_tags(run_tags(cfg))
             run.log_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)), "config.yaml")
-            isolated = cfg.runner.isolation == "process"
+            isolated, preload = cfg.runner.isolation == "process", worker_preload()
             if isolated:  # a first conversion leaves gigabytes of RSS behind: not in the measured process
-                worker.call(prepare_checkpoint, cfg, True, cfg.runner.timeout_s, worker_preload())
-            result = worker.call(measure_job, cfg, isolated, cfg.runner.timeout_s, worker_preload())
+                worker.call(prepare_checkpoint, cfg, True, cfg.runner.timeout_s, preload)
+            result = worker.call(measure_job, cfg, isolated, cfg.runner.timeout_s, preload)
             _record(run, result)
         return store, run_id, True
     except Exception as err:
@@ -102,11 +102,11 @@ def completed_job(raw: DictConfig) -> Optional[dict]:
         cfg = validate(raw)
     except ConfigError:
         return None
-    store = tracking.open_store(cfg.tracking)
-    done = tracking.find_by_hash(store, config_hash(cfg), finished_only=True)
+    store, the_hash = tracking.open_store(cfg.tracking), config_hash(cfg)
+    done = tracking.find_by_hash(store, the_hash, finished_only=True)
     if not done:
         return None
-    print(f"qsweep: {done[0]['name']} skipped: config_hash {config_hash(cfg)} already FINISHED in run "
+    print(f"qsweep: {done[0]['name']} skipped: config_hash {the_hash} already FINISHED in run "
           f"{done[0]['run_id']} (sweep.skip_completed=true)", flush=True)
     return {**done[0], "status": "SKIPPED"}
 
