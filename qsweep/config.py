@@ -17,6 +17,10 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+# ${qsweep.root:} = this project's folder, for checkpoints the project makes (models/...). Registered on
+# import: every config that names such a checkpoint, composed or recorded with a run, resolves it.
+ROOT_REFERENCE = "${qsweep.root:}"
+OmegaConf.register_new_resolver("qsweep.root", lambda: str(PROJECT_ROOT), replace=True)
 
 WEIGHTS = ("pretrained", "random")
 DEVICES = ("cpu", "cuda", "auto")
@@ -164,8 +168,6 @@ def resolve_device(name: str) -> str:
 
 def register_schemas() -> None:
     ConfigStore.instance().store(name="qsweep_schema", node=RunConfig)
-    # ${qsweep.root:} = this project's folder, for checkpoints the project makes (models/...)
-    OmegaConf.register_new_resolver("qsweep.root", lambda: str(PROJECT_ROOT), replace=True)
 
 
 def validate(cfg: DictConfig) -> RunConfig:
@@ -183,10 +185,27 @@ def validate(cfg: DictConfig) -> RunConfig:
         raise ConfigError(f"{key}: {first}" if key and key not in first else first) from None
 
 
+def portable(path: str) -> str:
+    """An absolute path inside this project as ${qsweep.root:}/..., so that a checkpoint the project makes
+    (models/gemma-3-270m-ft) has the same identity in every clone, and a recorded config finds it in the
+    clone that reproduces it. Hub ids and paths elsewhere are returned as they are."""
+    if not Path(path).is_absolute() or not Path(path).is_relative_to(PROJECT_ROOT):
+        return path
+    return f"{ROOT_REFERENCE}/{Path(path).relative_to(PROJECT_ROOT).as_posix()}"
+
+
 def hashed_fields(cfg: RunConfig) -> dict:
     fields = {section: asdict(getattr(cfg, section)) for section in HASHED_SECTIONS}
     fields["model"].pop("missing_hint")  # advice in an error message, not what is measured
+    fields["model"]["name_or_path"] = portable(cfg.model.name_or_path)
     return fields
+
+
+def to_yaml(cfg: RunConfig) -> str:
+    """The run's config.yaml: the validated config, with paths inside the project kept portable."""
+    recorded = OmegaConf.structured(cfg)
+    recorded.model.name_or_path = portable(cfg.model.name_or_path)
+    return OmegaConf.to_yaml(recorded)
 
 
 def config_hash(cfg: RunConfig) -> str:

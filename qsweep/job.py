@@ -16,7 +16,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from qsweep import environment, measure, models, quality, sources, tracking, worker
-from qsweep.config import ConfigError, RunConfig, TrackingConfig, config_hash, flatten, validate
+from qsweep.config import ConfigError, RunConfig, TrackingConfig, config_hash, flatten, to_yaml, validate
 
 
 @dataclass
@@ -76,7 +76,7 @@ def run_job(raw: DictConfig, tags: Optional[dict] = None) -> Tuple[tracking.Stor
             run.log_params(flatten(plain))
             cfg = validate(raw)  # a bad value fails here, as a FAILED run that says which field
             run.set_tags(run_tags(cfg))
-            run.log_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)), "config.yaml")
+            run.log_text(to_yaml(cfg), "config.yaml")
             isolated, preload = cfg.runner.isolation == "process", worker_preload()
             if isolated:  # a first conversion leaves gigabytes of RSS behind: not in the measured process
                 worker.call(prepare_checkpoint, cfg, True, cfg.runner.timeout_s, preload)

@@ -168,10 +168,11 @@ def open_existing(uri: str) -> Store:
 
 
 def one_line(err: BaseException) -> str:
-    """The `error` tag: the exception's type and message on one line; CUDA OOM is named as a result."""
+    """The `error` tag: the exception's type and message on one line. Running out of memory is a result,
+    named out_of_memory: torch.OutOfMemoryError on CUDA, a RuntimeError from the CPU allocator."""
     text = " ".join(str(err).split()) or type(err).__name__
-    kind = "out_of_memory" if type(err).__name__ == "OutOfMemoryError" else type(err).__name__
-    return f"{kind}: {text}"[:500]
+    out_of_memory = type(err).__name__ == "OutOfMemoryError" or "DefaultCPUAllocator: can't allocate memory" in text
+    return f"{'out_of_memory' if out_of_memory else type(err).__name__}: {text}"[:500]
 
 
 class JobRun:

@@ -7,9 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError
 
 from conftest import ROOT, compose_cfg, compose_run
+from qsweep import config
 from qsweep.config import ConfigError, config_hash
 
 CUDA = torch.cuda.is_available()
@@ -67,6 +69,30 @@ def test_hash_is_the_same_in_another_process():
             "print(config_hash(compose_run('model=tiny-gpt2', 'precision=bf16', 'device=cpu')))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == config_hash(compose_run("model=tiny-gpt2", "precision=bf16", "device=cpu"))
+
+
+def test_a_checkpoint_the_project_makes_has_the_same_hash_in_every_clone(monkeypatch, tmp_path):
+    here = compose_run("model=gemma-3-270m-ft", "device=cpu")
+    assert here.model.name_or_path == str(ROOT / "models" / "gemma-3-270m-ft")
+    hash_here = config_hash(here)
+    monkeypatch.setattr(config, "PROJECT_ROOT", tmp_path / "another-clone")
+    there = compose_run("model=gemma-3-270m-ft", "device=cpu")
+    assert there.model.name_or_path == str(tmp_path / "another-clone" / "models" / "gemma-3-270m-ft")
+    assert config_hash(there) == hash_here
+    # a checkpoint outside the project is identified by where it is
+    outside = config_hash(compose_run("model=gemma-3-270m-ft", f"model.name_or_path={tmp_path}/ft", "device=cpu"))
+    assert outside != config_hash(compose_run("model=gemma-3-270m-ft", f"model.name_or_path={tmp_path}/ft2",
+                                              "device=cpu"))
+
+
+def test_a_recorded_config_finds_the_checkpoint_in_the_clone_that_reads_it(monkeypatch, tmp_path):
+    text = config.to_yaml(compose_run("model=gemma-3-270m-ft", "device=cpu"))
+    assert "name_or_path: ${qsweep.root:}/models/gemma-3-270m-ft" in text
+    monkeypatch.setattr(config, "PROJECT_ROOT", tmp_path / "another-clone")
+    read_back = config.validate(OmegaConf.create(text))
+    assert read_back.model.name_or_path == str(tmp_path / "another-clone" / "models" / "gemma-3-270m-ft")
+    hub = config.to_yaml(compose_run("model=tiny-gpt2", "device=cpu"))
+    assert config.validate(OmegaConf.create(hub)).model.name_or_path == "tiny-gpt2"
 
 
 def test_unknown_option_lists_the_available_ones():

@@ -5,8 +5,9 @@ import signal
 import time
 
 import pytest
+import torch
 
-from qsweep import worker
+from qsweep import tracking, worker
 
 
 def pid_of_worker(_):
@@ -46,3 +47,22 @@ def test_a_hung_worker_is_stopped_at_its_time_limit():
     with pytest.raises(worker.WorkerDied, match=r"timed out after 3 s"):
         worker.call(hang, None, isolated=True, timeout_s=3)
     assert time.monotonic() - start < 30
+
+
+def run_out_of_cuda_memory(_):
+    # what the CUDA caching allocator raises; no GPU here to make it raise for real
+    raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 has a total capacity "
+                                 "of 79.19 GiB of which 1.25 GiB is free.")
+
+
+def run_out_of_cpu_memory(_):
+    return torch.empty(10**13, dtype=torch.uint8)  # 10 TB: the allocator refuses at once
+
+
+@pytest.mark.parametrize("fn", [run_out_of_cuda_memory, run_out_of_cpu_memory])
+def test_running_out_of_memory_in_the_worker_is_recorded_as_out_of_memory(fn):
+    with pytest.raises(RuntimeError) as err:
+        worker.call(fn, None, isolated=True, timeout_s=120)
+    line = tracking.one_line(err.value)
+    assert line.startswith("out_of_memory: ") and "allocate" in line and "\n" not in line
+    assert tracking.one_line(ValueError("bad prompt")) == "ValueError: bad prompt"

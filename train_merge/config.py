@@ -121,7 +121,7 @@ class TrainMergeConfig:
 
 
 def register_schemas() -> None:
-    register_qsweep_schemas()  # the model group's schema and the ${qsweep.root:} resolver
+    register_qsweep_schemas()  # the schema of the model group the sweep shares
     ConfigStore.instance().store(name="train_merge_schema", node=TrainMergeConfig)
 
 
