@@ -6,6 +6,7 @@ Sweeps themselves run through Hydra: `python run.py -m ...`.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -93,11 +94,17 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     from qsweep.tracking import StoreUnavailable
 
+    from qsweep.callbacks import interrupt
+
+    signal.signal(signal.SIGTERM, interrupt)  # like Ctrl-C: a run being measured ends as KILLED
     try:
         return args.func(args)
     except (StoreUnavailable, MlflowException) as err:  # no such store, experiment or run: one line
         print(f"qsweep {args.command}: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(f"qsweep {args.command}: interrupted; a run being measured was ended as KILLED", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

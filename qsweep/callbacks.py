@@ -24,7 +24,7 @@ _signals = []  # signals received: an interrupt raised inside a finalizer (gc, w
 
 
 def interrupt(signum, frame):
-    """SIGTERM handler (installed by run.py): unwind like Ctrl-C, so runs end as KILLED, not RUNNING."""
+    """SIGTERM handler (run.py, the qsweep CLI): unwind like Ctrl-C, so runs end as KILLED, not RUNNING."""
     _signals.append(signum)
     raise KeyboardInterrupt(f"signal {signum}")
 

@@ -158,6 +158,8 @@ def open_existing(uri: str) -> Store:
         raise StoreUnavailable(f"no MLflow store at {uri}: the file does not exist; "
                                "give the store the run was recorded in with --tracking-uri (or MLFLOW_TRACKING_URI)")
     try:
+        if uri.startswith(("http://", "https://")):
+            _check_server(uri)
         client = MlflowClient(tracking_uri=uri)
         client.search_experiments(max_results=1)
     except Exception as err:

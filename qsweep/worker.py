@@ -7,7 +7,9 @@ touches CUDA), so a job starts in a fraction of a second instead of paying secon
 from __future__ import annotations
 
 import multiprocessing
+import os
 import pickle
+import threading
 import traceback
 from typing import Any, Callable, Sequence
 
@@ -16,7 +18,16 @@ class WorkerDied(RuntimeError):
     """The worker process ended without an answer: killed, crashed, or over its time limit."""
 
 
-def _child(fn: Callable, arg: Any, conn) -> None:
+def _exit_when_the_caller_dies(caller_alive) -> None:
+    """A worker must not outlive the sweep that waits for it: the sweep killed outright (SIGKILL) cannot
+    stop it, and no parent-death signal reaches it (its parent is the fork server). The caller holds the
+    other end of this pipe; the read sees EOF the moment the caller is gone, however it ended."""
+    caller_alive.poll(None)
+    os._exit(1)
+
+
+def _child(fn: Callable, arg: Any, conn, caller_alive) -> None:
+    threading.Thread(target=_exit_when_the_caller_dies, args=(caller_alive,), daemon=True).start()
     try:
         result = ("ok", fn(arg))
     except BaseException as err:  # report everything, Ctrl-C included, to the parent
@@ -50,9 +61,11 @@ def call(fn: Callable, arg: Any, isolated: bool, timeout_s: float, preload: Sequ
         return fn(arg)
     context = _context(preload)
     receiver, sender = context.Pipe(duplex=False)
-    process = context.Process(target=_child, args=(fn, arg, sender), daemon=True)
+    caller_alive, caller_alive_keeper = context.Pipe(duplex=False)
+    process = context.Process(target=_child, args=(fn, arg, sender, caller_alive), daemon=True)
     process.start()
     sender.close()  # so the read below sees EOF the moment the worker dies
+    caller_alive.close()
     try:
         if not receiver.poll(timeout_s):
             raise WorkerDied(f"timed out after {timeout_s:g} s (runner.timeout_s)")
@@ -68,6 +81,7 @@ def call(fn: Callable, arg: Any, isolated: bool, timeout_s: float, preload: Sequ
         if process.is_alive():
             process.kill()
         process.join()
+        caller_alive_keeper.close()
     if status == "error":
         raise payload
     return payload

@@ -70,3 +70,19 @@ class Sweep:
 @pytest.fixture
 def sweep(tmp_path):
     return Sweep(tmp_path)
+
+
+def measuring_workers(sweep_pid: int) -> list:
+    """The sweep's worker processes that are busy measuring. A worker is a grandchild of the sweep (the
+    fork server, a child busy importing torch at first, forks it); processes that vanish while looked at
+    are skipped."""
+    import psutil
+
+    busy = []
+    for process in psutil.Process(sweep_pid).children(recursive=True):
+        try:
+            if process.ppid() != sweep_pid and process.cpu_percent(interval=0.5) > 20:
+                busy.append(process)
+        except psutil.NoSuchProcess:
+            pass
+    return busy

@@ -9,8 +9,10 @@ import subprocess
 import sys
 import time
 
+import psutil
 import pytest
 
+from conftest import measuring_workers
 from qsweep import tracking
 from qsweep.config import TrackingConfig
 
@@ -77,6 +79,22 @@ def test_runs_of_a_sweep_killed_outright_are_closed_by_the_next_run(sweep, reque
         assert closed.data.tags["error"].startswith(f"orphaned: its process (pid {process.pid} on ")
     assert "qsweep: 2 run(s) left RUNNING by a process that no longer exists, now KILLED" in result.stdout
     assert not [r for r in runs.values() if r.info.status == "RUNNING"]
+
+
+@pytest.mark.slow
+def test_no_worker_outlives_a_sweep_killed_outright(sweep, request):
+    # one job of 1000 repeats: minutes of work that must stop with the sweep
+    process = sweep.start("model=tiny-gpt2", "device=cpu", "generation.warmup=0", "generation.max_new_tokens=64",
+                          "generation.repeats=1000", start_new_session=True)
+    request.addfinalizer(lambda: process.poll() is None and os.killpg(process.pid, signal.SIGKILL))
+    sweeper = psutil.Process(process.pid)
+
+    assert wait_for(lambda: measuring_workers(process.pid)), "no worker started measuring"
+    helpers = sweeper.children(recursive=True)  # the fork server and the worker
+    process.kill()  # the sweep alone, not its process group: nothing of it runs to stop its helpers
+    process.wait(timeout=60)  # (not communicate: a live worker holds the sweep's stdout open)
+    _, alive = psutil.wait_procs(helpers, timeout=15)
+    assert not alive, [p.cmdline()[-1][:80] for p in alive]
 
 
 def test_only_runs_of_dead_processes_on_this_host_are_closed(tmp_path):

@@ -5,6 +5,7 @@ import hashlib
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -94,6 +95,13 @@ def test_a_store_that_cannot_be_opened(tmp_path, capsys):
     broken.write_text("not a database " * 100)
     message = refusal(capsys, "abc", "--tracking-uri", f"sqlite:///{broken}")
     assert "cannot open the MLflow store" in message and "not a database" in message
+
+
+def test_an_unreachable_server_fails_in_seconds(capsys):
+    start = time.monotonic()
+    message = refusal(capsys, "abc", "--tracking-uri", "http://127.0.0.1:9")
+    assert "no MLflow server answers at http://127.0.0.1:9" in message
+    assert time.monotonic() - start < 30  # not MLflow's minutes of retries
 
 
 @pytest.mark.parametrize("edit, field", [

@@ -2,8 +2,9 @@
 
 import time
 
-import psutil
 import pytest
+
+from conftest import measuring_workers
 
 # two jobs: a long one (4000 timed generations: minutes even on a fast machine) and a short one (4)
 TINY = ["model=tiny-gpt2", "device=cpu", "generation.warmup=0", "generation.max_new_tokens=64",
@@ -24,25 +25,14 @@ def test_a_job_over_its_time_limit_fails_and_the_next_runs(sweep):
     assert runs["1"][0] == "FINISHED"
 
 
-def _busy_worker(process: psutil.Process, sweeper_pid: int) -> bool:
-    try:
-        return (process.ppid() != sweeper_pid and "multiprocessing" in " ".join(process.cmdline())
-                and process.cpu_percent(interval=0.5) > 20)
-    except psutil.NoSuchProcess:  # short-lived helpers come and go while we look
-        return False
-
-
 @pytest.mark.slow
 def test_a_worker_killed_mid_job_is_recorded_and_the_sweep_goes_on(sweep, request):
     process = sweep.start("-m", *TINY)
     request.addfinalizer(lambda: process.poll() is None and process.kill())  # never leave it running
-    sweeper = psutil.Process(process.pid)
     deadline = time.monotonic() + 120
     victim = None
     while victim is None and time.monotonic() < deadline:  # the first job's worker, once it measures
-        # The sweep starts a fork server (busy while it imports torch) and the fork server forks the
-        # workers: a worker is a grandchild of the sweep, never its direct child.
-        victim = next((p for p in sweeper.children(recursive=True) if _busy_worker(p, sweeper.pid)), None)
+        victim = next(iter(measuring_workers(process.pid)), None)
     assert victim is not None, "no worker process appeared"
     victim.kill()
     out, _ = process.communicate(timeout=600)
