@@ -48,7 +48,16 @@ def run_tags(cfg: RunConfig) -> dict:
             "max_new_tokens": cfg.generation.max_new_tokens,
             "setting": f"{cfg.device.name.upper()} {cfg.precision.name.upper()}",
             "mlflow.runName": run_name(cfg.model.name, cfg.precision.name, cfg.device.name,
-                                       cfg.generation.max_new_tokens)}
+                                       cfg.generation.max_new_tokens), **weights_tag(cfg)}
+
+
+def weights_tag(cfg: RunConfig) -> dict:
+    """A local checkpoint folder is hashed by its path (config_hash), and a path can be rewritten (a new
+    fine-tune): the weights_sha256 tag says which weights were measured."""
+    folder = sources.local_folder(cfg.model) if cfg.model.weights == "pretrained" else None
+    if folder is None or not (folder / "config.json").is_file():
+        return {}  # a missing checkpoint fails in the worker, with its remedy
+    return {tracking.TAG_WEIGHTS: sources.weights_sha256(folder)}
 
 
 def worker_preload() -> Tuple[str, ...]:
@@ -104,6 +113,13 @@ def completed_job(raw: DictConfig) -> Optional[dict]:
         return None
     store, the_hash = tracking.open_store(cfg.tracking), config_hash(cfg)
     done = tracking.find_by_hash(store, the_hash, finished_only=True)
+    weights = weights_tag(cfg).get(tracking.TAG_WEIGHTS)
+    if weights and done:  # the same path, but does it still hold the weights that were measured?
+        same = [run for run in done if run["tags"].get(tracking.TAG_WEIGHTS) == weights]
+        if not same:
+            print(f"qsweep: {done[0]['name']}: config_hash {the_hash} is FINISHED in run {done[0]['run_id']}, but "
+                  f"{cfg.model.name_or_path} holds other weights now: measuring it again", flush=True)
+        done = same
     if not done:
         return None
     print(f"qsweep: {done[0]['name']} skipped: config_hash {the_hash} already FINISHED in run "

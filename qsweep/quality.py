@@ -36,6 +36,7 @@ import torch
 from filelock import FileLock
 from safetensors.torch import load_file, save_file
 
+from qsweep import sources
 from qsweep.config import GenerationConfig, PrecisionConfig, RunConfig
 
 WINDOW = 1024  # tokens per evaluation window (less when the model's context is shorter)
@@ -226,7 +227,7 @@ def checkpoint_fingerprint(path: str) -> dict:
     """What identifies a checkpoint's weights: config.json's content and each weight file's name,
     size and modification time (a rewritten checkpoint gets a new reference)."""
     folder = Path(path)
-    files = sorted(p for pattern in ("*.safetensors", "*.bin") for p in folder.glob(pattern))
+    files = sorted(p for pattern in sources.WEIGHT_FILES for p in folder.glob(pattern))
     return {"config": hashlib.sha256((folder / "config.json").read_bytes()).hexdigest(),
             "weights": [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]}
 

@@ -126,7 +126,8 @@ def reproduce(prefix: str, uri: Optional[str] = None, experiment: Optional[str] 
 
 
 def compare(store: tracking.Store, original: dict, new: dict) -> str:
-    """Side by side: every metric with its ratio, the generated texts, the environment differences."""
+    """Side by side: every metric with its ratio, the generated texts, the checkpoint's weights (local
+    folders), the environment differences."""
     a, b = original["metrics"], new["metrics"]
     rows = [[name, _number(a.get(name)), _number(b.get(name)),
              f"{b[name] / a[name]:.3f}" if a.get(name) and name in b else "-"] for name in sorted(set(a) | set(b))]
@@ -136,9 +137,23 @@ def compare(store: tracking.Store, original: dict, new: dict) -> str:
         parts.append(f"the reproduction FAILED: {new['tags']['error']}")
     parts.append(compare_texts(_json_artifact(store, original["run_id"], "generations.json"),
                                _json_artifact(store, new["run_id"], "generations.json")))
+    weights = compare_weights(original, new)
+    if weights:
+        parts.append(weights)
     parts.append(compare_environments(_json_artifact(store, original["run_id"], "environment.json"),
                                       _json_artifact(store, new["run_id"], "environment.json")))
     return "\n\n".join(parts)
+
+
+def compare_weights(original: dict, new: dict) -> Optional[str]:
+    """For a local checkpoint folder: were the same weights measured? (its path may have been rewritten)"""
+    before, after = original["tags"].get(tracking.TAG_WEIGHTS), new["tags"].get(tracking.TAG_WEIGHTS)
+    if before is None and after is None:
+        return None
+    if before == after:
+        return f"checkpoint weights: IDENTICAL ({tracking.TAG_WEIGHTS} {after})"
+    return (f"checkpoint weights: DIFFERENT ({tracking.TAG_WEIGHTS} {before or 'not recorded'} -> {after}): the "
+            "checkpoint folder holds other weights than when the original was measured")
 
 
 def compare_texts(before: Optional[list], after: Optional[list]) -> str:

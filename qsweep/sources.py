@@ -13,6 +13,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 from filelock import FileLock
 
@@ -20,6 +21,7 @@ from qsweep.config import ModelConfig
 
 BUNDLED_PREFIX = "bundled:"
 BUNDLED_MODELS = ("gemma-3-270m",)
+WEIGHT_FILES = ("*.safetensors", "*.bin")
 
 
 class ModelUnavailable(RuntimeError):
@@ -40,9 +42,29 @@ def resolve(model: ModelConfig, cache_dir: Path) -> Checkpoint:
     return _pretrained_checkpoint(model)
 
 
-def _pretrained_checkpoint(model: ModelConfig) -> Checkpoint:
+def local_folder(model: ModelConfig) -> Optional[Path]:
+    """The checkpoint folder model.name_or_path names; None for a hub id or the bundled Gemma."""
+    if model.name_or_path.startswith(BUNDLED_PREFIX):
+        return None
     local = Path(model.name_or_path).expanduser()
-    if local.exists() or model.name_or_path.startswith(("/", ".", "~")):
+    return local if local.exists() or model.name_or_path.startswith(("/", ".", "~")) else None
+
+
+def weights_sha256(folder: Path) -> str:
+    """What a checkpoint folder holds, wherever it is: SHA-256 (16 hex) of config.json and every weight
+    file. A folder rewritten in place (a new fine-tune) gets a new one; a copy elsewhere keeps it."""
+    digest = hashlib.sha256()
+    for file in [folder / "config.json", *sorted(p for pattern in WEIGHT_FILES for p in folder.glob(pattern))]:
+        digest.update(file.name.encode())
+        with open(file, "rb") as stream:
+            while chunk := stream.read(1 << 24):
+                digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
+def _pretrained_checkpoint(model: ModelConfig) -> Checkpoint:
+    local = local_folder(model)
+    if local is not None:
         if not (local / "config.json").is_file():
             hint = f"; {model.missing_hint}" if model.missing_hint else ""
             raise ModelUnavailable(f"model.name_or_path={model.name_or_path}: no config.json there; "

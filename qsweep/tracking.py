@@ -26,6 +26,7 @@ MAX_NOTE_CHARS = 8000  # a run description is a tag: MLflow keeps 8000 character
 TAG_HASH, TAG_ERROR, TAG_KIND = "config_hash", "error", "qsweep.kind"
 # host:pid:start time of the process that ends the run: lets a later run close it if that process died
 TAG_OWNER = "qsweep.owner"
+TAG_WEIGHTS = "weights_sha256"  # local checkpoint folders: what the folder held when measured
 # The MLflow UI opens an experiment of this kind on its runs table and charts, not the GenAI overview.
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 RUN_TAGS = ("model", "precision", "device", "weights", "max_new_tokens", "setting")

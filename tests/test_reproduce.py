@@ -13,7 +13,7 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import ROOT, compose_run
-from qsweep import tracking
+from qsweep import reproduce, tracking
 from qsweep.__main__ import main
 from qsweep.config import TrackingConfig, config_hash
 
@@ -221,3 +221,14 @@ def test_reproduce_a_tiny_run_end_to_end_through_the_cli(sweep):
     assert refused.returncode == 1 and refused.stderr.strip().splitlines() == [
         f"qsweep reproduce: error: no run with a config_hash starting with ffffffffffff in {sweep.uri}: check the "
         "hash in the MLflow UI or the sweep summary, or give the right store with --tracking-uri"]
+
+
+def test_the_comparison_says_whether_a_checkpoint_folder_held_the_same_weights():
+    def run(weights):
+        return {"tags": {} if weights is None else {tracking.TAG_WEIGHTS: weights}}
+
+    assert reproduce.compare_weights(run(None), run(None)) is None  # a hub id, bundled or random weights
+    assert reproduce.compare_weights(run("ab12"), run("ab12")) == "checkpoint weights: IDENTICAL (weights_sha256 ab12)"
+    assert reproduce.compare_weights(run("ab12"), run("cd34")).startswith(
+        "checkpoint weights: DIFFERENT (weights_sha256 ab12 -> cd34)")
+    assert "not recorded -> cd34" in reproduce.compare_weights(run(None), run("cd34"))

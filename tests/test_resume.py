@@ -1,13 +1,16 @@
 """sweep.skip_completed=true resumes a sweep: jobs whose config_hash already has a FINISHED run are skipped
 (no run created, listed as SKIPPED in the summary); without it every job is measured again."""
 
+import shutil
 import signal
 import time
 from collections import Counter
 
 import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
 
-from qsweep import tracking
+from qsweep import sources, tracking
 from qsweep.config import TrackingConfig
 
 # three jobs, each a few seconds (a fresh worker process per job)
@@ -75,3 +78,36 @@ def test_without_skip_completed_a_finished_job_is_measured_again(sweep):
     assert again.returncode == 0
     assert [r.info.status for r in jobs(sweep)] == ["FINISHED", "FINISHED"]
     assert len(finished_per_hash(sweep)) == 1  # the same config_hash, measured twice on purpose
+
+
+def save_tiny_gpt2(folder, seed: int) -> None:
+    torch.manual_seed(seed)
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=100, n_positions=64, bos_token_id=0,
+                               eos_token_id=0)).save_pretrained(folder)
+
+
+@pytest.mark.slow
+def test_a_checkpoint_folder_rewritten_in_place_is_measured_again(sweep, tmp_path):
+    """The same path (so the same config_hash) with other weights, as after a new fine-tune: not skipped."""
+    folder = tmp_path / "checkpoint"
+    single = ["model=gpt2", f"model.name_or_path={folder}", "device=cpu", "generation.warmup=0",
+              "generation.repeats=1", "generation.max_new_tokens=4", "sweep.skip_completed=true"]
+    save_tiny_gpt2(folder, seed=0)
+    assert sweep.run(*single).returncode == 0
+    assert sweep.run(*single).returncode == 0  # skipped: the same weights
+    (first,) = jobs(sweep)
+    save_tiny_gpt2(folder, seed=1)
+    again = sweep.run(*single)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "holds other weights now: measuring it again" in again.stdout
+    runs = jobs(sweep)
+    assert len(runs) == 2 and len(finished_per_hash(sweep)) == 1
+    assert len({r.data.tags[tracking.TAG_WEIGHTS] for r in runs}) == 2
+
+
+def test_weights_sha256_follows_the_weights_not_the_path(tmp_path):
+    save_tiny_gpt2(tmp_path / "a", seed=0)
+    shutil.copytree(tmp_path / "a", tmp_path / "copy")
+    save_tiny_gpt2(tmp_path / "b", seed=1)
+    assert sources.weights_sha256(tmp_path / "a") == sources.weights_sha256(tmp_path / "copy")
+    assert sources.weights_sha256(tmp_path / "a") != sources.weights_sha256(tmp_path / "b")

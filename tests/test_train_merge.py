@@ -156,6 +156,8 @@ def test_shipped_data_set_has_a_fixed_held_out_split_without_the_seed_prompts():
     customers = {e.customer for e in dialogues.train} | {e.customer for e in dialogues.heldout}
     assert not customers & set(SEED_PROMPTS)
     assert not {e.customer for e in dialogues.train} & {e.customer for e in dialogues.heldout}
+    # no held-out reply is learned word for word: the held-out loss measures what was not seen
+    assert not {e.waiter.lower() for e in dialogues.train} & {e.waiter.lower() for e in dialogues.heldout}
     topics = {e.topic for e in dialogues.train}
     assert {"greeting_menu", "order", "drinks", "change", "allergy", "bill"} <= topics
 
@@ -169,7 +171,10 @@ def test_default_config_fine_tunes_the_embedded_gemma_into_models():
 
 @pytest.mark.parametrize("override, message", [
     ("train.quantization=int8", "train.quantization"), ("lora.r=0", "lora.r=0"), ("train.dtype=float8", "train.dtype"),
-    ("model.weights=random", "pretrained weights")])
+    ("model.weights=random", "pretrained weights"), ("train.grad_clip=0", "train.grad_clip=0"),
+    ("train.grad_clip=-1", "train.grad_clip=-1"), ("lora.alpha=0", "lora.alpha=0"),
+    ("train.warmup_steps=-1", "train.warmup_steps=-1"), ("train.weight_decay=-0.1", "train.weight_decay=-0.1"),
+    ("eval.prompts=[]", "eval.prompts is empty"), ("data.path=/nonexistent.jsonl", "no such file")])
 def test_bad_values_are_refused_before_loading(override, message):
     with pytest.raises(ConfigError, match=message):
         validate(compose_train_merge("train.device=cpu", override))

@@ -19,9 +19,14 @@ def main(raw: DictConfig) -> None:
         cfg = validate(raw)  # bad values fail here, before anything loads
     except ConfigError as err:
         sys.exit(f"train_merge: {err}")
-    from train_merge import pipeline
+    from qsweep import sources, tracking
+    from train_merge import merge, pipeline
 
-    result = pipeline.run(cfg)
+    try:
+        result = pipeline.run(cfg)
+    except (ValueError, merge.MergeMismatch, sources.ModelUnavailable, tracking.StoreUnavailable) as err:
+        # the data, the base model, the store or the merge check: the run (if any) is recorded FAILED
+        sys.exit(f"train_merge: error: {tracking.one_line(err)}")
     print(f"\nheld-out loss (perplexity): before {result.heldout_loss_before:.3f} "
           f"({pipeline.finetune.perplexity(result.heldout_loss_before):.1f}), after "
           f"{result.heldout_loss_after:.3f} ({pipeline.finetune.perplexity(result.heldout_loss_after):.1f}), "

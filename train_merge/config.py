@@ -7,6 +7,7 @@ checkpoint sources (hub id, local folder, bundled Gemma) serve both.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import List, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -29,6 +30,9 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _require(self.max_length >= 8, f"data.max_length={self.max_length} is too short: use 8 or more")
+        _require(self.path is None or Path(self.path).expanduser().is_file(),
+                 f"data.path={self.path}: no such file; give a JSONL file of customer/waiter/split lines, "
+                 "or null for the shipped data set")
         for key in ("limit_train", "limit_heldout"):
             value = getattr(self, key)
             _require(value is None or value > 0, f"data.{key}={value} must be positive (or null for all)")
@@ -44,6 +48,7 @@ class LoraSettings:
 
     def __post_init__(self) -> None:
         _require(self.r > 0, f"lora.r={self.r} must be at least 1")
+        _require(self.alpha > 0, f"lora.alpha={self.alpha} must be positive (the adapter is scaled by alpha/r)")
         _require(0 <= self.dropout < 1, f"lora.dropout={self.dropout} must be in [0, 1)")
         _require(len(self.target_modules) > 0, "lora.target_modules is empty: name the layers to adapt")
 
@@ -72,6 +77,10 @@ class TrainSettings:
                  f"train.max_steps={self.max_steps} must be at least 1 (or null for all epochs)")
         _require(self.batch_size > 0, f"train.batch_size={self.batch_size} must be at least 1")
         _require(self.lr > 0, f"train.lr={self.lr} must be positive")
+        _require(self.grad_clip > 0, f"train.grad_clip={self.grad_clip} must be positive (the largest gradient norm "
+                 "kept; 0 would zero every gradient)")
+        _require(self.warmup_steps >= 0, f"train.warmup_steps={self.warmup_steps} must be 0 or more")
+        _require(self.weight_decay >= 0, f"train.weight_decay={self.weight_decay} must be 0 or more")
         _require(self.num_threads is None or self.num_threads > 0,
                  f"train.num_threads={self.num_threads} must be positive (or null for torch's default)")
 
@@ -85,6 +94,7 @@ class EvalSettings:
     def __post_init__(self) -> None:
         _require(self.batch_size > 0, f"eval.batch_size={self.batch_size} must be at least 1")
         _require(self.max_new_tokens > 0, f"eval.max_new_tokens={self.max_new_tokens} must be at least 1")
+        _require(len(self.prompts) > 0, "eval.prompts is empty: give at least one prompt for the sample replies")
 
 
 @dataclass
