@@ -24,7 +24,7 @@ MAX_NOTE_CHARS = 8000  # a run description is a tag: MLflow keeps 8000 character
 
 # Tags that identify a run; names are part of qsweep's interface.
 TAG_HASH, TAG_ERROR, TAG_KIND = "config_hash", "error", "qsweep.kind"
-# host:pid:start time of the process that ends the run: lets a later run close it if that process died
+# host id:pid:start time of the process that ends the run: lets a later run close it if that process died
 TAG_OWNER = "qsweep.owner"
 TAG_WEIGHTS = "weights_sha256"  # local checkpoint folders: what the folder held when measured
 # The MLflow UI opens an experiment of this kind on its runs table and charts, not the GenAI overview.
@@ -99,13 +99,22 @@ def open_store(tracking: TrackingConfig, create: bool = True) -> Store:
     return store
 
 
-def _owner() -> str:
+def host_id() -> str:
+    """Where this process's pids mean something: the host name and, on Linux, the pid namespace (two
+    containers with one host name share a store but not their pids)."""
     import socket
 
+    try:
+        return f"{socket.gethostname()}/pidns-{os.stat('/proc/self/ns/pid').st_ino}"
+    except OSError:
+        return socket.gethostname()
+
+
+def _owner() -> str:
     import psutil
 
     me = psutil.Process()
-    return f"{socket.gethostname()}:{me.pid}:{me.create_time():.3f}"
+    return f"{host_id()}:{me.pid}:{me.create_time():.3f}"
 
 
 def _owner_alive(owner: str) -> bool:
@@ -121,10 +130,8 @@ def _owner_alive(owner: str) -> bool:
 def close_orphans(store: Store) -> List[str]:
     """End as KILLED the RUNNING runs whose process died without ending them (a SIGKILL, an OOM kill, a
     power cut), so no run stays RUNNING forever. Only runs owned by processes of this host are judged:
-    on a shared server, another machine's runs may well be alive. Returns their names."""
-    import socket
-
-    host = socket.gethostname()
+    on a shared server, another machine's (or container's) runs may well be alive. Returns their names."""
+    host = host_id()
     runs = store.client.search_runs(
         [store.experiment_id], f"attributes.status = 'RUNNING' and tags.`{TAG_OWNER}` LIKE '{host}:%'",
         max_results=1000)

@@ -100,17 +100,20 @@ def test_no_worker_outlives_a_sweep_killed_outright(sweep, request):
 def test_only_runs_of_dead_processes_on_this_host_are_closed(tmp_path):
     store = tracking.open_store(TrackingConfig(uri=f"sqlite:///{tmp_path / 'mlflow.db'}"))
     mine = tracking.start_sweep(store, "alive", {})  # owned by this very process
-    host = socket.gethostname()
+    host = tracking.host_id()
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     owners = {"dead": f"{host}:{dead.stdout.strip()}:1.000",
               "reused-pid": f"{host}:{os.getpid()}:1.000",  # this pid, but not this process's start time
-              "elsewhere": f"another-host:{dead.stdout.strip()}:1.000"}  # a cluster node's run: not ours to judge
+              "elsewhere": f"another-host:{dead.stdout.strip()}:1.000",  # a cluster node's run: not ours to judge
+              # a container with this host name but pids of its own
+              "other-container": f"{socket.gethostname()}/pidns-1:{dead.stdout.strip()}:1.000"}
     ids = {name: store.client.create_run(store.experiment_id, run_name=name,
                                          tags={tracking.TAG_OWNER: owner}).info.run_id
            for name, owner in owners.items()}
     assert sorted(tracking.close_orphans(store)) == ["dead", "reused-pid"]
     status = {name: store.client.get_run(run_id).info.status for name, run_id in {**ids, "alive": mine}.items()}
-    assert status == {"dead": "KILLED", "reused-pid": "KILLED", "elsewhere": "RUNNING", "alive": "RUNNING"}
+    assert status == {"dead": "KILLED", "reused-pid": "KILLED", "elsewhere": "RUNNING", "other-container": "RUNNING",
+                      "alive": "RUNNING"}
 
 
 @pytest.mark.slow
