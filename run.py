@@ -22,7 +22,7 @@ signal.signal(signal.SIGTERM, callbacks.interrupt)
 def main(cfg: DictConfig):
     try:
         skipped = completed_job(cfg) if cfg.sweep.skip_completed else None
-        if skipped:  # nothing measured, no run created: the sweep callback lists it in the summary
+        if skipped:  # nothing measured, no run created: the sweep's run records the skip for its summary
             jobs, ok = [skipped], True
         else:
             store, run_id, ok = run_job(cfg)
@@ -35,7 +35,6 @@ def main(cfg: DictConfig):
         print("\n" + report.summary(jobs), flush=True)
         if not ok:
             raise SystemExit(1)
-    return skipped
 
 
 if __name__ == "__main__":

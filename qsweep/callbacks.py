@@ -3,7 +3,8 @@
 Jobs never raise (a failure becomes a FAILED run), so Hydra always reaches on_multirun_end; a sweep
 cut short by Ctrl-C or SIGTERM still closes its parent run as KILLED at exit, and one that never
 started a job (a bad override) leaves no run behind. A job skipped by sweep.skip_completed creates no
-run: it returns the row of the earlier run it points to, and the summary lists it as SKIPPED.
+run: it tags the sweep's run with the earlier run it points to (whichever process or node ran it), and
+the summary lists it as SKIPPED.
 """
 
 from __future__ import annotations
@@ -38,7 +39,6 @@ class SweepCallback(Callback):
             print(f"qsweep: {err}", file=sys.stderr, flush=True)
             raise SystemExit(2)
         overrides = " ".join(config.hydra.overrides.task)
-        self.skipped = []
         self.parent_run_id = tracking.start_sweep(
             self.store, f"sweep-{time.strftime('%Y%m%d-%H%M%S')}", {"sweep_overrides": overrides})
         os.environ[tracking.PARENT_RUN_ENV] = self.parent_run_id
@@ -72,19 +72,13 @@ class SweepCallback(Callback):
         else:  # no job ever started (e.g. a typo in an override): an empty parent is only noise
             tracking.delete_run(self.store, self.parent_run_id)
 
-    def on_job_end(self, config: DictConfig, job_return, **kwargs) -> None:
-        from hydra.core.utils import JobStatus
-
-        if (hasattr(self, "skipped") and job_return.status == JobStatus.COMPLETED
-                and isinstance(job_return.return_value, dict)):  # what run.py returns for a skipped job
-            self.skipped.append(job_return.return_value)
-
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         measured = tracking.sweep_jobs(self.store, self.parent_run_id)
         failed = sum(job["status"] != "FINISHED" for job in measured)
-        if self.skipped:
-            tracking.note_skipped(self.store, self.parent_run_id, self.skipped)
-        jobs = self.skipped + measured  # a resumed sweep skips its first jobs and measures the rest
+        skipped = tracking.skipped_jobs(self.store, self.parent_run_id)
+        if skipped:
+            tracking.note_skipped(self.store, self.parent_run_id, skipped)
+        jobs = skipped + measured  # a resumed sweep skips its first jobs and measures the rest
         tracking.end_sweep(self.store, self.parent_run_id, "FAILED" if failed else "FINISHED")
         os.environ.pop(tracking.PARENT_RUN_ENV, None)
         table = report.summary(jobs)

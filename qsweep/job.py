@@ -122,6 +122,8 @@ def completed_job(raw: DictConfig) -> Optional[dict]:
         done = same
     if not done:
         return None
+    if os.environ.get(tracking.PARENT_RUN_ENV):  # for the sweep's summary, whichever process runs this job
+        tracking.mark_skipped(store, os.environ[tracking.PARENT_RUN_ENV], the_hash, done[0]["run_id"])
     print(f"qsweep: {done[0]['name']} skipped: config_hash {the_hash} already FINISHED in run "
           f"{done[0]['run_id']} (sweep.skip_completed=true)", flush=True)
     return {**done[0], "status": "SKIPPED"}

@@ -26,6 +26,7 @@ MAX_NOTE_CHARS = 8000  # a run description is a tag: MLflow keeps 8000 character
 TAG_HASH, TAG_ERROR, TAG_KIND = "config_hash", "error", "qsweep.kind"
 # host id:pid:start time of the process that ends the run: lets a later run close it if that process died
 TAG_OWNER = "qsweep.owner"
+TAG_SKIPPED_PREFIX = "qsweep.skipped."  # on a sweep run: qsweep.skipped.<config_hash> = the run it points to
 TAG_WEIGHTS = "weights_sha256"  # local checkpoint folders: what the folder held when measured
 # The MLflow UI opens an experiment of this kind on its runs table and charts, not the GenAI overview.
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
@@ -304,8 +305,21 @@ def read_artifact(store: Store, run_id: str, path: str) -> Optional[str]:
         return Path(store.client.download_artifacts(run_id, path, tmp)).read_text()
 
 
+def mark_skipped(store: Store, sweep_run_id: str, config_hash: str, run_id: str) -> None:
+    """A job of the sweep skipped (sweep.skip_completed) for the FINISHED run it points to. Recorded on the
+    sweep's run, not in memory: with the joblib or submitit launchers the job runs in another process."""
+    store.client.set_tag(sweep_run_id, f"{TAG_SKIPPED_PREFIX}{config_hash}", run_id)
+
+
+def skipped_jobs(store: Store, sweep_run_id: str) -> List[dict]:
+    """The sweep's skipped jobs, as the runs they point to with status SKIPPED."""
+    tags = store.client.get_run(sweep_run_id).data.tags
+    return [{**get_job(store, run_id), "status": "SKIPPED"}
+            for key, run_id in sorted(tags.items()) if key.startswith(TAG_SKIPPED_PREFIX)]
+
+
 def note_skipped(store: Store, sweep_run_id: str, skipped: List[dict]) -> None:
-    """On a sweep's parent run: which jobs were skipped (sweep.skip_completed) and the runs they point to."""
+    """On a sweep's parent run: how many jobs were skipped and the runs they point to."""
     store.client.set_tag(sweep_run_id, "skipped_jobs", str(len(skipped)))
     store.client.log_dict(sweep_run_id, [{"name": job["name"], TAG_HASH: job["tags"].get(TAG_HASH),
                                           "run_id": job["run_id"]} for job in skipped], "skipped_jobs.json")

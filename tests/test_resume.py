@@ -111,3 +111,17 @@ def test_weights_sha256_follows_the_weights_not_the_path(tmp_path):
     save_tiny_gpt2(tmp_path / "b", seed=1)
     assert sources.weights_sha256(tmp_path / "a") == sources.weights_sha256(tmp_path / "copy")
     assert sources.weights_sha256(tmp_path / "a") != sources.weights_sha256(tmp_path / "b")
+
+
+@pytest.mark.slow
+def test_skipped_jobs_are_counted_when_a_parallel_launcher_runs_them(sweep):
+    """With joblib each job runs in another process: the skip is recorded on the sweep's run, not in memory."""
+    two = ["-m", "model=tiny-gpt2", "device=cpu", "generation.warmup=0", "generation.repeats=1"]
+    assert sweep.run(*two, "generation.max_new_tokens=4").returncode == 0
+    result = sweep.run(*two, "generation.max_new_tokens=4,5", "sweep.skip_completed=true",
+                       "hydra/launcher=joblib", "hydra.launcher.n_jobs=2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "1 of 2 jobs finished, 0 failed, 1 skipped" in result.stdout
+    parent = max((r for r in sweep.runs() if r.data.tags.get("qsweep.kind") == "sweep"),
+                 key=lambda r: r.info.start_time)
+    assert parent.data.tags["skipped_jobs"] == "1"
