@@ -65,12 +65,23 @@ class SweepCallback(Callback):
         """At exit of a sweep that never reached on_multirun_end (interrupt, bad override)."""
         if tracking.get_job(self.store, self.parent_run_id)["status"] != "RUNNING":
             return
-        jobs = tracking.sweep_jobs(self.store, self.parent_run_id)
+        jobs = self._close_interrupted_jobs()
         if jobs:
             tracking.end_sweep(self.store, self.parent_run_id, "KILLED")
             print("\nqsweep: sweep interrupted\n" + report.summary(jobs), flush=True)
         else:  # no job ever started (e.g. a typo in an override): an empty parent is only noise
             tracking.delete_run(self.store, self.parent_run_id)
+
+    def _close_interrupted_jobs(self) -> list:
+        """Jobs that a parallel launcher (joblib) ran in its workers, which are stopped with the sweep: once
+        a worker is gone, its job run ends KILLED. Jobs on other hosts (SLURM) end by themselves."""
+        for _ in range(20):
+            tracking.close_orphans(self.store, self.parent_run_id)
+            jobs = tracking.sweep_jobs(self.store, self.parent_run_id)
+            if all(job["status"] != "RUNNING" for job in jobs):
+                break
+            time.sleep(0.25)  # the launcher's workers may take a moment to exit
+        return jobs
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         measured = tracking.sweep_jobs(self.store, self.parent_run_id)

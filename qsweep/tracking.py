@@ -128,25 +128,28 @@ def _owner_alive(owner: str) -> bool:
         return False
 
 
-def close_orphans(store: Store) -> List[str]:
+def close_orphans(store: Store, sweep_run_id: Optional[str] = None) -> List[str]:
     """End as KILLED the RUNNING runs whose process died without ending them (a SIGKILL, an OOM kill, a
-    power cut), so no run stays RUNNING forever. Only runs owned by processes of this host are judged:
-    on a shared server, another machine's (or container's) runs may well be alive. Returns their names."""
+    power cut; or, with sweep_run_id, the jobs of that interrupted sweep that ran in a parallel launcher's
+    workers), so no run stays RUNNING forever. Only runs owned by processes of this host are judged: on a
+    shared server, another machine's (or container's) runs may well be alive. Returns their names."""
     host = host_id()
-    runs = store.client.search_runs(
-        [store.experiment_id], f"attributes.status = 'RUNNING' and tags.`{TAG_OWNER}` LIKE '{host}:%'",
-        max_results=1000)
+    query = f"attributes.status = 'RUNNING' and tags.`{TAG_OWNER}` LIKE '{host}:%'"
+    if sweep_run_id:
+        query += f" and tags.mlflow.parentRunId = '{sweep_run_id}'"
     closed = []
-    for run in runs:
+    for run in store.client.search_runs([store.experiment_id], query, max_results=1000):
         owner = run.data.tags[TAG_OWNER]
         if owner.rsplit(":", 2)[0] != host or _owner_alive(owner):  # LIKE treats "_" in a name as a wildcard
             continue
         pid = owner.rsplit(":", 2)[1]
-        store.client.set_tag(run.info.run_id, TAG_ERROR, f"orphaned: its process (pid {pid} on {host}) ended "
-                             "without ending the run (killed by SIGKILL or out of memory?); closed by a later qsweep")
+        store.client.set_tag(run.info.run_id, TAG_ERROR, (
+            f"interrupted: the sweep was stopped while this job ran in its worker (pid {pid})" if sweep_run_id else
+            f"orphaned: its process (pid {pid} on {host}) ended without ending the run (killed by SIGKILL or out "
+            "of memory?); closed by a later qsweep"))
         store.client.set_terminated(run.info.run_id, "KILLED")
         closed.append(run.info.run_name)
-    if closed:
+    if closed and not sweep_run_id:
         print(f"qsweep: {len(closed)} run(s) left RUNNING by a process that no longer exists, now KILLED: "
               + ", ".join(closed), flush=True)
     return closed

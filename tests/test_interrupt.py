@@ -125,3 +125,26 @@ def test_a_hugging_face_token_never_reaches_the_store(sweep, tmp_path):
     stored = [p for p in tmp_path.rglob("*") if p.is_file()]
     assert any(p.name == "environment.json" for p in stored) and any(p.name == "mlflow.db" for p in stored)
     assert not [p for p in stored if secret.encode() in p.read_bytes()]
+
+
+@pytest.mark.slow
+def test_sigterm_to_a_parallel_sweep_leaves_nothing_running(sweep, request):
+    """With joblib the jobs run in the launcher's worker processes, which end with the sweep."""
+    sweep.create_store()
+    process = sweep.start("-m", "model=tiny-gpt2", "device=cpu", "generation.warmup=0", "generation.max_new_tokens=64",
+                          "generation.repeats=1000,1001", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+                          start_new_session=True)
+    request.addfinalizer(lambda: process.poll() is None and os.killpg(process.pid, signal.SIGKILL))
+
+    def both_jobs_running():
+        return sweep.client().get_experiment_by_name("qsweep") is not None and sum(
+            r.info.status == "RUNNING" and "generation.repeats" in r.data.params for r in sweep.runs()) == 2
+
+    assert wait_for(both_jobs_running), process.communicate(timeout=60)
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err[-3000:]
+    status = {r.data.params.get("generation.repeats", "sweep"): r.info.status for r in sweep.runs()}
+    assert status == {"1000": "KILLED", "1001": "KILLED", "sweep": "KILLED"}, status
+    assert all(r.data.tags["error"].startswith("interrupted: the sweep was stopped")
+               for r in sweep.runs() if "generation.repeats" in r.data.params)
