@@ -92,9 +92,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     from mlflow.exceptions import MlflowException
 
-    from qsweep.tracking import StoreUnavailable
-
     from qsweep.callbacks import interrupt
+    from qsweep.tracking import StoreUnavailable
 
     signal.signal(signal.SIGTERM, interrupt)  # like Ctrl-C: a run being measured ends as KILLED
     try:

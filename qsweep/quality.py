@@ -227,9 +227,8 @@ def checkpoint_fingerprint(path: str) -> dict:
     """What identifies a checkpoint's weights: config.json's content and each weight file's name,
     size and modification time (a rewritten checkpoint gets a new reference)."""
     folder = Path(path)
-    files = sorted(p for pattern in sources.WEIGHT_FILES for p in folder.glob(pattern))
     return {"config": hashlib.sha256((folder / "config.json").read_bytes()).hexdigest(),
-            "weights": [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]}
+            "weights": [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in sources.weight_files(folder)]}
 
 
 def _key(*parts) -> str:

@@ -13,7 +13,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 from filelock import FileLock
 
@@ -50,11 +50,15 @@ def local_folder(model: ModelConfig) -> Optional[Path]:
     return local if local.exists() or model.name_or_path.startswith(("/", ".", "~")) else None
 
 
+def weight_files(folder: Path) -> List[Path]:
+    return sorted(p for pattern in WEIGHT_FILES for p in folder.glob(pattern))
+
+
 def weights_sha256(folder: Path) -> str:
     """What a checkpoint folder holds, wherever it is: SHA-256 (16 hex) of config.json and every weight
     file. A folder rewritten in place (a new fine-tune) gets a new one; a copy elsewhere keeps it."""
     digest = hashlib.sha256()
-    for file in [folder / "config.json", *sorted(p for pattern in WEIGHT_FILES for p in folder.glob(pattern))]:
+    for file in [folder / "config.json", *weight_files(folder)]:
         digest.update(file.name.encode())
         with open(file, "rb") as stream:
             while chunk := stream.read(1 << 24):
