@@ -1,6 +1,5 @@
 """qsweep entry point: `python run.py` measures one configuration, `python run.py -m ...` sweeps."""
 
-import signal
 import sys
 
 import hydra
@@ -8,32 +7,31 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from qsweep import callbacks, report, tracking
-from qsweep.config import register_schemas
-from qsweep.job import completed_job, run_job
+from qsweep import console, report, signals, tracking
+from qsweep.config import ConfigError, register_schemas, validate
+from qsweep.environment import on_this_machine
+from qsweep.job import completed_job, record_invalid, run_job
 
 register_schemas()
-
-
-signal.signal(signal.SIGTERM, callbacks.interrupt)
+signals.install()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
-def main(cfg: DictConfig):
+def main(raw: DictConfig):
     try:
-        skipped = completed_job(cfg) if cfg.sweep.skip_completed else None
-        if skipped:  # nothing measured, no run created: the sweep's run records the skip for its summary
-            jobs, ok = [skipped], True
+        try:
+            cfg = on_this_machine(validate(raw))  # the one conversion: library code sees RunConfig only
+        except ConfigError as err:
+            job = record_invalid(raw, err)
         else:
-            store, run_id, ok = run_job(cfg)
-            jobs = [tracking.get_job(store, run_id)]
+            job = (cfg.sweep.skip_completed and completed_job(cfg)) or run_job(cfg)
     except tracking.StoreUnavailable as err:  # nothing can be recorded: say why in one line
-        print(f"qsweep: {err}", file=sys.stderr, flush=True)
+        console.refuse(str(err))
         raise SystemExit(2)
     # In a multirun the callback summarizes the sweep at its end; a single run reports itself.
     if HydraConfig.get().mode != RunMode.MULTIRUN:
-        print("\n" + report.summary(jobs), flush=True)
-        if not ok:
+        print("\n" + report.summary([job]), flush=True)
+        if job.status not in ("FINISHED", "SKIPPED"):
             raise SystemExit(1)
 
 

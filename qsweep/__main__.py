@@ -6,7 +6,6 @@ Sweeps themselves run through Hydra: `python run.py -m ...`.
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -20,8 +19,8 @@ def _report(args: argparse.Namespace) -> int:
                                 create=False)
     parent = None
     if args.sweep:
-        parent = tracking.get_job(store, args.sweep)
-        jobs, source = tracking.sweep_jobs(store, args.sweep), f"sweep {parent['name']}"
+        parent = tracking.get_run(store, args.sweep)
+        jobs, source = tracking.sweep_jobs(store, args.sweep), f"sweep {parent.name}"
     elif args.filter or args.experiment:
         jobs = report.latest_per_config(tracking.find_jobs(store, args.filter or ""))
         source = f"experiment {args.experiment or 'qsweep'}" + (f", runs where {args.filter}" if args.filter else "")
@@ -31,20 +30,20 @@ def _report(args: argparse.Namespace) -> int:
             print(f"qsweep report: error: no sweep in experiment 'qsweep' of {store.uri}; run `python run.py -m ...` "
                   "first, or pick runs with --experiment / --filter", file=sys.stderr)
             return 2
-        jobs, source = tracking.sweep_jobs(store, parent["run_id"]), f"sweep {parent['name']}"
+        jobs, source = tracking.sweep_jobs(store, parent.run_id), f"sweep {parent.name}"
     if not jobs:
         print(f"qsweep report: error: no job runs in {source}", file=sys.stderr)
         return 2
     if parent:
-        overrides = parent["tags"].get("sweep_overrides")
+        overrides = parent.tags.get(tracking.TAG_SWEEP_OVERRIDES)
         source += f" (`{overrides}`)" if overrides else ""
     from qsweep.charts import slug
 
-    out = Path(args.out) if args.out else Path("reports") / slug(parent["name"] if parent else source)
-    path = report.write_report(store, jobs, out, source, parent and parent["run_id"], log=not args.no_log)
+    out = Path(args.out) if args.out else Path("reports") / slug(parent.name if parent else source)
+    path = report.write_report(store, jobs, out, source, parent and parent.run_id, log=not args.no_log)
     print(report.summary(jobs))
     print(f"\nqsweep report: {path} and {len(list(out.glob('*.png')))} charts"
-          + (f"; logged to run {parent['run_id']} (artifacts report/)" if parent and not args.no_log else ""))
+          + (f"; logged to run {parent.run_id} (artifacts report/)" if parent and not args.no_log else ""))
     return 0
 
 
@@ -58,7 +57,7 @@ def _reproduce(args: argparse.Namespace) -> int:
         print(f"qsweep reproduce: error: {err}", file=sys.stderr, flush=True)
         return 1
     print("\n" + result.report, flush=True)
-    return 0 if result.new["status"] == "FINISHED" else 1
+    return 0 if result.new.status == "FINISHED" else 1
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -90,15 +89,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     again.set_defaults(func=_reproduce)
 
     args = parser.parse_args(argv)
-    from mlflow.exceptions import MlflowException
-
-    from qsweep.callbacks import interrupt
+    from qsweep import signals
     from qsweep.tracking import StoreUnavailable
 
-    signal.signal(signal.SIGTERM, interrupt)  # like Ctrl-C: a run being measured ends as KILLED
+    signals.install()  # like Ctrl-C: a run being measured ends as KILLED
     try:
         return args.func(args)
-    except (StoreUnavailable, MlflowException) as err:  # no such store, experiment or run: one line
+    except StoreUnavailable as err:  # no such store, experiment or run: one line
         print(f"qsweep {args.command}: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

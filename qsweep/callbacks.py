@@ -11,23 +11,13 @@ from __future__ import annotations
 
 import atexit
 import os
-import sys
 import time
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from qsweep import report, tracking
+from qsweep import console, identity, report, signals, tracking
 from qsweep.config import TrackingConfig
-
-
-_signals = []  # signals received: an interrupt raised inside a finalizer (gc, weakref callback) is lost
-
-
-def interrupt(signum, frame):
-    """SIGTERM handler (run.py, the qsweep CLI): unwind like Ctrl-C, so runs end as KILLED, not RUNNING."""
-    _signals.append(signum)
-    raise KeyboardInterrupt(f"signal {signum}")
 
 
 class SweepCallback(Callback):
@@ -36,66 +26,62 @@ class SweepCallback(Callback):
             self.store = tracking.open_store(OmegaConf.to_object(config.tracking) if "tracking" in config
                                              else TrackingConfig())
         except tracking.StoreUnavailable as err:
-            print(f"qsweep: {err}", file=sys.stderr, flush=True)
+            console.refuse(str(err))
             raise SystemExit(2)
         overrides = " ".join(config.hydra.overrides.task)
-        self.parent_run_id = tracking.start_sweep(
-            self.store, f"sweep-{time.strftime('%Y%m%d-%H%M%S')}", {"sweep_overrides": overrides})
-        os.environ[tracking.PARENT_RUN_ENV] = self.parent_run_id
+        self.sweep_run_id = tracking.start_sweep(
+            self.store, f"sweep-{time.strftime('%Y%m%d-%H%M%S')}", {tracking.TAG_SWEEP_OVERRIDES: overrides})
+        os.environ[tracking.PARENT_RUN_ENV] = self.sweep_run_id
         atexit.register(self._on_abort)
         self.total_jobs = _count_jobs(config)
-        print(f"qsweep: sweep run {self.parent_run_id} in {self.store.uri}"
-              + (f", {self.total_jobs} jobs" if self.total_jobs else ""), flush=True)
+        console.say(f"sweep run {self.sweep_run_id} in {self.store.uri}"
+                    + (f", {self.total_jobs} jobs" if self.total_jobs else ""))
 
     def on_job_start(self, config: DictConfig, **kwargs) -> None:
         """One line per job: which one of how many, and what it is about to do."""
-        if _signals:  # the interrupt was swallowed (it came during gc between jobs): stop here instead
-            raise KeyboardInterrupt(f"signal {_signals[0]}")
-        if not hasattr(self, "parent_run_id"):  # a single run: nothing to count
+        signals.raise_if_swallowed()
+        if not hasattr(self, "sweep_run_id"):  # a single run: nothing to count
             return
-        from qsweep.job import run_name
-
         gen = config.generation
         number = f"{config.hydra.job.num + 1}" + (f"/{self.total_jobs}" if self.total_jobs else "")
-        name = run_name(config.model.name, config.precision.name, config.device.name, gen.max_new_tokens)
-        print(f"qsweep: job {number}: {name}: load, {gen.warmup} warm-up + {len(gen.prompts)} prompts x "
-              f"{gen.repeats} timed repeats", flush=True)
+        console.say(f"job {number}: {identity.run_name(config)}: load, {gen.warmup} warm-up + {len(gen.prompts)} "
+                    f"prompts x {gen.repeats} timed repeats")
 
     def _on_abort(self) -> None:
         """At exit of a sweep that never reached on_multirun_end (interrupt, bad override)."""
-        if tracking.get_job(self.store, self.parent_run_id)["status"] != "RUNNING":
+        if tracking.get_run(self.store, self.sweep_run_id).status != "RUNNING":
             return
         jobs = self._close_interrupted_jobs()
         if jobs:
-            tracking.end_sweep(self.store, self.parent_run_id, "KILLED")
+            tracking.end_sweep(self.store, self.sweep_run_id, "KILLED")
             print("\nqsweep: sweep interrupted\n" + report.summary(jobs), flush=True)
         else:  # no job ever started (e.g. a typo in an override): an empty parent is only noise
-            tracking.delete_run(self.store, self.parent_run_id)
+            tracking.delete_run(self.store, self.sweep_run_id)
 
     def _close_interrupted_jobs(self) -> list:
         """Jobs that a parallel launcher (joblib) ran in its workers, which are stopped with the sweep: once
         a worker is gone, its job run ends KILLED. Jobs on other hosts (SLURM) end by themselves."""
         for _ in range(20):
-            tracking.close_orphans(self.store, self.parent_run_id)
-            jobs = tracking.sweep_jobs(self.store, self.parent_run_id)
-            if all(job["status"] != "RUNNING" for job in jobs):
+            tracking.close_orphans(self.store, self.sweep_run_id)
+            jobs = tracking.sweep_jobs(self.store, self.sweep_run_id)
+            if all(job.status != "RUNNING" for job in jobs):
                 break
             time.sleep(0.25)  # the launcher's workers may take a moment to exit
         return jobs
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        measured = tracking.sweep_jobs(self.store, self.parent_run_id)
-        failed = sum(job["status"] != "FINISHED" for job in measured)
-        skipped = tracking.skipped_jobs(self.store, self.parent_run_id)
+        measured = tracking.sweep_jobs(self.store, self.sweep_run_id)
+        failed = sum(job.status != "FINISHED" for job in measured)
+        skipped = tracking.skipped_jobs(self.store, self.sweep_run_id)
         if skipped:
-            tracking.note_skipped(self.store, self.parent_run_id, skipped)
+            tracking.summarize_skips(self.store, self.sweep_run_id, skipped)
         jobs = skipped + measured  # a resumed sweep skips its first jobs and measures the rest
-        tracking.end_sweep(self.store, self.parent_run_id, "FAILED" if failed else "FINISHED")
+        tracking.end_sweep(self.store, self.sweep_run_id, "FAILED" if failed else "FINISHED")
         os.environ.pop(tracking.PARENT_RUN_ENV, None)
         table = report.summary(jobs)
-        tracking.set_description(self.store, self.parent_run_id, table)
+        tracking.RunWriter(self.store, self.sweep_run_id).describe(table)
         print("\n" + table, flush=True)
-        print("qsweep: charts and report.md: python -m qsweep report", flush=True)
+        console.say("charts and report.md: python -m qsweep report")
         if failed:
             raise SystemExit(1)
 

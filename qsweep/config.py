@@ -36,13 +36,13 @@ class ConfigError(ValueError):
     """A config value that cannot work; the message says which field and how to fix it."""
 
 
-def _require(ok: bool, message: str) -> None:
+def require(ok: bool, message: str) -> None:
     if not ok:
         raise ConfigError(message)
 
 
-def _one_of(value: str, allowed: tuple, key: str) -> None:
-    _require(value in allowed, f"{key}={value!r} is not valid: use one of {', '.join(allowed)}")
+def one_of(value: str, allowed: tuple, key: str) -> None:
+    require(value in allowed, f"{key}={value!r} is not valid: use one of {', '.join(allowed)}")
 
 
 @dataclass
@@ -61,8 +61,8 @@ class ModelConfig:
     missing_hint: Optional[str] = None
 
     def __post_init__(self) -> None:
-        _one_of(self.weights, WEIGHTS, "model.weights")
-        _require(bool(self.name_or_path), "model.name_or_path is empty: give a hub id or a checkpoint folder")
+        one_of(self.weights, WEIGHTS, "model.weights")
+        require(bool(self.name_or_path), "model.name_or_path is empty: give a hub id or a checkpoint folder")
 
 
 @dataclass
@@ -74,9 +74,9 @@ class PrecisionConfig:
     double_quant: bool = True  # int4 only: quantize the quantization constants too
 
     def __post_init__(self) -> None:
-        _one_of(self.dtype, DTYPES, "precision.dtype")
-        _one_of(self.quantization, QUANTIZATIONS, "precision.quantization")
-        _one_of(self.quant_type, QUANT_TYPES_4BIT, "precision.quant_type")
+        one_of(self.dtype, DTYPES, "precision.dtype")
+        one_of(self.quantization, QUANTIZATIONS, "precision.quantization")
+        one_of(self.quant_type, QUANT_TYPES_4BIT, "precision.quant_type")
 
 
 @dataclass
@@ -85,8 +85,8 @@ class DeviceConfig:
     num_threads: Optional[int] = None  # CPU threads for torch; None keeps torch's default
 
     def __post_init__(self) -> None:
-        _one_of(self.name, DEVICES, "device.name")
-        _require(self.num_threads is None or self.num_threads > 0,
+        one_of(self.name, DEVICES, "device.name")
+        require(self.num_threads is None or self.num_threads > 0,
                  f"device.num_threads={self.num_threads} must be positive (or null for torch's default)")
 
 
@@ -100,12 +100,12 @@ class GenerationConfig:
     compile: bool = False  # static KV cache + torch.compile: the fastest path for unquantized models
 
     def __post_init__(self) -> None:
-        _require(self.max_new_tokens > 0,
+        require(self.max_new_tokens > 0,
                  f"generation.max_new_tokens={self.max_new_tokens} must be at least 1")
-        _require(self.repeats > 0, f"generation.repeats={self.repeats} must be at least 1")
-        _require(self.warmup >= 0, f"generation.warmup={self.warmup} must be 0 or more")
-        _require(self.batch_size == 1, "generation.batch_size: only batch size 1 is supported for now")
-        _require(len(self.prompts) > 0 and all(p.strip() for p in self.prompts),
+        require(self.repeats > 0, f"generation.repeats={self.repeats} must be at least 1")
+        require(self.warmup >= 0, f"generation.warmup={self.warmup} must be 0 or more")
+        require(self.batch_size == 1, "generation.batch_size: only batch size 1 is supported for now")
+        require(len(self.prompts) > 0 and all(p.strip() for p in self.prompts),
                  "generation.prompts is empty or has an empty prompt: give at least one non-empty prompt")
 
 
@@ -121,8 +121,8 @@ class RunnerConfig:
     timeout_s: float = 900.0  # a job's worker is killed after this long
 
     def __post_init__(self) -> None:
-        _one_of(self.isolation, ISOLATIONS, "runner.isolation")
-        _require(self.timeout_s > 0, f"runner.timeout_s={self.timeout_s} must be positive")
+        one_of(self.isolation, ISOLATIONS, "runner.isolation")
+        require(self.timeout_s > 0, f"runner.timeout_s={self.timeout_s} must be positive")
 
 
 @dataclass
@@ -148,35 +148,22 @@ class RunConfig:
     sweep: SweepConfig = field(default_factory=SweepConfig)
 
     def __post_init__(self) -> None:
-        _require(not (self.generation.compile and self.precision.quantization != "none"),
+        require(not (self.generation.compile and self.precision.quantization != "none"),
                  f"generation.compile=true cannot be used with {self.precision.name}: bitsandbytes models "
                  "cannot be compiled; use fp32, fp16 or bf16, or generation.compile=false")
-        self.device.name = resolve_device(self.device.name)
-
-
-def resolve_device(name: str) -> str:
-    """auto -> cuda when available; cuda without CUDA is an error, never a silent fallback to CPU."""
-    import torch  # deferred: composing and checking configs should not pay for importing torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    _require(name != "cuda" or torch.cuda.is_available(),
-             f"device=cuda but CUDA is not available here (torch {torch.__version__}): "
-             "use device=cpu, or device=auto to take a GPU only when there is one")
-    return name
 
 
 def register_schemas() -> None:
     ConfigStore.instance().store(name="qsweep_schema", node=RunConfig)
 
 
-def validate(cfg: DictConfig) -> RunConfig:
-    """Composed config -> typed, value-checked RunConfig (raises ConfigError)."""
+def validate(cfg: DictConfig, schema: type = RunConfig):
+    """Composed config -> typed, value-checked schema object (raises ConfigError naming the field).
+    Values only: whether this machine can run it (a GPU) is checked where the job runs."""
     plain = OmegaConf.to_container(cfg, resolve=True)
     plain.pop("hydra", None)
-    schema = OmegaConf.structured(RunConfig)
     try:
-        return OmegaConf.to_object(OmegaConf.merge(schema, plain))
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), plain))
     except ConfigError:
         raise
     except Exception as err:  # OmegaConf type/key errors: their first line, and the key when it does not name it

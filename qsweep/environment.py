@@ -1,7 +1,9 @@
-"""The environment a run measured in: software versions, CPU, GPU, git commit."""
+"""The machine a run measures on: which device `auto` means here, whether the asked-for device exists,
+and the environment recorded with every run (software versions, CPU, GPU, git commit)."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import platform
 import subprocess
@@ -11,8 +13,33 @@ from pathlib import Path
 
 import torch
 
+from qsweep.config import PROJECT_ROOT, RunConfig
+
 PACKAGES = ("torch", "transformers", "accelerate", "bitsandbytes", "hydra-core", "mlflow", "gguf", "qsweep")
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+class DeviceUnavailable(RuntimeError):
+    """The config asks for a device this machine does not have."""
+
+
+def resolve_device(name: str) -> str:
+    """auto -> cuda when this machine has CUDA, else cpu; other names are kept (checked by require_device)."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def on_this_machine(cfg: RunConfig) -> RunConfig:
+    """The config with device=auto resolved: what is measured, hashed and named."""
+    device = dataclasses.replace(cfg.device, name=resolve_device(cfg.device.name))
+    return dataclasses.replace(cfg, device=device)
+
+
+def require_device(name: str) -> None:
+    """A missing GPU is a fact about this machine, not a config error: never a silent fallback to CPU."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise DeviceUnavailable(f"device=cuda but this machine has no CUDA (torch {torch.__version__}): run it on "
+                                "a machine with a GPU, or use device=cpu (device=auto takes a GPU only when there is one)")
 
 
 def _version(package: str):

@@ -84,7 +84,9 @@ def encode_prompts(prompts: List[str], tokenizer, model_config, seed: int) -> Li
 
 
 def check_context(prompt_ids: List[torch.Tensor], max_new_tokens: int, model_config) -> None:
-    limit = getattr(model_config, "max_position_embeddings", None) or getattr(model_config, "n_positions", None)
+    from qsweep.quality import context_length
+
+    limit = context_length(model_config)
     longest = max(ids.shape[1] for ids in prompt_ids)
     if limit and longest + max_new_tokens > limit:
         raise PromptTooLong(

@@ -64,42 +64,47 @@ def quantization_config(precision: PrecisionConfig):
     return None
 
 
+def from_pretrained(path: str, dtype: str, device: str, quantization=None, trust_remote_code: bool = False,
+                    allow_pickle: bool = False):
+    """The causal LM at `path` (its own class from config.json, e.g. Gemma3ForCausalLM for a multimodal
+    Gemma 3), at `dtype` on `device`: the one loader of the sweep, the fine-tune and the merge."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+        model_class = MODEL_FOR_CAUSAL_LM_MAPPING.get(type(config), AutoModelForCausalLM)
+        return model_class.from_pretrained(
+            path, config=config, dtype=DTYPES[dtype], quantization_config=quantization,
+            device_map={"": 0} if device == "cuda" else "cpu", trust_remote_code=trust_remote_code,
+            # pickle (.bin) checkpoints can run code when loaded: only when the user allows them
+            use_safetensors=None if allow_pickle else True)
+    except Exception as err:
+        raise explain_load_error(err, path) from err
+
+
 def load(cfg: RunConfig, checkpoint: Optional[Checkpoint] = None) -> LoadedModel:
     """Load at cfg.precision on cfg.device; pass a resolved checkpoint to keep conversions out of timing."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+    from transformers import AutoConfig, AutoTokenizer
 
     checkpoint = checkpoint or resolve(cfg.model, Path(cfg.paths.cache_dir).expanduser())
     device = cfg.device.name
-    # Import the modeling code and bitsandbytes first: in a fresh worker that is seconds of Python
+    quantization = quantization_config(cfg.precision)
+    # Read config.json and import the modeling code first: in a fresh worker that is seconds of Python
     # imports, which would otherwise be counted as loading time.
     try:
-        config = AutoConfig.from_pretrained(checkpoint.path, trust_remote_code=cfg.model.trust_remote_code)
+        AutoConfig.from_pretrained(checkpoint.path, trust_remote_code=cfg.model.trust_remote_code)
     except Exception as err:
         raise explain_load_error(err, checkpoint.path) from err
-    model_class = MODEL_FOR_CAUSAL_LM_MAPPING.get(type(config), AutoModelForCausalLM)
-    quantization = quantization_config(cfg.precision)
     if device == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
-    try:
-        model = model_class.from_pretrained(
-            checkpoint.path,
-            config=config,
-            dtype=DTYPES[cfg.precision.dtype],
-            quantization_config=quantization,
-            device_map={"": 0} if device == "cuda" else "cpu",
-            trust_remote_code=cfg.model.trust_remote_code,
-            # pickle (.bin) checkpoints can run code when loaded: only when the user allows them
-            use_safetensors=None if cfg.model.allow_pickle else True,
-        )
-    except Exception as err:
-        raise explain_load_error(err, checkpoint.path) from err
-    model.eval()
+    model = from_pretrained(checkpoint.path, cfg.precision.dtype, device, quantization, cfg.model.trust_remote_code,
+                            cfg.model.allow_pickle).eval()
     if device == "cuda":
         torch.cuda.synchronize()
     load_time_s = time.perf_counter() - start
-    tokenizer = AutoTokenizer.from_pretrained(checkpoint.path) if checkpoint.has_tokenizer else None
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint.tokenizer_path) if checkpoint.tokenizer_path else None
     return LoadedModel(model, tokenizer, checkpoint, load_time_s, verify_precision(model, cfg.precision))
 
 

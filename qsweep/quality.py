@@ -72,6 +72,11 @@ class QualityResult:
 
 # ---------------------------------------------------------------- the evaluation text and windows
 
+def perplexity(mean_nll: float) -> float:
+    """exp of the mean negative log-likelihood per token (nats); inf where it would overflow."""
+    return math.exp(mean_nll) if mean_nll < 700 else float("inf" if mean_nll >= 700 else "nan")
+
+
 def eval_text() -> str:
     return resources.files("qsweep").joinpath("data", "eval_text.txt").read_text(encoding="utf-8")
 
@@ -84,7 +89,8 @@ def eval_windows(tokenizer, text: str, window: int) -> List[List[int]]:
     """The text's tokens cut into equal windows of at most `window` tokens. When the tokenizer starts
     sequences with BOS, every window starts with BOS (so every text token is predicted); otherwise the
     first token of each window is context only."""
-    ids = tokenizer(text, add_special_tokens=False).input_ids
+    # verbose=False: the whole text is longer than the context, on purpose (it is cut into windows below)
+    ids = tokenizer(text, add_special_tokens=False, verbose=False).input_ids
     starts_with_bos = tokenizer.bos_token_id is not None and \
         tokenizer("a").input_ids[:1] == [tokenizer.bos_token_id]
     prefix = [tokenizer.bos_token_id] if starts_with_bos else []
@@ -108,8 +114,7 @@ class TextScores:
 
     @property
     def perplexity(self) -> float:
-        mean_nll = self.nll_sum / self.positions
-        return math.exp(mean_nll) if mean_nll < 700 else float("inf" if mean_nll >= 700 else "nan")
+        return perplexity(self.nll_sum / self.positions)
 
 
 @dataclass

@@ -1,8 +1,8 @@
 """Reports from MLflow runs: the seed-style table per model (printed at the end of every multirun and
 by `python -m qsweep report`), the CPU-vs-GPU comparison, and report.md with its charts (charts.py).
 
-Everything here reads plain job dicts (tracking.sweep_jobs / find_jobs); only `write_report` touches
-the store, through tracking.
+Everything here reads RunRecords (tracking.sweep_jobs / find_jobs); only `write_report` touches the
+store, through tracking.
 """
 
 from __future__ import annotations
@@ -12,6 +12,9 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional
+
+from qsweep import tracking
+from qsweep.tracking import RunRecord
 
 PRECISION_ORDER = ("fp32", "fp16", "bf16", "int8", "int4")
 DEVICE_ORDER = ("cpu", "cuda")
@@ -48,7 +51,7 @@ LEGEND = (
 @dataclass
 class Row:
     """One finished job as the tables show it."""
-    job: dict
+    job: RunRecord
     model: str
     device: str
     precision: str
@@ -60,7 +63,7 @@ class Row:
 
     @property
     def metrics(self) -> dict:
-        return self.job["metrics"]
+        return self.job.metrics
 
     @property
     def degenerate(self) -> bool:
@@ -74,29 +77,29 @@ def _index(order: tuple, value: str) -> int:
     return order.index(value) if value in order else len(order)
 
 
-def rows_by_model(jobs: List[dict]) -> Dict[str, List[Row]]:
+def rows_by_model(jobs: List[RunRecord]) -> Dict[str, List[Row]]:
     """Finished jobs, grouped by model (in order of appearance), each sorted like the seed's table."""
     models: Dict[str, List[Row]] = {}
     for job in jobs:
-        tags = job["tags"]
-        if job["status"] != "FINISHED" or "model" not in tags:
+        tags = job.tags
+        if job.status != "FINISHED" or "model" not in tags:
             continue
         row = Row(job, tags["model"], tags.get("device", "?"), tags.get("precision", "?"),
-                  int(tags.get("max_new_tokens", job["metrics"].get("new_tokens", 0))))
+                  int(tags.get("max_new_tokens", job.metrics.get("new_tokens", 0))))
         models.setdefault(row.model, []).append(row)
     return {model: sorted(rows, key=Row.sort_key) for model, rows in models.items()}
 
 
-def not_finished(jobs: List[dict]) -> List[dict]:
-    return [job for job in jobs if job["status"] != "FINISHED"]
+def not_finished(jobs: List[RunRecord]) -> List[RunRecord]:
+    return [job for job in jobs if job.status != "FINISHED"]
 
 
-def latest_per_config(jobs: List[dict]) -> List[dict]:
+def latest_per_config(jobs: List[RunRecord]) -> List[RunRecord]:
     """Several sweeps of one experiment: per config_hash the newest finished run, else its newest failure."""
-    chosen: Dict[str, dict] = {}
+    chosen: Dict[str, RunRecord] = {}
     for job in jobs:  # oldest first
-        key = job["tags"].get("config_hash") or job["name"]
-        if job["status"] == "FINISHED" or chosen.get(key, {}).get("status") != "FINISHED":
+        key = job.config_hash or job.name
+        if job.status == "FINISHED" or (key not in chosen or chosen[key].status != "FINISHED"):
             chosen[key] = job
     return list(chosen.values())
 
@@ -148,30 +151,30 @@ def model_table(rows: List[Row]) -> str:
         cells = [row.setting + (" ⚠" if row.degenerate else ""), str(row.max_new_tokens),
                  *(cell(row, metric, dec, spread) for _, metric, dec, spread in columns)]
         if has_degenerate:
-            cells.append(("yes: " + row.job["tags"].get("degenerate_reason", "")).strip(": ")
+            cells.append(("yes: " + row.job.tags.get("degenerate_reason", "")).strip(": ")
                          if row.degenerate else "no")
-        body.append(cells + [row.job["tags"].get("config_hash", "-")])
+        body.append(cells + [row.job.config_hash or "-"])
     headers.append("config_hash")
     return markdown_table(headers, body, ["<", ">", *[">"] * len(columns), *(["<"] if has_degenerate else []), "<"])
 
 
-def failures_table(jobs: List[dict]) -> str:
+def failures_table(jobs: List[RunRecord]) -> str:
     return markdown_table(["Run", "Status", "Error"],
-                          [[job["name"], _status(job), job["tags"].get("error", "no error recorded")]
+                          [[job.name, _status(job), job.error or "no error recorded"]
                            for job in jobs], ["<", "<", "<"])
 
 
-def _status(job: dict) -> str:
+def _status(job: RunRecord) -> str:
     """A skipped job (sweep.skip_completed) points to the earlier run it stands for."""
-    return f"SKIPPED = run {job['run_id']}" if job["status"] == "SKIPPED" else job["status"]
+    return f"SKIPPED = run {job.run_id}" if job.status == "SKIPPED" else job.status
 
 
 def title(model: str, rows: List[Row]) -> str:
-    random = any(r.job["tags"].get("weights") == "random" for r in rows)
+    random = any(r.job.tags.get("weights") == "random" for r in rows)
     return model + (" (random weights: speed and memory only)" if random else "")
 
 
-def summary(jobs: List[dict]) -> str:
+def summary(jobs: List[RunRecord]) -> str:
     """The main table per model, the jobs that did not finish with their error, and a count:
     what the end of a multirun prints, and what `python -m qsweep report` prints."""
     parts = [f"## {title(model, rows)}\n\n{model_table(rows)}" for model, rows in rows_by_model(jobs).items()]
@@ -182,16 +185,16 @@ def summary(jobs: List[dict]) -> str:
     return "\n\n".join(parts)
 
 
-def degenerate_line(jobs: List[dict]) -> str:
+def degenerate_line(jobs: List[RunRecord]) -> str:
     """Names the runs whose output is broken: their speed figures are those of garbage text."""
-    broken = [f"{job['name']} ({job['tags'].get('degenerate_reason', '?')})" for job in jobs
-              if job["metrics"].get(DEGENERATE) == 1]
+    broken = [f"{job.name} ({job.tags.get('degenerate_reason', '?')})" for job in jobs
+              if job.metrics.get(DEGENERATE) == 1]
     return f"\nDegenerate output, so speed figures of broken text: {', '.join(broken)}." if broken else ""
 
 
-def count_line(jobs: List[dict]) -> str:
+def count_line(jobs: List[RunRecord]) -> str:
     """'5 of 6 jobs finished, 1 failed.'; killed or still running jobs are counted apart from failures."""
-    statuses = Counter(job["status"] for job in jobs)
+    statuses = Counter(job.status for job in jobs)
     others = "".join(f", {n} {status.lower()}" for status, n in sorted(statuses.items())
                      if status not in ("FINISHED", "FAILED"))
     return f"{statuses['FINISHED']} of {len(jobs)} jobs finished, {statuses['FAILED']} failed{others}."
@@ -236,7 +239,7 @@ def cpu_vs_gpu(rows: List[Row], samples: Dict[str, str], hardware: Dict[str, str
             out.append(cell(row, metric, decimals, spread) if row else "not measured")
         return out
 
-    table = [["Hardware", *per_setting(lambda r: hardware.get(r.job["run_id"], r.setting.split()[0]))],
+    table = [["Hardware", *per_setting(lambda r: hardware.get(r.job.run_id, r.setting.split()[0]))],
              ["Quantization", *per_setting(lambda r: _quantization(r.precision))],
              ["Model size in memory (GB)", *per_setting(lambda r: fmt(r.metrics.get("model_footprint_gb"), 3))],
              ["Load time (s)", *per_setting(lambda r: fmt(r.metrics.get("load_time_s"), 1))]]
@@ -253,7 +256,7 @@ def cpu_vs_gpu(rows: List[Row], samples: Dict[str, str], hardware: Dict[str, str
     for header, metric, decimals, _ in QUALITY_COLUMNS:
         if any(metric in r.metrics for r in rows):
             table.append([header, *per_setting(lambda r: fmt(r.metrics.get(metric), decimals))])
-    table.append(["Response output", *per_setting(lambda r: samples.get(r.job["run_id"], DASH))])
+    table.append(["Response output", *per_setting(lambda r: samples.get(r.job.run_id, DASH))])
     return markdown_table(["Feature", *settings], table, ["<"] * (len(settings) + 1))
 
 
@@ -276,10 +279,10 @@ def hardware_text(env) -> Optional[str]:
 
 # --- report.md ----------------------------------------------------------------------------------------
 
-def write_report(store, jobs: List[dict], out_dir: Path, source: str, parent_run_id: Optional[str] = None,
+def write_report(store, jobs: List[RunRecord], out_dir: Path, source: str, parent_run_id: Optional[str] = None,
                  log: bool = True) -> Path:
     """report.md, the charts and the CPU-vs-GPU tables into out_dir; logged to the sweep's parent run."""
-    from qsweep import charts, tracking
+    from qsweep import charts
 
     out_dir.mkdir(parents=True, exist_ok=True)
     by_model = rows_by_model(jobs)
@@ -300,7 +303,7 @@ def write_report(store, jobs: List[dict], out_dir: Path, source: str, parent_run
         for chart in charts.model_charts(model, rows, out_dir):
             lines += [f"![{chart.caption}]({chart.path.name})", "", f"*{chart.caption}*", ""]
         longest = longest_per_setting(rows)
-        generations = {r.job["run_id"]: tracking.read_json_artifact(store, r.job["run_id"], "generations.json")
+        generations = {r.job.run_id: tracking.read_json(store, r.job.run_id, tracking.GENERATIONS_FILE)
                        for r in longest.values()}
         samples = {run_id: sample_text(g) for run_id, g in generations.items()}
         prompt = next((g[0].get("prompt") for g in generations.values() if g), None)
@@ -308,11 +311,11 @@ def write_report(store, jobs: List[dict], out_dir: Path, source: str, parent_run
             lines += [f"### Sample output: {model}", "", f"The first prompt, “{prompt}”, at each setting's "
                       "longest length (greedy; the text of every prompt is in each run's generations.md).", "",
                       markdown_table(["Setting", "New tokens", "Output"],
-                                     [[s, str(r.max_new_tokens), samples[r.job["run_id"]]]
+                                     [[s, str(r.max_new_tokens), samples[r.job.run_id]]
                                       for s, r in longest.items()], ["<", ">", "<"]), ""]
         if {"cpu", "cuda"} <= {r.device for r in rows}:
-            hardware = {r.job["run_id"]: hardware_text(tracking.read_json_artifact(store, r.job["run_id"],
-                                                                                      "environment.json"))
+            hardware = {r.job.run_id: hardware_text(tracking.read_json(store, r.job.run_id,
+                                                                                      tracking.ENVIRONMENT_FILE))
                         for r in longest.values()}
             comparison = cpu_vs_gpu(rows, samples, {k: v for k, v in hardware.items() if v})
             lines += [f"### CPU vs GPU: {model}", "",
@@ -323,20 +326,19 @@ def write_report(store, jobs: List[dict], out_dir: Path, source: str, parent_run
     report = out_dir / "report.md"
     report.write_text("\n".join(lines))
     if log and parent_run_id:
-        tracking.log_report(store, parent_run_id, out_dir)
-        tracking.set_description(store, parent_run_id,
-                                 "Report: artifacts `report/report.md` and charts.\n\n" + summary(jobs))
+        sweep_run = tracking.RunWriter(store, parent_run_id)
+        sweep_run.log_folder(out_dir, "report")
+        sweep_run.describe("Report: artifacts `report/report.md` and charts.\n\n" + summary(jobs))
     return report
 
 
 def _environment(store, rows: List[Row]) -> Optional[str]:
     """One line about the software and machines, from the runs' environment.json."""
-    from qsweep import tracking
 
     seen = []
     for device in DEVICE_ORDER:
         row = next((r for r in rows if r.device == device), None)
-        env = row and tracking.read_json_artifact(store, row.job["run_id"], "environment.json")
+        env = row and tracking.read_json(store, row.job.run_id, tracking.ENVIRONMENT_FILE)
         if env:
             seen.append((hardware_text(env), env))
     if not seen:

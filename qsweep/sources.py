@@ -30,15 +30,20 @@ class ModelUnavailable(RuntimeError):
 
 @dataclass
 class Checkpoint:
-    path: str  # folder or hub id for from_pretrained
-    has_tokenizer: bool
+    path: str  # folder for from_pretrained
+    tokenizer_path: Optional[str] = None  # where its tokenizer is; None: no tokenizer (synthetic prompt ids)
+
+    @property
+    def has_tokenizer(self) -> bool:
+        return self.tokenizer_path is not None
 
 
 def resolve(model: ModelConfig, cache_dir: Path) -> Checkpoint:
     if model.weights == "random":
         return _random_checkpoint(model, cache_dir)
     if model.name_or_path.startswith(BUNDLED_PREFIX):
-        return Checkpoint(str(_bundled_checkpoint(model.name_or_path, cache_dir)), has_tokenizer=True)
+        folder = str(_bundled_checkpoint(model.name_or_path, cache_dir))
+        return Checkpoint(folder, tokenizer_path=folder)
     return _pretrained_checkpoint(model)
 
 
@@ -73,7 +78,7 @@ def _pretrained_checkpoint(model: ModelConfig) -> Checkpoint:
             hint = f"; {model.missing_hint}" if model.missing_hint else ""
             raise ModelUnavailable(f"model.name_or_path={model.name_or_path}: no config.json there; "
                                    f"point it at a checkpoint folder (config.json + weights){hint}")
-        return Checkpoint(str(local), has_tokenizer=(local / "tokenizer_config.json").is_file())
+        return Checkpoint(str(local), _tokenizer_in(local))
     try:  # a hub id: fine when cached or reachable
         from huggingface_hub import snapshot_download
 
@@ -84,19 +89,28 @@ def _pretrained_checkpoint(model: ModelConfig) -> Checkpoint:
             f"model {model.name_or_path!r} is neither cached nor reachable on the Hugging Face hub "
             f"({type(err).__name__}): use model.name_or_path=/path/to/checkpoint, "
             "or model.weights=random to measure speed and memory only") from None
-    return Checkpoint(folder, has_tokenizer=(Path(folder) / "tokenizer_config.json").is_file())
+    return Checkpoint(folder, _tokenizer_in(Path(folder)))
 
 
-def _config_for_random(model: ModelConfig):
+def _tokenizer_in(folder: Path) -> Optional[str]:
+    return str(folder) if (folder / "tokenizer_config.json").is_file() else None
+
+
+def _architecture_for_random(model: ModelConfig):
+    """(config, tokenizer folder): a checkpoint folder named by name_or_path wins over the option's
+    `architecture` (its config.json, and its tokenizer for real prompt tokens); a folder that does not
+    exist is an error, never a silent fallback."""
     from transformers import AutoConfig
 
-    if model.architecture:
+    if model.architecture and local_folder(model) is None:
         arch = dict(model.architecture)
-        return AutoConfig.for_model(arch.pop("model_type"), **arch)
+        return AutoConfig.for_model(arch.pop("model_type"), **arch), None
     try:
-        return AutoConfig.from_pretrained(_pretrained_checkpoint(model).path,
-                                          trust_remote_code=model.trust_remote_code)
+        source = _pretrained_checkpoint(model)
+        return AutoConfig.from_pretrained(source.path, trust_remote_code=model.trust_remote_code), source.tokenizer_path
     except ModelUnavailable:
+        if local_folder(model) is not None:  # a missing or broken folder: its own one-line error
+            raise
         raise ModelUnavailable(
             f"model.weights=random needs the architecture of {model.name_or_path!r}, which is neither "
             "cached nor reachable: add model.architecture (config.json fields) to the model's config") from None
@@ -107,7 +121,7 @@ def _random_checkpoint(model: ModelConfig, cache_dir: Path) -> Checkpoint:
     import torch
     from transformers import AutoModelForCausalLM
 
-    config = _config_for_random(model)
+    config, tokenizer_path = _architecture_for_random(model)
     key = hashlib.sha256(json.dumps([config.to_dict(), model.seed], sort_keys=True, default=str)
                          .encode()).hexdigest()[:12]
     target = cache_dir / "random" / f"{config.model_type}-{key}"
@@ -117,7 +131,7 @@ def _random_checkpoint(model: ModelConfig, cache_dir: Path) -> Checkpoint:
         AutoModelForCausalLM.from_config(config, dtype=torch.float32).save_pretrained(folder)
 
     _build_once(target, build)
-    return Checkpoint(str(target), has_tokenizer=False)
+    return Checkpoint(str(target), tokenizer_path)
 
 
 def _bundled_checkpoint(name_or_path: str, cache_dir: Path) -> Path:

@@ -11,7 +11,8 @@ import os
 import pickle
 import threading
 import traceback
-from typing import Any, Callable, Sequence
+from functools import lru_cache
+from typing import Any, Callable, Tuple
 
 
 class WorkerDied(RuntimeError):
@@ -42,7 +43,21 @@ def _child(fn: Callable, arg: Any, conn, caller_alive) -> None:
     conn.close()
 
 
-def _context(preload: Sequence[str]):
+@lru_cache(maxsize=1)
+def preload() -> Tuple[str, ...]:
+    """What the fork server imports once, so that no job's worker pays it again: the job module, and
+    the modeling code every model loads lazily and bitsandbytes (3 to 5 s per job on 2 cores;
+    benchmarks/RESULTS.md, sweep cost), but only where there is no GPU: bitsandbytes queries the GPU
+    when imported, and a fork server that has initialised CUDA forks workers that cannot use it."""
+    import torch
+
+    if torch.cuda.is_available():
+        return ("qsweep.job",)
+    return ("qsweep.job", "transformers.modeling_utils", "transformers.modeling_layers",
+            "transformers.activations", "transformers.generation.utils", "bitsandbytes")
+
+
+def _context():
     if multiprocessing.get_start_method(allow_none=True) not in (None, *multiprocessing.get_all_start_methods()):
         # Inside a joblib (loky) worker the start method is "loky", which a new child cannot resolve.
         multiprocessing.set_start_method("spawn", force=True)
@@ -50,16 +65,15 @@ def _context(preload: Sequence[str]):
         return multiprocessing.get_context("spawn")
     # Never plain fork: the sweep process may hold CUDA state. The fork server is a clean process.
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(list(preload))  # takes effect when the fork server starts (first call)
+    context.set_forkserver_preload(list(preload()))  # takes effect when the fork server starts (first call)
     return context
 
 
-def call(fn: Callable, arg: Any, isolated: bool, timeout_s: float, preload: Sequence[str] = ()) -> Any:
-    """fn(arg), in a fresh process when isolated; its exceptions are re-raised here. `preload`: modules
-    the fork server imports once for all workers (fn's own module among them)."""
+def call(fn: Callable, arg: Any, isolated: bool, timeout_s: float) -> Any:
+    """fn(arg), in a fresh process when isolated; its exceptions are re-raised here."""
     if not isolated:
         return fn(arg)
-    context = _context(preload)
+    context = _context()
     receiver, sender = context.Pipe(duplex=False)
     caller_alive, caller_alive_keeper = context.Pipe(duplex=False)
     process = context.Process(target=_child, args=(fn, arg, sender, caller_alive), daemon=True)

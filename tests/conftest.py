@@ -8,6 +8,7 @@ from hydra import compose, initialize_config_dir
 from mlflow import MlflowClient
 
 from qsweep.config import register_schemas, validate
+from qsweep.environment import on_this_machine
 
 ROOT = Path(__file__).resolve().parents[1]
 register_schemas()
@@ -27,7 +28,8 @@ def compose_cfg(*overrides: str, hydra_config: bool = False):
 
 
 def compose_run(*overrides: str):
-    return validate(compose_cfg(*overrides))
+    """What run.py makes of these overrides: the validated config, with device=auto resolved here."""
+    return on_this_machine(validate(compose_cfg(*overrides)))
 
 
 class Sweep:

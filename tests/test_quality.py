@@ -216,9 +216,11 @@ def test_real_weight_runs_record_quality_and_reuse_the_fp32_reference(sweep, che
 def test_the_sweep_summary_shows_quality_and_names_degenerate_runs():
     from qsweep import report
 
+    from qsweep.tracking import RunRecord
+
     def job(precision, metrics, tags):
-        return {"run_id": precision, "name": f"g-{precision}", "status": "FINISHED", "metrics": metrics,
-                "tags": {"model": "g", "precision": precision, "device": "cpu", "max_new_tokens": "8", **tags}}
+        return RunRecord(precision, f"g-{precision}", "FINISHED", metrics,
+                         {"model": "g", "precision": precision, "device": "cpu", "max_new_tokens": "8", **tags})
 
     jobs = [job("fp32", {"perplexity": 20.5, "kl_div_vs_fp32": 0.0, "degenerate_output": 0}, {"degenerate_reason": "none"}),
             job("fp16", {"perplexity": float("nan"), "kl_div_vs_fp32": float("nan"), "degenerate_output": 1},

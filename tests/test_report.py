@@ -18,6 +18,7 @@ from PIL import Image
 
 from conftest import ROOT, Sweep
 from qsweep import charts, report
+from qsweep.tracking import RunRecord
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -28,7 +29,7 @@ def job(device, precision, tokens, status="FINISHED", model="m", **metrics):
             "config_hash": f"h{abs(hash(name)) % 10**8:08d}", "weights": "pretrained"}
     if status != "FINISHED":
         tags = {"error": "ConfigError: device=cuda but CUDA is not available here"}
-    return {"run_id": f"id-{name}", "name": name, "status": status, "metrics": metrics, "tags": tags}
+    return RunRecord(f"id-{name}", name, status, metrics, tags)
 
 
 def speed(latency, iqr=0.0, tokens=128, samples=8, **extra):
@@ -95,7 +96,7 @@ def test_one_sample_has_no_spread():
 def test_quality_columns_appear_when_measured_and_degenerate_runs_are_flagged():
     jobs = [job("cpu", "fp32", 16, **speed(1.0), perplexity=12.5, kl_div_vs_fp32=0.0, degenerate_output=0.0),
             job("cpu", "fp16", 16, **speed(0.8), perplexity=9999.0, kl_div_vs_fp32=3.2, degenerate_output=1.0)]
-    jobs[1]["tags"]["degenerate_reason"] = "empty output"
+    jobs[1].tags["degenerate_reason"] = "empty output"
     (table,) = tables(report.summary(jobs))
     assert {"Perplexity", "KL vs FP32", "Degenerate output"} <= set(table["headers"])
     assert "Top-1 agreement vs FP32" not in table["headers"]  # not measured: no empty column
@@ -107,7 +108,7 @@ def test_quality_columns_appear_when_measured_and_degenerate_runs_are_flagged():
 
 def test_cpu_vs_gpu_compares_every_setting_of_a_model_measured_on_both():
     rows = report.rows_by_model(SEED_JOBS)["m"]
-    samples = {r.job["run_id"]: f"out {r.setting}" for r in rows}
+    samples = {r.job.run_id: f"out {r.setting}" for r in rows}
     (table,) = tables(report.cpu_vs_gpu(rows, samples, {}))
     assert table["headers"] == ["Feature", "CPU FP32", "GPU FP16", "GPU INT4"]
     by_feature = {r["Feature"]: r for r in table["rows"]}
@@ -120,14 +121,14 @@ def test_cpu_vs_gpu_compares_every_setting_of_a_model_measured_on_both():
     assert speed_256["GPU FP16"] == f"{256 / 1.707:.2f} ({(256 / 1.707) / (256 / 8.754):.2f}x)"
     assert by_feature["Hardware"]["GPU INT4"] == "GPU"  # no environment.json given
     assert by_feature["Response output"]["GPU FP16"] == "out GPU FP16"
-    cpu_only = report.rows_by_model([j for j in SEED_JOBS if j["tags"].get("device") == "cpu"])["m"]
+    cpu_only = report.rows_by_model([j for j in SEED_JOBS if j.tags.get("device") == "cpu"])["m"]
     assert report.cpu_vs_gpu(cpu_only, {}, {}) is None
 
 
 def test_latest_per_config_keeps_the_newest_finished_run():
     old, new, failed = (job("cpu", "fp32", 8, latency_s=1.0), job("cpu", "fp32", 8, latency_s=2.0),
                         job("cpu", "fp32", 8, status="FAILED"))
-    failed["tags"]["config_hash"] = old["tags"]["config_hash"]
+    failed.tags["config_hash"] = old.tags["config_hash"]
     assert report.latest_per_config([old, new, failed]) == [new]
 
 

@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from conftest import ROOT, compose_run
 from qsweep import reproduce, tracking
 from qsweep.__main__ import main
-from qsweep.config import TrackingConfig, config_hash
+from qsweep.config import TrackingConfig, config_hash, validate
 
 TINY = ("model=tiny-gpt2", "device=cpu", "generation.max_new_tokens=6", "generation.warmup=0",
         "generation.repeats=1")
@@ -125,9 +125,12 @@ def test_a_cuda_run_on_a_machine_without_cuda(store, capsys):
     text, _ = tiny_config()
     recorded = OmegaConf.create(text)
     recorded.device.name = "cuda"
-    store.record(OmegaConf.to_yaml(recorded), "0c0da0000000")
-    message = refusal(capsys, "0c0da", "--tracking-uri", store.uri)
-    assert "no longer validates" in message and "CUDA is not available" in message
+    cuda_hash = config_hash(validate(recorded))  # it validates: a GPU is not part of the config's values
+    store.record(OmegaConf.to_yaml(recorded), cuda_hash)
+    message = refusal(capsys, cuda_hash[:5], "--tracking-uri", store.uri)
+    assert "was recorded on cuda; this machine has no CUDA" in message
+    assert "no longer validates" not in message and "git checkout" not in message  # not the config's fault
+    assert store.run_count() == 1
 
 
 def old_schema_run(store):
@@ -172,8 +175,8 @@ def test_the_newest_finished_original_is_chosen_and_run_id_picks_another(store, 
     store.record(text, good_hash, status="FAILED")
     from qsweep.reproduce import find_original
 
-    assert find_original(store.store, good_hash[:4])[0]["run_id"] == newer
-    assert find_original(store.store, good_hash[:4], older)[0]["run_id"] == older
+    assert find_original(store.store, good_hash[:4])[0].run_id == newer
+    assert find_original(store.store, good_hash[:4], older)[0].run_id == older
     assert "is not one of the 3 runs" in refusal(capsys, good_hash, "--tracking-uri", store.uri,
                                                  "--run-id", "0" * 32)
 
@@ -225,7 +228,7 @@ def test_reproduce_a_tiny_run_end_to_end_through_the_cli(sweep):
 
 def test_the_comparison_says_whether_a_checkpoint_folder_held_the_same_weights():
     def run(weights):
-        return {"tags": {} if weights is None else {tracking.TAG_WEIGHTS: weights}}
+        return tracking.RunRecord("id", "name", "FINISHED", {}, {} if weights is None else {tracking.TAG_WEIGHTS: weights})
 
     assert reproduce.compare_weights(run(None), run(None)) is None  # a hub id, bundled or random weights
     assert reproduce.compare_weights(run("ab12"), run("ab12")) == "checkpoint weights: IDENTICAL (weights_sha256 ab12)"

@@ -15,10 +15,11 @@ from conftest import ROOT, compose_cfg, compose_run
 from qsweep import models, sources
 from qsweep.config import PROJECT_ROOT, ConfigError
 from train_merge import data, finetune, merge, pipeline
-from train_merge.config import SEED_PROMPTS, register_schemas, validate
+from train_merge.config import register_schemas, validate
 
 register_schemas()
 STEPS = 24
+SEED_PROMPTS = list(compose_cfg("generation=restaurant").generation.prompts)  # seed 000's dialogue
 
 
 def compose_train_merge(*overrides: str):

@@ -7,6 +7,7 @@ import hydra
 from omegaconf import DictConfig
 
 from qsweep.config import PROJECT_ROOT, ConfigError
+from qsweep.quality import perplexity
 from train_merge.config import register_schemas, validate
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
@@ -19,17 +20,20 @@ def main(raw: DictConfig) -> None:
         cfg = validate(raw)  # bad values fail here, before anything loads
     except ConfigError as err:
         sys.exit(f"train_merge: {err}")
-    from qsweep import sources, tracking
+    from qsweep import environment, sources, tracking
     from train_merge import merge, pipeline
 
+    cfg.train.device = environment.resolve_device(cfg.train.device)
     try:
+        environment.require_device(cfg.train.device)
         result = pipeline.run(cfg)
-    except (ValueError, merge.MergeMismatch, sources.ModelUnavailable, tracking.StoreUnavailable) as err:
+    except (ValueError, merge.MergeMismatch, sources.ModelUnavailable, tracking.StoreUnavailable,
+            environment.DeviceUnavailable) as err:
         # the data, the base model, the store or the merge check: the run (if any) is recorded FAILED
         sys.exit(f"train_merge: error: {tracking.one_line(err)}")
     print(f"\nheld-out loss (perplexity): before {result.heldout_loss_before:.3f} "
-          f"({pipeline.finetune.perplexity(result.heldout_loss_before):.1f}), after "
-          f"{result.heldout_loss_after:.3f} ({pipeline.finetune.perplexity(result.heldout_loss_after):.1f}), "
+          f"({perplexity(result.heldout_loss_before):.1f}), after "
+          f"{result.heldout_loss_after:.3f} ({perplexity(result.heldout_loss_after):.1f}), "
           f"saved checkpoint {result.heldout_loss_merged:.3f}")
     print(f"merge_max_abs_diff: {result.merge_max_abs_diff:.3g}; {result.train_steps} steps, "
           f"training {result.train_time_s:.0f} s, total {result.total_time_s:.0f} s")

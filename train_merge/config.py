@@ -11,13 +11,13 @@ from pathlib import Path
 from typing import List, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig
 
-from qsweep.config import (DTYPES, ConfigError, ModelConfig, PathsConfig, TrackingConfig, _one_of, _require,
-                           register_schemas as register_qsweep_schemas, resolve_device)
+from qsweep.config import DTYPES, ModelConfig, PathsConfig, TrackingConfig, one_of, require
+from qsweep.config import register_schemas as register_qsweep_schemas
+from qsweep.config import validate as validate_schema
 
 TRAIN_QUANTIZATIONS = ("none", "int4")
-SEED_PROMPTS = ["hello good morning may i see the menu", "ok i want two chicken biryani with couple of drinks"]
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -29,13 +29,13 @@ class DataConfig:
     limit_heldout: Optional[int] = None
 
     def __post_init__(self) -> None:
-        _require(self.max_length >= 8, f"data.max_length={self.max_length} is too short: use 8 or more")
-        _require(self.path is None or Path(self.path).expanduser().is_file(),
+        require(self.max_length >= 8, f"data.max_length={self.max_length} is too short: use 8 or more")
+        require(self.path is None or Path(self.path).expanduser().is_file(),
                  f"data.path={self.path}: no such file; give a JSONL file of customer/waiter/split lines, "
                  "or null for the shipped data set")
         for key in ("limit_train", "limit_heldout"):
             value = getattr(self, key)
-            _require(value is None or value > 0, f"data.{key}={value} must be positive (or null for all)")
+            require(value is None or value > 0, f"data.{key}={value} must be positive (or null for all)")
 
 
 @dataclass
@@ -47,10 +47,10 @@ class LoraSettings:
     exclude_modules: Optional[str] = None  # regex of module names left alone
 
     def __post_init__(self) -> None:
-        _require(self.r > 0, f"lora.r={self.r} must be at least 1")
-        _require(self.alpha > 0, f"lora.alpha={self.alpha} must be positive (the adapter is scaled by alpha/r)")
-        _require(0 <= self.dropout < 1, f"lora.dropout={self.dropout} must be in [0, 1)")
-        _require(len(self.target_modules) > 0, "lora.target_modules is empty: name the layers to adapt")
+        require(self.r > 0, f"lora.r={self.r} must be at least 1")
+        require(self.alpha > 0, f"lora.alpha={self.alpha} must be positive (the adapter is scaled by alpha/r)")
+        require(0 <= self.dropout < 1, f"lora.dropout={self.dropout} must be in [0, 1)")
+        require(len(self.target_modules) > 0, "lora.target_modules is empty: name the layers to adapt")
 
 
 @dataclass
@@ -70,18 +70,18 @@ class TrainSettings:
     num_threads: Optional[int] = None
 
     def __post_init__(self) -> None:
-        _one_of(self.dtype, DTYPES, "train.dtype")
-        _one_of(self.quantization, TRAIN_QUANTIZATIONS, "train.quantization")
-        _require(self.epochs > 0, f"train.epochs={self.epochs} must be at least 1")
-        _require(self.max_steps is None or self.max_steps > 0,
+        one_of(self.dtype, DTYPES, "train.dtype")
+        one_of(self.quantization, TRAIN_QUANTIZATIONS, "train.quantization")
+        require(self.epochs > 0, f"train.epochs={self.epochs} must be at least 1")
+        require(self.max_steps is None or self.max_steps > 0,
                  f"train.max_steps={self.max_steps} must be at least 1 (or null for all epochs)")
-        _require(self.batch_size > 0, f"train.batch_size={self.batch_size} must be at least 1")
-        _require(self.lr > 0, f"train.lr={self.lr} must be positive")
-        _require(self.grad_clip > 0, f"train.grad_clip={self.grad_clip} must be positive (the largest gradient norm "
+        require(self.batch_size > 0, f"train.batch_size={self.batch_size} must be at least 1")
+        require(self.lr > 0, f"train.lr={self.lr} must be positive")
+        require(self.grad_clip > 0, f"train.grad_clip={self.grad_clip} must be positive (the largest gradient norm "
                  "kept; 0 would zero every gradient)")
-        _require(self.warmup_steps >= 0, f"train.warmup_steps={self.warmup_steps} must be 0 or more")
-        _require(self.weight_decay >= 0, f"train.weight_decay={self.weight_decay} must be 0 or more")
-        _require(self.num_threads is None or self.num_threads > 0,
+        require(self.warmup_steps >= 0, f"train.warmup_steps={self.warmup_steps} must be 0 or more")
+        require(self.weight_decay >= 0, f"train.weight_decay={self.weight_decay} must be 0 or more")
+        require(self.num_threads is None or self.num_threads > 0,
                  f"train.num_threads={self.num_threads} must be positive (or null for torch's default)")
 
 
@@ -89,12 +89,12 @@ class TrainSettings:
 class EvalSettings:
     batch_size: int = 8
     max_new_tokens: int = 40
-    prompts: List[str] = field(default_factory=lambda: list(SEED_PROMPTS))
+    prompts: List[str] = MISSING  # conf/train_merge.yaml: the seed's restaurant dialogue
 
     def __post_init__(self) -> None:
-        _require(self.batch_size > 0, f"eval.batch_size={self.batch_size} must be at least 1")
-        _require(self.max_new_tokens > 0, f"eval.max_new_tokens={self.max_new_tokens} must be at least 1")
-        _require(len(self.prompts) > 0, "eval.prompts is empty: give at least one prompt for the sample replies")
+        require(self.batch_size > 0, f"eval.batch_size={self.batch_size} must be at least 1")
+        require(self.max_new_tokens > 0, f"eval.max_new_tokens={self.max_new_tokens} must be at least 1")
+        require(len(self.prompts) > 0, "eval.prompts is empty: give at least one prompt for the sample replies")
 
 
 @dataclass
@@ -107,10 +107,10 @@ class MergeSettings:
     check_examples: int = 16
 
     def __post_init__(self) -> None:
-        _one_of(self.dtype, DTYPES, "merge.dtype")
-        _one_of(self.save_dtype, DTYPES, "merge.save_dtype")
-        _require(self.max_abs_diff > 0, f"merge.max_abs_diff={self.max_abs_diff} must be positive")
-        _require(self.check_examples > 0, f"merge.check_examples={self.check_examples} must be at least 1")
+        one_of(self.dtype, DTYPES, "merge.dtype")
+        one_of(self.save_dtype, DTYPES, "merge.save_dtype")
+        require(self.max_abs_diff > 0, f"merge.max_abs_diff={self.max_abs_diff} must be positive")
+        require(self.check_examples > 0, f"merge.check_examples={self.check_examples} must be at least 1")
 
 
 @dataclass
@@ -125,9 +125,8 @@ class TrainMergeConfig:
     paths: PathsConfig = field(default_factory=PathsConfig)
 
     def __post_init__(self) -> None:
-        _require(self.model.weights == "pretrained",
+        require(self.model.weights == "pretrained",
                  "model.weights=random: fine-tuning needs pretrained weights and a tokenizer")
-        self.train.device = resolve_device(self.train.device)
 
 
 def register_schemas() -> None:
@@ -136,12 +135,5 @@ def register_schemas() -> None:
 
 
 def validate(cfg: DictConfig) -> TrainMergeConfig:
-    """Composed config -> typed, value-checked TrainMergeConfig (raises ConfigError)."""
-    plain = OmegaConf.to_container(cfg, resolve=True)
-    plain.pop("hydra", None)
-    try:
-        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TrainMergeConfig), plain))
-    except ConfigError:
-        raise
-    except Exception as err:  # OmegaConf type/key errors: keep their first line, it names the key
-        raise ConfigError(str(err).splitlines()[0]) from None
+    """Composed config -> typed, value-checked TrainMergeConfig (raises ConfigError naming the field)."""
+    return validate_schema(cfg, TrainMergeConfig)

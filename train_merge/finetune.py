@@ -13,7 +13,7 @@ from typing import Callable, List, Optional
 import torch
 from tqdm import tqdm
 
-from qsweep.models import DTYPES
+from qsweep.models import DTYPES, from_pretrained
 from train_merge import data
 from train_merge.config import LoraSettings, TrainSettings
 
@@ -22,18 +22,13 @@ VISION_MODULES = r".*(vision_tower|multi_modal_projector).*"
 
 def load_base(path: str, train: TrainSettings):
     """The base model to train: at train.dtype, or 4-bit NF4 for QLoRA (CUDA)."""
-    from transformers import AutoConfig, AutoModelForCausalLM, BitsAndBytesConfig
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+    from transformers import BitsAndBytesConfig
 
-    config = AutoConfig.from_pretrained(path)
-    model_class = MODEL_FOR_CAUSAL_LM_MAPPING.get(type(config), AutoModelForCausalLM)
-    dtype = DTYPES[train.dtype]
     quantization = None
     if train.quantization == "int4":
         quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                          bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype)
-    model = model_class.from_pretrained(path, config=config, dtype=dtype, quantization_config=quantization,
-                                        device_map={"": 0} if train.device == "cuda" else "cpu")
+                                          bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=DTYPES[train.dtype])
+    model = from_pretrained(path, train.dtype, train.device, quantization)
     model.config.use_cache = False
     return model
 
@@ -93,10 +88,6 @@ def heldout_loss(model, batches: List[data.Batch]) -> float:
         count += targets.numel()
     model.train(was_training)
     return total / count
-
-
-def perplexity(loss: float) -> float:
-    return math.exp(loss) if loss < 700 else float("inf")
 
 
 @torch.no_grad()

@@ -16,7 +16,7 @@ from typing import List
 
 import torch
 
-from qsweep.models import DTYPES
+from qsweep.models import DTYPES, from_pretrained
 from train_merge import data
 
 
@@ -46,13 +46,8 @@ def merge(base_path: str, adapter_dir: Path, dtype: str, device: str, check: Lis
     """(merged model, merge_max_abs_diff, largest |logit|): the diff is the largest |logit| difference
     between the adapter model and the merged one; the largest logit gives its scale."""
     from peft import PeftModel
-    from transformers import AutoConfig, AutoModelForCausalLM
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
-    config = AutoConfig.from_pretrained(base_path)
-    model_class = MODEL_FOR_CAUSAL_LM_MAPPING.get(type(config), AutoModelForCausalLM)
-    base = model_class.from_pretrained(base_path, config=config, dtype=DTYPES[dtype],
-                                       device_map={"": 0} if device == "cuda" else "cpu")
+    base = from_pretrained(base_path, dtype, device)
     adapted = PeftModel.from_pretrained(base, str(adapter_dir)).eval()
     before = _logits(adapted, check)
     merged = adapted.merge_and_unload().eval()

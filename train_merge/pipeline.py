@@ -13,8 +13,9 @@ from typing import List
 import torch
 from omegaconf import OmegaConf
 
-from qsweep import environment, models, sources, tracking
+from qsweep import console, environment, models, sources, tracking
 from qsweep.config import DeviceConfig, GenerationConfig, ModelConfig, PrecisionConfig, RunConfig, flatten
+from qsweep.quality import perplexity
 from train_merge import data, finetune, merge
 from train_merge.config import TrainMergeConfig
 
@@ -39,7 +40,7 @@ class Result:
 
 
 def say(message: str) -> None:
-    print(f"train_merge: {message}", flush=True)
+    console.say(message, prefix="train_merge")
 
 
 def reloaded(cfg: TrainMergeConfig, output_dir: Path) -> models.LoadedModel:
@@ -66,22 +67,22 @@ def run(cfg: TrainMergeConfig) -> Result:
     with tracking.train_run(store, f"{cfg.model.name}-lora-r{cfg.lora.r}", tags) as mlrun:
         say(f"MLflow run {mlrun.run_id} in {store.uri} (experiment {cfg.tracking.experiment})")
         mlrun.log_params(flatten(asdict(cfg)))
-        mlrun.log_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)), "config.yaml")
-        mlrun.log_json(environment.collect(), "environment.json")
+        mlrun.log_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)), tracking.CONFIG_FILE)
+        mlrun.log_json(environment.collect(), tracking.ENVIRONMENT_FILE)
 
         from transformers import AutoTokenizer
 
         checkpoint = sources.resolve(cfg.model, Path(cfg.paths.cache_dir).expanduser())
         if not checkpoint.has_tokenizer:
             raise sources.ModelUnavailable(f"{checkpoint.path} has no tokenizer: fine-tuning needs one")
-        tokenizer = AutoTokenizer.from_pretrained(checkpoint.path)
+        tokenizer = AutoTokenizer.from_pretrained(checkpoint.tokenizer_path)
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         dialogues = data.load(cfg.data.path, cfg.data.limit_train, cfg.data.limit_heldout)
         train_set = data.encode_all(dialogues.train, tokenizer, cfg.data.max_length)
         heldout = data.encode_all(dialogues.heldout, tokenizer, cfg.data.max_length)
         heldout_batches = data.batches(heldout, cfg.eval.batch_size, pad_id)
         check_batches = data.batches(heldout[:cfg.merge.check_examples], cfg.eval.batch_size, pad_id)
-        mlrun.log_values({"train_examples": len(train_set), "heldout_examples": len(heldout),
+        mlrun.log_metrics({"train_examples": len(train_set), "heldout_examples": len(heldout),
                           "heldout_tokens": sum(b.target_tokens for b in heldout_batches)})
         mlrun.set_tags({"base_checkpoint": checkpoint.path, "data_file": str(data_file),
                         "data_sha256": hashlib.sha256(data_file.read_bytes()).hexdigest()[:12]})
@@ -91,19 +92,19 @@ def run(cfg: TrainMergeConfig) -> Result:
         say("measuring the base model (held-out loss, sample replies)")
         loss_before = finetune.heldout_loss(model, heldout_batches)
         replies_before = finetune.sample_replies(model, tokenizer, cfg.eval.prompts, cfg.eval.max_new_tokens)
-        say(f"held-out loss before: {loss_before:.3f} (perplexity {finetune.perplexity(loss_before):.1f})")
+        say(f"held-out loss before: {loss_before:.3f} (perplexity {perplexity(loss_before):.1f})")
 
         model = finetune.add_lora(model, cfg.lora, cfg.train)
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        mlrun.log_values({"heldout_loss_before": loss_before,
-                          "heldout_perplexity_before": finetune.perplexity(loss_before),
+        mlrun.log_metrics({"heldout_loss_before": loss_before,
+                          "heldout_perplexity_before": perplexity(loss_before),
                           "trainable_params": trainable})
         trained = finetune.train(model, train_set, pad_id, cfg.train,
-                                 on_step=lambda step, loss, lr: mlrun.log_step(step, train_loss=loss, lr=lr))
+                                 on_step=lambda step, loss, lr: mlrun.log_metrics({"train_loss": loss, "lr": lr}, step=step))
         loss_after = finetune.heldout_loss(model, heldout_batches)
-        say(f"held-out loss after: {loss_after:.3f} (perplexity {finetune.perplexity(loss_after):.1f}), "
+        say(f"held-out loss after: {loss_after:.3f} (perplexity {perplexity(loss_after):.1f}), "
             f"{trained.steps} steps in {trained.train_time_s:.0f} s")
-        mlrun.log_values({"heldout_loss_after": loss_after, "heldout_perplexity_after": finetune.perplexity(loss_after),
+        mlrun.log_metrics({"heldout_loss_after": loss_after, "heldout_perplexity_after": perplexity(loss_after),
                           "train_time_s": trained.train_time_s, "train_steps": trained.steps})
         merge.save_adapter(model, adapter_dir)
         del model
@@ -113,7 +114,7 @@ def run(cfg: TrainMergeConfig) -> Result:
             "held-out exchanges")
         merged, diff, scale = merge.merge(checkpoint.path, adapter_dir, cfg.merge.dtype, cfg.train.device,
                                           check_batches)
-        mlrun.log_values({"merge_max_abs_diff": diff, "merge_max_abs_logit": scale})
+        mlrun.log_metrics({"merge_max_abs_diff": diff, "merge_max_abs_logit": scale})
         say(f"merge_max_abs_diff = {diff:.3g} (limit {cfg.merge.max_abs_diff:g}; logits up to {scale:.1f})")
         merge.require_close(diff, cfg.merge.max_abs_diff)
         provenance = {"base_model": cfg.model.name_or_path, "base_checkpoint": checkpoint.path,
@@ -133,8 +134,8 @@ def run(cfg: TrainMergeConfig) -> Result:
                                                 cfg.eval.max_new_tokens)
         del loaded
         total = time.perf_counter() - start
-        mlrun.log_values({"heldout_loss_merged": loss_merged,
-                          "heldout_perplexity_merged": finetune.perplexity(loss_merged),
+        mlrun.log_metrics({"heldout_loss_merged": loss_merged,
+                          "heldout_perplexity_merged": perplexity(loss_merged),
                           "train_loss_first": trained.first_loss, "train_loss_last": trained.last_loss,
                           "total_time_s": total})
         samples = [{"prompt": b["prompt"], "before": b["reply"], "after": a["reply"]}

@@ -1,0 +1,32 @@
+"""What a job is called and tagged with: one name per job (progress line, run, summary), the tags that
+identify its run, and, for a local checkpoint folder, which weights it held."""
+
+from __future__ import annotations
+
+from qsweep import sources
+from qsweep.config import RunConfig, config_hash
+from qsweep.environment import resolve_device
+from qsweep.tracking import TAG_HASH, TAG_WEIGHTS
+
+
+def run_name(cfg) -> str:
+    """gemma-3-270m-int4-cpu-128. Takes a RunConfig or a composed DictConfig (the sweep's progress line,
+    a config that failed validation): device=auto is named by what it means on this machine."""
+    return (f"{cfg.model.name}-{cfg.precision.name}-{resolve_device(cfg.device.name)}-"
+            f"{cfg.generation.max_new_tokens}")
+
+
+def run_tags(cfg: RunConfig) -> dict:
+    return {TAG_HASH: config_hash(cfg), "model": cfg.model.name, "precision": cfg.precision.name,
+            "device": cfg.device.name, "weights": cfg.model.weights,
+            "max_new_tokens": cfg.generation.max_new_tokens,
+            "setting": f"{cfg.device.name.upper()} {cfg.precision.name.upper()}", **weights_tag(cfg)}
+
+
+def weights_tag(cfg: RunConfig) -> dict:
+    """A local checkpoint folder is hashed by its path (config_hash), and a path can be rewritten (a new
+    fine-tune): the weights_sha256 tag says which weights were measured."""
+    folder = sources.local_folder(cfg.model) if cfg.model.weights == "pretrained" else None
+    if folder is None or not (folder / "config.json").is_file():
+        return {}  # a missing checkpoint fails in the worker, with its remedy
+    return {TAG_WEIGHTS: sources.weights_sha256(folder)}

@@ -1,0 +1,26 @@
+"""The names qsweep gives to what it records: part of its interface (filters, the UI, old stores)."""
+
+PARENT_RUN_ENV = "QSWEEP_PARENT_RUN_ID"  # set by the sweep callback, read by every job of the sweep
+
+TAG_HASH = "config_hash"
+TAG_ERROR = "error"
+TAG_KIND = "qsweep.kind"  # job, sweep or train_merge
+TAG_OWNER = "qsweep.owner"  # host id:pid:start time of the process that must end the run
+TAG_SKIPPED_PREFIX = "qsweep.skipped."  # on a sweep run: qsweep.skipped.<config_hash> = the run it points to
+TAG_WEIGHTS = "weights_sha256"  # local checkpoint folders: what the folder held when measured
+TAG_REPRODUCES = "reproduces"  # on a reproduction: the run it measured again
+TAG_SWEEP_OVERRIDES = "sweep_overrides"
+TAG_SKIPPED_JOBS = "skipped_jobs"
+TAG_NOTE = "mlflow.note.content"  # the run's description, Markdown in the UI
+
+KIND_JOB, KIND_SWEEP, KIND_TRAIN = "job", "sweep", "train_merge"
+
+# Artifacts of a job run (the report and reproduce read them back).
+CONFIG_FILE = "config.yaml"
+ENVIRONMENT_FILE = "environment.json"
+GENERATIONS_FILE = "generations.json"
+GENERATIONS_MARKDOWN = "generations.md"
+PRECISION_FILE = "precision_check.json"
+QUALITY_FILE = "quality.json"
+TRACEBACK_FILE = "traceback.txt"
+SKIPPED_FILE = "skipped_jobs.json"

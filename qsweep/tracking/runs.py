@@ -1,0 +1,149 @@
+"""Writing runs: job, sweep and fine-tune runs, each ended by the outcome of the block that owns it.
+
+The client API is used throughout (no fluent `mlflow.start_run`), so no run is ever left active by an
+exception: a run ends FINISHED, FAILED (with a one-line `error` tag and the traceback) or KILLED.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import traceback
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, List, Optional
+
+from qsweep.tracking import owners
+from qsweep.tracking.names import (KIND_JOB, KIND_SWEEP, KIND_TRAIN, SKIPPED_FILE, TAG_ERROR, TAG_HASH, TAG_KIND,
+                                   TAG_NOTE, TAG_OWNER, TAG_SKIPPED_JOBS, TAG_SKIPPED_PREFIX, TRACEBACK_FILE)
+from qsweep.tracking.store import Store
+
+MAX_PARAM_CHARS = 6000  # MLflow cuts longer param values
+MAX_NOTE_CHARS = 8000  # a run description is a tag: MLflow keeps 8000 characters of a tag
+
+
+def one_line(err: BaseException) -> str:
+    """The `error` tag: the exception's type and message on one line. Running out of memory is a result,
+    named out_of_memory: torch.OutOfMemoryError on CUDA, a RuntimeError from the CPU allocator."""
+    text = " ".join(str(err).split()) or type(err).__name__
+    out_of_memory = type(err).__name__ == "OutOfMemoryError" or "DefaultCPUAllocator: can't allocate memory" in text
+    return f"{'out_of_memory' if out_of_memory else type(err).__name__}: {text}"[:500]
+
+
+class RunWriter:
+    """What qsweep records into one open run."""
+
+    def __init__(self, store: Store, run_id: str):
+        self.store, self.run_id = store, run_id
+
+    def set_tags(self, tags: dict) -> None:
+        for key, value in tags.items():
+            self.store.client.set_tag(self.run_id, key, str(value))
+
+    def log_params(self, params: dict) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)[:MAX_PARAM_CHARS]) for k, v in params.items()]
+        for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
+            self.store.client.log_batch(self.run_id, params=items[i:i + 100])
+
+    def log_metrics(self, *groups, step: int = 0) -> None:
+        """Each group is a dataclass (each field a metric) or a dict; None means not measured."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        values = [(k, v) for g in groups for k, v in (dataclasses.asdict(g) if dataclasses.is_dataclass(g)
+                                                       else g).items()]
+        self.store.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step)
+                                                          for k, v in values if v is not None])
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self.store.client.log_text(self.run_id, text, artifact_file)
+
+    def log_json(self, data, artifact_file: str) -> None:
+        self.store.client.log_dict(self.run_id, data, artifact_file)
+
+    def log_folder(self, folder: Path, artifact_path: str) -> None:
+        self.store.client.log_artifacts(self.run_id, str(folder), artifact_path)
+
+    def describe(self, markdown: str) -> None:
+        """The run's description, shown as Markdown on its page in the MLflow UI."""
+        self.set_tags({TAG_NOTE: markdown[:MAX_NOTE_CHARS]})
+
+
+def _create(store: Store, kind: str, run_name: str, tags: dict, parent_run_id: Optional[str] = None) -> RunWriter:
+    """Every qsweep run starts here, tagged with its kind and the process that must end it."""
+    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+    tags = {TAG_KIND: kind, TAG_OWNER: owners.this_process(), **tags}
+    if parent_run_id:
+        tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
+    run = store.client.create_run(store.experiment_id, run_name=run_name,
+                                  tags={k: str(v) for k, v in tags.items()})
+    return RunWriter(store, run.info.run_id)
+
+
+@contextmanager
+def _ended_by_outcome(run: RunWriter) -> Iterator[RunWriter]:
+    """Ends the run as its block ends: FINISHED, FAILED (one-line `error` tag + traceback) or KILLED."""
+    client = run.store.client
+    try:
+        yield run
+    except KeyboardInterrupt:
+        client.set_terminated(run.run_id, "KILLED")
+        raise
+    except Exception as err:
+        run.set_tags({TAG_ERROR: one_line(err)})
+        # a worker's exception carries the traceback from its own process
+        run.log_text(getattr(err, "remote_traceback", "") + traceback.format_exc(), TRACEBACK_FILE)
+        client.set_terminated(run.run_id, "FAILED")
+        raise
+    else:
+        client.set_terminated(run.run_id, "FINISHED")
+
+
+@contextmanager
+def job_run(store: Store, run_name: str, tags: dict, parent_run_id: Optional[str] = None) -> Iterator[RunWriter]:
+    with _ended_by_outcome(_create(store, KIND_JOB, run_name, tags, parent_run_id)) as run:
+        yield run
+
+
+@contextmanager
+def train_run(store: Store, run_name: str, tags: dict) -> Iterator[RunWriter]:
+    with _ended_by_outcome(_create(store, KIND_TRAIN, run_name, tags)) as run:
+        yield run
+
+
+def start_sweep(store: Store, run_name: str, tags: dict) -> str:
+    return _create(store, KIND_SWEEP, run_name, tags).run_id
+
+
+def end_sweep(store: Store, run_id: str, status: str) -> None:
+    if store.client.get_run(run_id).info.status == "RUNNING":
+        store.client.set_terminated(run_id, status)
+
+
+def delete_run(store: Store, run_id: str) -> None:
+    store.client.set_terminated(run_id, "KILLED")
+    store.client.delete_run(run_id)
+
+
+# --- skipped jobs (sweep.skip_completed) are recorded on the sweep's run, whichever process ran them ---
+
+def record_skip(store: Store, sweep_run_id: str, config_hash: str, run_id: str) -> None:
+    """A job of the sweep stands for the FINISHED run `run_id`. Recorded on the sweep's run, not in memory:
+    with the joblib or submitit launchers the job runs in another process."""
+    store.client.set_tag(sweep_run_id, f"{TAG_SKIPPED_PREFIX}{config_hash}", run_id)
+
+
+def skipped_run_ids(store: Store, sweep_run_id: str) -> List[str]:
+    tags = store.client.get_run(sweep_run_id).data.tags
+    return [run_id for key, run_id in sorted(tags.items()) if key.startswith(TAG_SKIPPED_PREFIX)]
+
+
+def summarize_skips(store: Store, sweep_run_id: str, skipped: list) -> None:
+    """On the sweep's run: how many jobs were skipped, and the runs (RunRecords) they point to."""
+    run = RunWriter(store, sweep_run_id)
+    run.set_tags({TAG_SKIPPED_JOBS: len(skipped)})
+    run.log_json([{"name": job.name, TAG_HASH: job.config_hash, "run_id": job.run_id} for job in skipped],
+                 SKIPPED_FILE)

@@ -1,0 +1,108 @@
+"""Opening an MLflow store: a SQLite file under the project's mlruns/ by default, or any tracking URI."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import urllib.request
+from pathlib import Path
+
+from qsweep.config import PROJECT_ROOT, TrackingConfig
+
+DEFAULT_STORE_DIR = PROJECT_ROOT / "mlruns"
+# The MLflow UI opens an experiment of this kind on its runs table and charts, not the GenAI overview.
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+
+for noisy in ("alembic", "mlflow.store.db.utils", "mlflow.tracking._tracking_service.client"):
+    logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+class StoreUnavailable(RuntimeError):
+    """The store, experiment or run cannot be reached; the message says what to check."""
+
+
+@dataclasses.dataclass
+class Store:
+    client: "object"  # mlflow.MlflowClient
+    experiment_id: str  # "" for a store opened to read runs of every experiment
+    uri: str
+
+
+def store_uri(tracking: TrackingConfig) -> str:
+    if tracking.uri:
+        return tracking.uri
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    return f"sqlite:///{DEFAULT_STORE_DIR / 'mlflow.db'}"
+
+
+def _check_server(uri: str) -> None:
+    """Fail in seconds, not after MLflow's minutes of retries, when a tracking server is unreachable."""
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=10).read()
+    except OSError as err:
+        raise ConnectionError(f"no MLflow server answers at {uri} ({getattr(err, 'reason', err)})") from None
+
+
+def _client(uri: str, create: bool, hint: str):
+    """A client for the store at `uri`; a SQLite file must exist unless create."""
+    from mlflow import MlflowClient
+
+    if uri.startswith("sqlite:///"):
+        db = Path(uri[len("sqlite:///"):])
+        if not create and not db.is_file():
+            raise StoreUnavailable(f"no MLflow store at {db}: run a sweep first, or {hint}")
+        db.parent.mkdir(parents=True, exist_ok=True)
+    elif uri.startswith(("http://", "https://")):
+        _check_server(uri)
+    return MlflowClient(tracking_uri=uri)
+
+
+def _artifact_location(uri: str):
+    """SQLite stores keep their artifacts beside the database (mlruns/artifacts), not in the cwd."""
+    return (Path(uri[len("sqlite:///"):]).parent / "artifacts").as_uri() if uri.startswith("sqlite:///") else None
+
+
+def open_store(tracking: TrackingConfig, create: bool = True) -> Store:
+    """The store and experiment to record in (created on first use unless create=False). Opening it to
+    record also ends the runs that dead processes of this host left RUNNING."""
+    from qsweep.tracking.owners import close_orphans
+
+    uri = store_uri(tracking)
+    try:
+        client = _client(uri, create, "give its tracking URI (tracking.uri or MLFLOW_TRACKING_URI)")
+        experiment = client.get_experiment_by_name(tracking.experiment)
+        if experiment is None and not create:
+            raise StoreUnavailable(f"no experiment named {tracking.experiment!r} in the MLflow store {uri}")
+        experiment_id = (experiment.experiment_id if experiment else
+                         client.create_experiment(tracking.experiment, artifact_location=_artifact_location(uri)))
+        if create and (experiment is None or EXPERIMENT_KIND[0] not in experiment.tags):
+            client.set_experiment_tag(experiment_id, *EXPERIMENT_KIND)
+    except StoreUnavailable:
+        raise
+    except Exception as err:
+        raise StoreUnavailable(f"cannot open the MLflow store {uri}: {first_line(err)}; "
+                               "check tracking.uri (or MLFLOW_TRACKING_URI)") from None
+    store = Store(client, experiment_id, uri)
+    if create:
+        close_orphans(store)
+    return store
+
+
+def open_for_reading(uri: str) -> Store:
+    """A store that must already exist, to read runs of every experiment from (reproduce); never creates
+    one."""
+    try:
+        client = _client(uri, False, "give the store the run was recorded in with --tracking-uri")
+        client.search_experiments(max_results=1)
+    except StoreUnavailable:
+        raise
+    except Exception as err:
+        raise StoreUnavailable(f"cannot open the MLflow store {uri}: {first_line(err)}; "
+                               "check --tracking-uri (or MLFLOW_TRACKING_URI)") from None
+    return Store(client, "", uri)
+
+
+def first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
