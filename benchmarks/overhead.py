@@ -1,7 +1,7 @@
 """Is qsweep's measured generation as fast as a bare `model.generate` loop?
 
 Same loaded model, same process, same prompt: rounds alternate qsweep's `measure.generate_timed`
-(fixed-length greedy + the first-token clock, under the memory tracker's RSS poller, as in a job) with
+(fixed-length greedy + the first-token clock, inside the memory tracker's region, as in a job) with
 a bare timed `model.generate` of the same length. Prints one JSON line per model: median tokens/s of
 each, their ratio (target: >= 0.97) and the spread of the per-round ratios.
 
@@ -23,6 +23,7 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 
 from qsweep import measure, models  # noqa: E402
 from qsweep.config import register_schemas, validate  # noqa: E402
+from qsweep.environment import on_this_machine  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,7 +34,7 @@ def config(model_override: str, tokens: int):
         raw = compose(config_name="config", overrides=[
             model_override, "device=cpu", f"generation.max_new_tokens={tokens}", "generation.warmup=0",
             "generation.repeats=1", *(["model.weights=random"] if "gpt2" in model_override else [])])
-    return validate(raw)
+    return on_this_machine(validate(raw))
 
 
 def bare_tokens_per_s(model, ids, tokens: int) -> float:
@@ -60,7 +61,7 @@ def main():
             measure.generate_timed(loaded.model, ids, gen, "cpu")
             qsweep_rates, bare_rates = [], []
             for _ in range(args.rounds):
-                with measure.MemoryTracker("cpu").track():  # as in a job: the RSS poller runs alongside
+                with measure.MemoryTracker("cpu").track():  # as in a job
                     qsweep_rates.append(measure.generate_timed(loaded.model, ids, gen, "cpu")[0].tokens_per_s)
                 bare_rates.append(bare_tokens_per_s(loaded.model, ids[0], args.tokens))
         q, b = statistics.median(qsweep_rates), statistics.median(bare_rates)
