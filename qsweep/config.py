@@ -28,8 +28,9 @@ DTYPES = ("float32", "float16", "bfloat16")
 QUANTIZATIONS = ("none", "int8", "int4")
 QUANT_TYPES_4BIT = ("nf4", "fp4")
 ISOLATIONS = ("process", "inline")
+BACKENDS = ("transformers", "llama-cpp", "ctranslate2")
 # The sections that describe *what* is measured; their content is the run's identity.
-HASHED_SECTIONS = ("model", "precision", "device", "generation")
+HASHED_SECTIONS = ("model", "precision", "device", "generation", "backend")
 
 
 class ConfigError(ValueError):
@@ -110,6 +111,21 @@ class GenerationConfig:
 
 
 @dataclass
+class BackendConfig:
+    """The inference runtime; each maps the precision group to its own formats (qsweep/backends/)."""
+    name: str = "transformers"
+    gguf_type: Optional[str] = None  # llama-cpp: a GGUF type instead of the precision's (Q4_0, Q5_K_M, ...)
+    compute_type: Optional[str] = None  # ctranslate2: a compute type instead of the precision's (int16, ...)
+
+    def __post_init__(self) -> None:
+        one_of(self.name, BACKENDS, "backend.name")
+        require(self.gguf_type is None or self.name == "llama-cpp",
+                f"backend.gguf_type is for backend=llama-cpp, not {self.name}")
+        require(self.compute_type is None or self.name == "ctranslate2",
+                f"backend.compute_type is for backend=ctranslate2, not {self.name}")
+
+
+@dataclass
 class TrackingConfig:
     uri: Optional[str] = None  # None: $MLFLOW_TRACKING_URI, else SQLite under the project's mlruns/
     experiment: str = "qsweep"
@@ -142,6 +158,7 @@ class RunConfig:
     precision: PrecisionConfig = MISSING
     device: DeviceConfig = MISSING
     generation: GenerationConfig = MISSING
+    backend: BackendConfig = field(default_factory=BackendConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     runner: RunnerConfig = field(default_factory=RunnerConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
@@ -181,10 +198,21 @@ def portable(path: str) -> str:
     return f"{ROOT_REFERENCE}/{Path(path).relative_to(PROJECT_ROOT).as_posix()}"
 
 
+# Fields added after the first stores were written: hashed only where they differ from their default, so
+# every config that existed before keeps its config_hash (tests/test_hash_pins.py).
+LATER_FIELDS = {"backend": BackendConfig()}
+
+
 def hashed_fields(cfg: RunConfig) -> dict:
     fields = {section: asdict(getattr(cfg, section)) for section in HASHED_SECTIONS}
     fields["model"].pop("missing_hint")  # advice in an error message, not what is measured
     fields["model"]["name_or_path"] = portable(cfg.model.name_or_path)
+    for section, default in LATER_FIELDS.items():
+        for key, value in asdict(default).items():
+            if fields[section][key] == value:
+                del fields[section][key]
+        if not fields[section]:
+            del fields[section]
     return fields
 
 

@@ -4,21 +4,25 @@ identify its run, and, for a local checkpoint folder, which weights it held."""
 from __future__ import annotations
 
 from qsweep import sources
-from qsweep.config import RunConfig, config_hash
+from qsweep.config import BackendConfig, RunConfig, config_hash
 from qsweep.environment import resolve_device
 from qsweep.tracking import TAG_HASH, TAG_WEIGHTS
 
+DEFAULT_BACKEND = BackendConfig().name
+
 
 def run_name(cfg) -> str:
-    """gemma-3-270m-int4-cpu-128. Takes a RunConfig or a composed DictConfig (the sweep's progress line,
-    a config that failed validation): device=auto is named by what it means on this machine."""
+    """gemma-3-270m-int4-cpu-128, and gemma-3-270m-int4-cpu-128-llama-cpp on a backend other than the
+    default. Takes a RunConfig or a composed DictConfig (the sweep's progress line, a config that failed
+    validation): device=auto is named by what it means on this machine."""
+    backend = cfg.backend.name
     return (f"{cfg.model.name}-{cfg.precision.name}-{resolve_device(cfg.device.name)}-"
-            f"{cfg.generation.max_new_tokens}")
+            f"{cfg.generation.max_new_tokens}" + ("" if backend == DEFAULT_BACKEND else f"-{backend}"))
 
 
 def run_tags(cfg: RunConfig) -> dict:
     return {TAG_HASH: config_hash(cfg), "model": cfg.model.name, "precision": cfg.precision.name,
-            "device": cfg.device.name, "weights": cfg.model.weights,
+            "device": cfg.device.name, "backend": cfg.backend.name, "weights": cfg.model.weights,
             "max_new_tokens": cfg.generation.max_new_tokens,
             "setting": f"{cfg.device.name.upper()} {cfg.precision.name.upper()}", **weights_tag(cfg)}
 

@@ -15,7 +15,7 @@ from typing import Optional
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from qsweep import console, environment, identity, measure, models, quality, results, sources, tracking, worker
+from qsweep import backends, console, environment, identity, measure, quality, results, sources, tracking, worker
 from qsweep.config import ConfigError, RunConfig, TrackingConfig, config_hash, flatten, to_yaml
 
 
@@ -28,9 +28,10 @@ def run_job(cfg: RunConfig, tags: Optional[dict] = None) -> tracking.RunRecord:
             run.log_params(flatten(dataclasses.asdict(cfg)))
             run.log_text(to_yaml(cfg), tracking.CONFIG_FILE)
             environment.require_device(cfg.device.name)
+            backends.get(cfg.backend.name).check(cfg)  # what this backend cannot run: one line, before any work
             isolated, timeout = cfg.runner.isolation == "process", cfg.runner.timeout_s
             if isolated:  # a first conversion leaves gigabytes of RSS behind: not in the measured process
-                worker.call(prepare_checkpoint, cfg, True, timeout)
+                worker.call(prepare_files, cfg, True, timeout)
             results.record(run, worker.call(measure_job, cfg, isolated, timeout))
     except Exception as err:
         if run_id is None:  # the store refused the run: nothing was recorded, so say it loudly
@@ -78,36 +79,37 @@ def completed_job(cfg: RunConfig) -> Optional[tracking.RunRecord]:
     return dataclasses.replace(done[0], status="SKIPPED")
 
 
-def prepare_checkpoint(cfg: RunConfig) -> None:
-    """Convert, download or create the weights if that was never done (a quick check otherwise)."""
-    sources.resolve(cfg.model, Path(cfg.paths.cache_dir).expanduser())
+def prepare_files(cfg: RunConfig) -> None:
+    """Convert, download or create the weights, and the backend's files, if that was never done."""
+    backend = backends.get(cfg.backend.name)
+    backend.prepare(cfg, sources.resolve(cfg.model, Path(cfg.paths.cache_dir).expanduser()))
 
 
 def measure_job(cfg: RunConfig) -> results.JobResult:
     """Load the model and measure it; runs in the worker process. No MLflow here."""
     if cfg.device.num_threads:
         torch.set_num_threads(cfg.device.num_threads)
-    # Done already by prepare_checkpoint (isolated); inline, a first conversion happens here, untimed.
+    backend = backends.get(cfg.backend.name)
+    # Done already by prepare_files (isolated); inline, a first conversion happens here, untimed.
     checkpoint = sources.resolve(cfg.model, Path(cfg.paths.cache_dir).expanduser())
+    files = backend.prepare(cfg, checkpoint)
     memory = measure.MemoryTracker(cfg.device.name)
     with memory.track():
-        loaded = models.load(cfg, checkpoint)
-        prompt_ids = measure.encode_prompts(cfg.generation.prompts, loaded.tokenizer, loaded.model.config,
+        runtime = backend.load(cfg, checkpoint, files)
+        prompt_ids = measure.encode_prompts(cfg.generation.prompts, runtime.tokenizer, runtime.vocab_size,
                                             cfg.model.seed)
-        measure.check_context(prompt_ids, cfg.generation.max_new_tokens, loaded.model.config)
-        try:
-            speed, generations = measure.generate_timed(loaded.model, prompt_ids, cfg.generation, cfg.device.name)
-        except RuntimeError as err:
-            raise models.explain_backend_error(err, cfg.precision, cfg.device.name) from err
-    texts = results.texts(cfg.generation.prompts, generations, loaded.tokenizer)
+        measure.check_context(prompt_ids, cfg.generation.max_new_tokens, runtime.context_length)
+        speed, generations = measure.generate_timed(runtime, prompt_ids, cfg.generation, cfg.device.name)
+    texts = results.texts(cfg.generation.prompts, generations, runtime.tokenizer)
     judged = None  # quality: after the timed and memory-tracked region, so it cannot change their figures
-    if quality.applicable(cfg, loaded.tokenizer):
-        judged = quality.evaluate(cfg, loaded, generations, [t["output"] for t in texts])
-        results.add_fp32_outputs(texts, judged.fp32_outputs, loaded.tokenizer)
+    if quality.applicable(cfg, runtime.tokenizer):
+        judged = quality.evaluate(cfg, runtime, checkpoint, generations, [t["output"] for t in texts])
+        results.add_fp32_outputs(texts, judged.fp32_outputs, runtime.tokenizer)
     return results.JobResult(
-        load=results.LoadMetrics(loaded.load_time_s, loaded.model.get_memory_footprint() / measure.GB),
-        speed=speed, memory=memory.metrics(), precision=loaded.precision, texts=texts,
-        environment=environment.collect(), quality=judged)
+        load=results.LoadMetrics(runtime.load_time_s, runtime.footprint_gb, files.conversion_time_s),
+        speed=speed, memory=memory.metrics(), precision=runtime.precision, texts=texts,
+        environment=environment.collect(), quality=judged,
+        conversion=None if files.conversion_time_s is None else "made" if files.converted_now else "reused")
 
 
 def _sweep_run() -> Optional[str]:

@@ -1,7 +1,9 @@
-"""Timed generation: warm-up, repeats, time to first token, and memory trackers.
+"""The measurement contract every backend follows: warm-up, timed repeats, time to first token, and
+memory trackers.
 
-Every setting does the same work: batch 1, greedy, exactly max_new_tokens new tokens (EOS cannot
-end a generation early). CUDA is synchronized around every timed region; the CPU uses perf_counter.
+Every setting does the same work: greedy, exactly max_new_tokens new tokens per sequence (EOS cannot
+end a generation early), generation.batch_size sequences at once. CUDA is synchronized around every
+timed region and at the first-token stamp; the CPU uses perf_counter.
 """
 
 from __future__ import annotations
@@ -16,10 +18,8 @@ from typing import Iterator, List, Optional
 
 import psutil
 import torch
-from transformers import CompileConfig
-from transformers import GenerationConfig as HFGenerationConfig
-from transformers import LogitsProcessor, LogitsProcessorList
 
+from qsweep.backends import Runtime
 from qsweep.config import GenerationConfig
 
 GB = 1024**3
@@ -58,56 +58,21 @@ class Generation:
     output_ids: List[int]  # new tokens only
 
 
-class FirstTokenClock(LogitsProcessor):
-    """Stamps the moment the first new token's logits exist (called once per decoding step)."""
-
-    def __init__(self, sync_cuda: bool):
-        self.sync_cuda = sync_cuda
-        self.first: Optional[float] = None
-
-    def __call__(self, input_ids, scores):
-        if self.first is None:
-            if self.sync_cuda:
-                torch.cuda.synchronize()
-            self.first = time.perf_counter()
-        return scores
-
-
-def encode_prompts(prompts: List[str], tokenizer, model_config, seed: int) -> List[torch.Tensor]:
+def encode_prompts(prompts: List[str], tokenizer, vocab_size: int, seed: int) -> List[List[int]]:
     """Token ids per prompt. Without a tokenizer (random weights) the ids are synthetic:
     deterministic, about one token per 4 characters, as real text would give."""
     if tokenizer is not None:
-        return [tokenizer(p, return_tensors="pt").input_ids for p in prompts]
+        return [tokenizer(p).input_ids for p in prompts]
     generator = torch.Generator().manual_seed(seed)
-    vocab = model_config.vocab_size
-    return [torch.randint(0, vocab, (1, max(1, len(p) // 4)), generator=generator) for p in prompts]
+    return [torch.randint(0, vocab_size, (max(1, len(p) // 4),), generator=generator).tolist() for p in prompts]
 
 
-def check_context(prompt_ids: List[torch.Tensor], max_new_tokens: int, model_config) -> None:
-    from qsweep.quality import context_length
-
-    limit = context_length(model_config)
-    longest = max(ids.shape[1] for ids in prompt_ids)
+def check_context(prompt_ids: List[List[int]], max_new_tokens: int, limit: Optional[int]) -> None:
+    longest = max(map(len, prompt_ids))
     if limit and longest + max_new_tokens > limit:
         raise PromptTooLong(
             f"the longest prompt ({longest} tokens) plus max_new_tokens={max_new_tokens} exceeds the "
             f"model's context of {limit} tokens: shorten the prompt or lower generation.max_new_tokens")
-
-
-def _generation_config(model, gen: GenerationConfig) -> HFGenerationConfig:
-    # Built from scratch so a checkpoint's own sampling defaults cannot change the work done.
-    eos = model.generation_config.eos_token_id
-    pad = model.generation_config.pad_token_id
-    if pad is None:
-        pad = eos[0] if isinstance(eos, list) else eos
-    config = HFGenerationConfig(max_new_tokens=gen.max_new_tokens, min_new_tokens=gen.max_new_tokens,
-                                do_sample=False, num_beams=1, eos_token_id=eos,
-                                pad_token_id=pad if pad is not None else 0)
-    if gen.compile:
-        config.cache_implementation = "static"
-        config.compile_config = CompileConfig()
-        config.compile_config._compile_all_devices = True  # transformers compiles on GPUs only by default
-    return config
 
 
 def _median_iqr(values: List[float]) -> tuple:
@@ -128,41 +93,38 @@ def _progress(total: int):
     return tqdm(total=total, desc="qsweep: timed generations", unit="gen", leave=False)
 
 
-def generate_timed(model, prompt_ids: List[torch.Tensor], gen: GenerationConfig,
+def generate_timed(runtime: Runtime, prompt_ids: List[List[int]], gen: GenerationConfig,
                    device: str) -> tuple[SpeedMetrics, List[Generation]]:
     cuda = device == "cuda"
-    config = _generation_config(model, gen)
-    prompt_ids = [ids.to(model.device) for ids in prompt_ids]
+
+    def now() -> float:
+        if cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter()
 
     def run(ids):
-        clock = FirstTokenClock(sync_cuda=cuda)
-        if cuda:
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=config,
-                             logits_processor=LogitsProcessorList([clock]))
-        if cuda:
-            torch.cuda.synchronize()
-        end = time.perf_counter()
-        return out[0, ids.shape[1]:], end - start, clock.first - start
+        first = []
+        start = now()
+        new = runtime.generate([ids], gen.max_new_tokens, lambda: first.append(now()))[0]
+        end = now()
+        return new, end - start, first[0] - start
 
-    with torch.inference_mode():
-        # Compiled graphs depend on the prompt length: warm every prompt up, or compilation is timed.
-        for _ in range(gen.warmup):
-            for ids in (prompt_ids if gen.compile else prompt_ids[:1]):
-                run(ids)
-        latencies, ttfts, decode_rates, outputs = [], [], [], {}
-        progress = _progress(gen.repeats * len(prompt_ids))
-        for _ in range(gen.repeats):
-            for i, ids in enumerate(prompt_ids):
-                new, latency, ttft = run(ids)
-                if progress is not None:  # outside the timed region
-                    progress.update()
-                latencies.append(latency)
-                ttfts.append(ttft)
-                if len(new) > 1:
-                    decode_rates.append((len(new) - 1) / (latency - ttft))
-                outputs[i] = Generation(ids[0].tolist(), new.tolist())
+    # Compiled graphs depend on the prompt length: warm every prompt up, or compilation is timed.
+    for _ in range(gen.warmup):
+        for ids in (prompt_ids if gen.compile else prompt_ids[:1]):
+            run(ids)
+    latencies, ttfts, decode_rates, outputs = [], [], [], {}
+    progress = _progress(gen.repeats * len(prompt_ids))
+    for _ in range(gen.repeats):
+        for i, ids in enumerate(prompt_ids):
+            new, latency, ttft = run(ids)
+            if progress is not None:  # outside the timed region
+                progress.update()
+            latencies.append(latency)
+            ttfts.append(ttft)
+            if len(new) > 1:
+                decode_rates.append((len(new) - 1) / (latency - ttft))
+            outputs[i] = Generation(list(ids), list(new))
 
     if progress is not None:
         progress.close()

@@ -13,6 +13,7 @@ from typing import Any, Optional
 
 import torch
 
+from qsweep.backends import PrecisionNotApplied
 from qsweep.config import PrecisionConfig, RunConfig
 from qsweep.sources import Checkpoint, ModelUnavailable, resolve
 
@@ -22,12 +23,8 @@ logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-class PrecisionNotApplied(RuntimeError):
-    """The loaded model is not at the requested precision."""
-
-
-class BackendUnsupported(RuntimeError):
-    """The quantization backend has no working kernel for this model on this device."""
+class BitsAndBytesUnsupported(RuntimeError):
+    """bitsandbytes has no working kernel for this model on this device."""
 
 
 @dataclass
@@ -108,6 +105,17 @@ def load(cfg: RunConfig, checkpoint: Optional[Checkpoint] = None) -> LoadedModel
     return LoadedModel(model, tokenizer, checkpoint, load_time_s, verify_precision(model, cfg.precision))
 
 
+def context_length(text_config) -> Optional[int]:
+    return getattr(text_config, "max_position_embeddings", None) or getattr(text_config, "n_positions", None)
+
+
+def describe_precision(report: PrecisionReport) -> str:
+    dtypes = ", ".join(f"{d}:{n}" for d, n in sorted(report.weight_dtypes.items()))
+    return (f"int8 linear={report.linear_8bit}, int4 linear={report.linear_4bit}"
+            f"{' (' + report.quant_type + ')' if report.quant_type else ''}, "
+            f"full linear={report.linear_full}; params by dtype {dtypes}")
+
+
 def explain_load_error(err: Exception, path: str) -> Exception:
     """Turn transformers' loading errors into one line that says what is wrong and what to do."""
     text = " ".join(str(err).split())
@@ -131,7 +139,7 @@ def explain_backend_error(err: Exception, precision: PrecisionConfig, device: st
             "bitsandbytes" in frame.filename for frame in traceback.extract_tb(err.__traceback__)):
         return err
     text = " ".join(str(err).split())
-    return BackendUnsupported(f"bitsandbytes {precision.name} cannot run this model on {device} "
+    return BitsAndBytesUnsupported(f"bitsandbytes {precision.name} cannot run this model on {device} "
                               f"({type(err).__name__}: {text}): use another precision or device")
 
 

@@ -37,7 +37,9 @@ from filelock import FileLock
 from safetensors.torch import load_file, save_file
 
 from qsweep import sources
-from qsweep.config import GenerationConfig, PrecisionConfig, RunConfig
+from qsweep.backends import Files, Runtime
+from qsweep.config import BackendConfig, PrecisionConfig, RunConfig
+from qsweep.sources import Checkpoint
 
 WINDOW = 1024  # tokens per evaluation window (less when the model's context is shorter)
 TOP_K = 64  # reference log-probabilities kept per position
@@ -79,10 +81,6 @@ def perplexity(mean_nll: float) -> float:
 
 def eval_text() -> str:
     return resources.files("qsweep").joinpath("data", "eval_text.txt").read_text(encoding="utf-8")
-
-
-def context_length(model_config) -> Optional[int]:
-    return getattr(model_config, "max_position_embeddings", None) or getattr(model_config, "n_positions", None)
 
 
 def eval_windows(tokenizer, text: str, window: int) -> List[List[int]]:
@@ -142,16 +140,15 @@ def kl_topk(ref: TextReference, logprobs: torch.Tensor) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def score_text(model, windows: Sequence[Sequence[int]], reference: Optional[TextReference] = None,
+def score_text(runtime: Runtime, windows: Sequence[Sequence[int]], reference: Optional[TextReference] = None,
                keep_top_k: int = 0) -> TextScores:
     """Perplexity of the model as loaded over the windows; against a reference also the KL and top-1
     agreement; with keep_top_k the top-k data that make this model a reference."""
     scores = TextScores()
     offset = 0
     for window in windows:
-        ids = torch.tensor([list(window)], device=model.device)
-        logits = model(input_ids=ids, use_cache=False).logits[0, :-1]
-        targets = ids[0, 1:]
+        logits = runtime.logits(list(window))[:-1]
+        targets = torch.tensor(list(window)[1:], device=logits.device)
         for s in range(0, len(targets), CHUNK):
             chunk = logits[s:s + CHUNK].float()
             finite = torch.isfinite(chunk).all(dim=1)
@@ -287,29 +284,24 @@ def save_greedy(outputs: List[List[int]], path: Path, metadata: dict) -> None:
     _save_atomic({"output_ids": torch.tensor(outputs, dtype=torch.long)}, path, metadata)
 
 
-def is_reference_precision(precision: PrecisionConfig) -> bool:
-    return precision.quantization == "none" and precision.dtype == "float32"
+def _build_references(cfg: RunConfig, checkpoint: Checkpoint, paths: ReferencePaths, windows, prompt_ids) -> None:
+    """Load the checkpoint as the reference runtime (transformers, fp32) on the run's device and store
+    whatever reference is missing."""
+    from qsweep import backends, measure
 
-
-def _build_references(cfg: RunConfig, checkpoint, paths: ReferencePaths, windows, prompt_ids) -> None:
-    """Load the checkpoint in fp32 on the run's device and store whatever reference is missing."""
-    from qsweep import measure, models
-
-    fp32 = dataclasses.replace(cfg, precision=PrecisionConfig(name="fp32", dtype="float32"))
-    loaded = models.load(fp32, checkpoint)
+    fp32 = dataclasses.replace(cfg, precision=PrecisionConfig(name="fp32", dtype="float32"),
+                               backend=BackendConfig(), generation=dataclasses.replace(
+                                   cfg.generation, warmup=0, repeats=1, compile=False))
+    reference = backends.get(fp32.backend.name).load(fp32, checkpoint, Files(checkpoint.path))
     try:
         meta = {"checkpoint": checkpoint.path, "device": cfg.device.name, "built_by": "reference build"}
         if not paths.text.is_file():
-            save_text_reference(as_reference(score_text(loaded.model, windows, keep_top_k=TOP_K)),
-                                paths.text, meta)
+            save_text_reference(as_reference(score_text(reference, windows, keep_top_k=TOP_K)), paths.text, meta)
         if not paths.greedy.is_file():
-            gen = GenerationConfig(max_new_tokens=cfg.generation.max_new_tokens, prompts=cfg.generation.prompts,
-                                   warmup=0, repeats=1)
-            _, outputs = measure.generate_timed(loaded.model, [torch.tensor([p]) for p in prompt_ids], gen,
-                                                cfg.device.name)
+            _, outputs = measure.generate_timed(reference, prompt_ids, fp32.generation, cfg.device.name)
             save_greedy([o.output_ids for o in outputs], paths.greedy, meta)
     finally:
-        del loaded
+        del reference
 
 
 # ---------------------------------------------------------------- one job's quality
@@ -323,23 +315,24 @@ def _finite_or_nan(value: float) -> float:
     return value if math.isfinite(value) else float("nan")
 
 
-def evaluate(cfg: RunConfig, loaded, generations, texts: Sequence[str]) -> QualityResult:
+def evaluate(cfg: RunConfig, runtime: Runtime, checkpoint: Checkpoint, generations,
+             texts: Sequence[str]) -> QualityResult:
     """The quality of the loaded model: perplexity and agreement with the fp32 reference on the
     evaluation text, agreement of its greedy outputs (`generations`, decoded as `texts`) with fp32's,
     and the broken-output check. Builds or stores the reference when missing."""
     start = time.perf_counter()
-    model, tokenizer = loaded.model, loaded.tokenizer
-    window = min(WINDOW, context_length(model.config) or WINDOW)
+    tokenizer = runtime.tokenizer
+    window = min(WINDOW, runtime.context_length or WINDOW)
     windows = eval_windows(tokenizer, eval_text(), window)
     outputs = [g.output_ids for g in generations]
     prompt_ids = [g.prompt_ids for g in generations]
-    paths = reference_paths(cfg, loaded.checkpoint.path, windows, prompt_ids)
+    paths = reference_paths(cfg, checkpoint.path, windows, prompt_ids)
     paths.text.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"checkpoint": loaded.checkpoint.path, "device": cfg.device.name, "windows": len(windows),
+    meta = {"checkpoint": checkpoint.path, "device": cfg.device.name, "windows": len(windows),
             "window": window, "top_k": TOP_K}
 
-    if is_reference_precision(cfg.precision):  # this job is the reference: store it when missing
-        scores = score_text(model, windows, keep_top_k=TOP_K)
+    if runtime.is_fp32_reference:  # this job is the reference: store it when missing
+        scores = score_text(runtime, windows, keep_top_k=TOP_K)
         with FileLock(str(paths.lock)):
             if not paths.text.is_file():
                 save_text_reference(as_reference(scores), paths.text, {**meta, "built_by": "fp32 job"})
@@ -351,11 +344,11 @@ def evaluate(cfg: RunConfig, loaded, generations, texts: Sequence[str]) -> Quali
         if not (paths.text.is_file() and paths.greedy.is_file()):
             with FileLock(str(paths.lock)):
                 if not (paths.text.is_file() and paths.greedy.is_file()):  # not built while we waited
-                    _build_references(cfg, loaded.checkpoint, paths, windows, prompt_ids)
+                    _build_references(cfg, checkpoint, paths, windows, prompt_ids)
                     origin = "built"
         reference = load_text_reference(paths.text)
         fp32_outputs = load_greedy(paths.greedy)
-        scores = score_text(model, windows, reference=reference)
+        scores = score_text(runtime, windows, reference=reference)
         kl, top1 = scores.kl_sum / scores.positions, scores.top1_same / scores.positions
 
     special = set(getattr(tokenizer, "all_special_ids", []))

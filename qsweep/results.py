@@ -3,11 +3,11 @@ metrics, tags and the artifacts that the report and reproduce read back."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import List, Optional
 
 from qsweep import measure, quality
-from qsweep.models import PrecisionReport
+from qsweep.backends import PrecisionCheck
 from qsweep.tracking import (ENVIRONMENT_FILE, GENERATIONS_FILE, GENERATIONS_MARKDOWN, PRECISION_FILE, QUALITY_FILE,
                              RunWriter)
 
@@ -16,7 +16,8 @@ from qsweep.tracking import (ENVIRONMENT_FILE, GENERATIONS_FILE, GENERATIONS_MAR
 class LoadMetrics:
     """Names are the MLflow metric names."""
     load_time_s: float
-    model_footprint_gb: float
+    model_footprint_gb: float  # the size of what the runtime loaded
+    conversion_time_s: Optional[float] = None  # making the backend's files from the checkpoint (once)
 
 
 @dataclass
@@ -24,10 +25,11 @@ class JobResult:
     load: LoadMetrics
     speed: measure.SpeedMetrics
     memory: measure.MemoryMetrics
-    precision: PrecisionReport
+    precision: PrecisionCheck
     texts: List[dict]  # per prompt: prompt, output, prompt_ids, output_ids (+ fp32_output, fp32_output_ids)
     environment: dict
     quality: Optional[quality.QualityResult] = None  # None: not applicable (random weights, no tokenizer)
+    conversion: Optional[str] = None  # made (by this job) or reused; None: the backend loads the checkpoint
 
 
 def texts(prompts: List[str], generations: List[measure.Generation], tokenizer) -> List[dict]:
@@ -46,8 +48,10 @@ def add_fp32_outputs(texts: List[dict], fp32_outputs: List[List[int]], tokenizer
 
 def record(run: RunWriter, result: JobResult) -> None:
     run.log_metrics(result.load, result.speed, result.memory)
-    run.set_tags({"precision_check": describe_precision(result.precision)})
-    run.log_json(asdict(result.precision), PRECISION_FILE)
+    run.set_tags({"precision_check": result.precision.summary})
+    if result.conversion:
+        run.set_tags({"conversion": result.conversion})
+    run.log_json(result.precision.details, PRECISION_FILE)
     run.log_json(result.environment, ENVIRONMENT_FILE)
     run.log_json(result.texts, GENERATIONS_FILE)
     run.log_text("\n\n".join(map(_markdown, result.texts)), GENERATIONS_MARKDOWN)
@@ -65,10 +69,3 @@ def _markdown(text: dict) -> str:
     if "fp32_output" not in text:
         return f"### {text['prompt']}\n{text['output']}"
     return f"### {text['prompt']}\n**this run:**\n{text['output']}\n\n**fp32:**\n{text['fp32_output']}"
-
-
-def describe_precision(report: PrecisionReport) -> str:
-    dtypes = ", ".join(f"{d}:{n}" for d, n in sorted(report.weight_dtypes.items()))
-    return (f"int8 linear={report.linear_8bit}, int4 linear={report.linear_4bit}"
-            f"{' (' + report.quant_type + ')' if report.quant_type else ''}, "
-            f"full linear={report.linear_full}; params by dtype {dtypes}")

@@ -130,7 +130,7 @@ def _random_checkpoint(model: ModelConfig, cache_dir: Path) -> Checkpoint:
         torch.manual_seed(model.seed)
         AutoModelForCausalLM.from_config(config, dtype=torch.float32).save_pretrained(folder)
 
-    _build_once(target, build)
+    build_once(target, build)
     return Checkpoint(str(target), tokenizer_path)
 
 
@@ -140,7 +140,7 @@ def _bundled_checkpoint(name_or_path: str, cache_dir: Path) -> Path:
         raise ModelUnavailable(f"model.name_or_path={name_or_path}: no such bundled model; "
                                f"bundled: {', '.join(BUNDLED_PREFIX + n for n in BUNDLED_MODELS)}")
     target = cache_dir / name
-    _build_once(target, _convert_gemma_gguf)
+    build_once(target, _convert_gemma_gguf)
     return target
 
 
@@ -176,12 +176,14 @@ def _convert_gemma_gguf(folder: Path) -> None:
     steps.close()
 
 
-def _build_once(target: Path, build) -> None:
-    if (target / "config.json").is_file():
+def build_once(target: Path, build, marker: str = "config.json") -> None:
+    """build(staging folder), renamed to `target` when done, under a file lock: parallel jobs never see
+    half a checkpoint, and it is made once. `marker` is the file that says it is complete."""
+    if (target / marker).is_file():
         return
     target.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(target) + ".lock"):
-        if (target / "config.json").is_file():  # another job built it while we waited
+        if (target / marker).is_file():  # another job built it while we waited
             return
         staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
         try:

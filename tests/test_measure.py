@@ -7,12 +7,16 @@ import pytest
 import torch
 
 from conftest import compose_run
-from qsweep import measure, models
+from qsweep import backends, measure, sources
 
 
 @pytest.fixture(scope="module")
-def tiny():
-    return models.load(compose_run("model=tiny-gpt2", "device=cpu"))
+def tiny(tmp_path_factory):
+    """tiny-gpt2 as the transformers backend loads it (a Runtime: what measure.py times)."""
+    cfg = compose_run("model=tiny-gpt2", "device=cpu")
+    checkpoint = sources.resolve(cfg.model, tmp_path_factory.mktemp("cache"))
+    transformers = backends.get("transformers")
+    return transformers.load(cfg, checkpoint, transformers.prepare(cfg, checkpoint))
 
 
 def test_every_generation_has_exactly_max_new_tokens_even_when_eos_wins(tiny):
@@ -21,8 +25,8 @@ def test_every_generation_has_exactly_max_new_tokens_even_when_eos_wins(tiny):
     with torch.no_grad():
         tiny.model.lm_head.weight[eos] += 5.0
     gen = compose_run("model=tiny-gpt2", "device=cpu", "generation.max_new_tokens=12", "generation.repeats=3").generation
-    prompts = measure.encode_prompts(gen.prompts, None, tiny.model.config, seed=0)
-    speed, outputs = measure.generate_timed(tiny.model, prompts, gen, "cpu")
+    prompts = measure.encode_prompts(gen.prompts, None, tiny.vocab_size, seed=0)
+    speed, outputs = measure.generate_timed(tiny, prompts, gen, "cpu")
     with torch.no_grad():
         tiny.model.lm_head.weight[eos] -= 5.0
     assert [len(o.output_ids) for o in outputs] == [12] * len(gen.prompts)
@@ -33,24 +37,25 @@ def test_every_generation_has_exactly_max_new_tokens_even_when_eos_wins(tiny):
 
 def test_greedy_generation_is_deterministic(tiny):
     gen = compose_run("model=tiny-gpt2", "device=cpu", "generation.max_new_tokens=8", "generation.repeats=1").generation
-    prompts = measure.encode_prompts(gen.prompts, None, tiny.model.config, seed=0)
-    _, first = measure.generate_timed(tiny.model, prompts, gen, "cpu")
-    _, second = measure.generate_timed(tiny.model, prompts, gen, "cpu")
+    prompts = measure.encode_prompts(gen.prompts, None, tiny.vocab_size, seed=0)
+    _, first = measure.generate_timed(tiny, prompts, gen, "cpu")
+    _, second = measure.generate_timed(tiny, prompts, gen, "cpu")
     assert [o.output_ids for o in first] == [o.output_ids for o in second]
 
 
 def test_synthetic_prompts_are_deterministic_and_sized_like_text(tiny):
     prompts = ["x" * 40, "a short one"]
-    a = measure.encode_prompts(prompts, None, tiny.model.config, seed=0)
-    b = measure.encode_prompts(prompts, None, tiny.model.config, seed=0)
-    assert [t.shape[1] for t in a] == [10, 2] and all(torch.equal(x, y) for x, y in zip(a, b))
+    a = measure.encode_prompts(prompts, None, tiny.vocab_size, seed=0)
+    b = measure.encode_prompts(prompts, None, tiny.vocab_size, seed=0)
+    assert [len(t) for t in a] == [10, 2] and a == b
 
 
 def test_a_prompt_longer_than_the_context_is_refused(tiny):
-    long_prompt = [torch.zeros(1, 500, dtype=torch.long)]
+    long_prompt = [[0] * 500]
+    assert tiny.context_length == 512
     with pytest.raises(measure.PromptTooLong, match="context of 512 tokens"):
-        measure.check_context(long_prompt, 64, tiny.model.config)
-    measure.check_context(long_prompt, 12, tiny.model.config)  # fits
+        measure.check_context(long_prompt, 64, tiny.context_length)
+    measure.check_context(long_prompt, 12, tiny.context_length)  # fits
 
 
 def test_memory_tracker_sees_a_transient_allocation_exactly_on_linux():
@@ -91,11 +96,11 @@ def test_compile_option_really_compiles_and_keeps_the_output(tiny):
     base = "model=tiny-gpt2 device=cpu generation.max_new_tokens=6 generation.repeats=1".split()
     eager_gen = compose_run(*base).generation
     compiled_gen = compose_run(*base, "generation.compile=true").generation
-    prompts = measure.encode_prompts(eager_gen.prompts[:2], None, tiny.model.config, seed=0)
-    _, eager = measure.generate_timed(tiny.model, prompts, eager_gen, "cpu")
+    prompts = measure.encode_prompts(eager_gen.prompts[:2], None, tiny.vocab_size, seed=0)
+    _, eager = measure.generate_timed(tiny, prompts, eager_gen, "cpu")
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
-    _, compiled = measure.generate_timed(tiny.model, prompts, compiled_gen, "cpu")
+    _, compiled = measure.generate_timed(tiny, prompts, compiled_gen, "cpu")
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0  # the forward went through dynamo
     assert [o.output_ids for o in compiled] == [o.output_ids for o in eager]
 

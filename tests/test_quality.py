@@ -4,7 +4,6 @@ stored reference reused, and random weights carrying no quality metrics."""
 import dataclasses
 import json
 import math
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -58,14 +57,24 @@ def checkpoint(tmp_path_factory, tokenizer):
 # ------------------------------------------------------------------------------------------ unit
 
 class FixedLogits:
-    """A stand-in causal LM whose logits are given: row i predicts token i + 1."""
-    device = torch.device("cpu")
+    """A stand-in runtime whose logits are given: row i predicts token i + 1."""
 
     def __init__(self, logits):
-        self.logits = logits
+        self.fixed = logits
 
-    def __call__(self, input_ids, use_cache):
-        return SimpleNamespace(logits=self.logits[None, :input_ids.shape[1]])
+    def logits(self, ids):
+        return self.fixed[:len(ids)]
+
+
+class ModelRuntime:
+    """An HF model as the quality metrics see every backend: next-token logits of one sequence."""
+
+    def __init__(self, model):
+        self.model = model
+
+    @torch.no_grad()
+    def logits(self, ids):
+        return self.model(input_ids=torch.tensor([ids]), use_cache=False).logits[0]
 
 
 def test_windows_cover_the_text_once_and_fit_the_context(tokenizer, windows):
@@ -88,15 +97,15 @@ def test_a_model_with_uniform_predictions_has_the_vocabulary_size_as_perplexity(
     model = build_model(tokenizer)
     with torch.no_grad():
         model.lm_head.weight.zero_()  # all logits 0: every token has probability 1/V
-    scores = quality.score_text(model, windows)
+    scores = quality.score_text(ModelRuntime(model), windows)
     assert scores.perplexity == pytest.approx(len(tokenizer), rel=1e-5)
     assert scores.positions == sum(len(w) - 1 for w in windows)
 
 
 def test_kl_of_identical_models_is_zero_and_top1_agrees_everywhere(tokenizer, windows):
     model = build_model(tokenizer)
-    reference = quality.as_reference(quality.score_text(model, windows, keep_top_k=quality.TOP_K))
-    scores = quality.score_text(build_model(tokenizer), windows, reference=reference)  # same seed, same weights
+    reference = quality.as_reference(quality.score_text(ModelRuntime(model), windows, keep_top_k=quality.TOP_K))
+    scores = quality.score_text(ModelRuntime(build_model(tokenizer)), windows, reference=reference)  # same seed, same weights
     assert scores.kl_sum / scores.positions == pytest.approx(0.0, abs=1e-7)
     assert scores.top1_same == scores.positions
 
@@ -111,15 +120,15 @@ def test_topk_kl_of_a_different_model_is_positive_and_a_lower_bound_of_the_exact
     with torch.no_grad():
         for p in other.parameters():
             p.add_(0.02 * torch.randn_like(p))  # a "quantization error"
-    reference = quality.as_reference(quality.score_text(fp32, windows, keep_top_k=quality.TOP_K))
-    scores = quality.score_text(other, windows, reference=reference)
+    reference = quality.as_reference(quality.score_text(ModelRuntime(fp32), windows, keep_top_k=quality.TOP_K))
+    scores = quality.score_text(ModelRuntime(other), windows, reference=reference)
     approx = scores.kl_sum / scores.positions
     p, q = full_log_probs(fp32, windows), full_log_probs(other, windows)
     exact = (p.exp() * (p - q)).sum(-1).mean().item()
     assert 0 < approx <= exact + 1e-6
     # with k = the whole vocabulary the approximation is exact
-    whole = quality.as_reference(quality.score_text(fp32, windows, keep_top_k=len(tokenizer)))
-    exact_scores = quality.score_text(other, windows, reference=whole)
+    whole = quality.as_reference(quality.score_text(ModelRuntime(fp32), windows, keep_top_k=len(tokenizer)))
+    exact_scores = quality.score_text(ModelRuntime(other), windows, reference=whole)
     assert exact_scores.kl_sum / exact_scores.positions == pytest.approx(exact, rel=1e-4)
     assert 0 < scores.top1_same < scores.positions
     # the stored sizes stay sane: k entries per position, whatever the vocabulary

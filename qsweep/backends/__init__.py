@@ -1,0 +1,103 @@
+"""Inference runtimes. A backend is one module here, named like its option in conf/backend/ (a dash
+becomes an underscore), with three functions that the job calls in this order:
+
+    check(cfg)                   refuse in one line (BackendUnsupported) what it cannot run, before any work
+    prepare(cfg, checkpoint)     its files for the checkpoint at the precision, converted once into the cache
+    load(cfg, checkpoint, files) a Runtime, loaded (timed) at the precision, the precision checked
+
+Every backend is measured by the same contract (qsweep/measure.py) and scored against the same fp32
+reference (qsweep/quality.py) through the Runtime below, so nothing else names a backend.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Callable, List, Optional
+
+import torch
+
+from qsweep.config import RunConfig
+from qsweep.sources import build_once
+
+CONVERSION_FILE = "qsweep_conversion.json"  # how long making the files took, kept beside them
+
+
+class BackendUnsupported(RuntimeError):
+    """This backend cannot run this configuration here; the message names what would work."""
+
+
+class PrecisionNotApplied(RuntimeError):
+    """The loaded model is not at the requested precision."""
+
+
+@dataclass
+class Files:
+    """What a backend loads: the checkpoint folder itself, or files converted from it once."""
+    path: str
+    conversion_time_s: Optional[float] = None  # None: nothing was converted for this backend
+    converted_now: bool = False  # this job made them (the tag `conversion`: made / reused)
+
+
+@dataclass
+class PrecisionCheck:
+    """What the runtime really holds after loading (the `precision_check` tag and .json artifact)."""
+    summary: str  # one line for the tag
+    details: dict  # the artifact
+
+
+class Runtime:
+    """A loaded model, as the measurement and the quality metrics see it."""
+    tokenizer = None  # the checkpoint's Hugging Face tokenizer (every backend encodes and decodes with it)
+    vocab_size: int = 0
+    context_length: Optional[int] = None
+    load_time_s: float = 0.0
+    footprint_gb: float = 0.0  # the size of what the runtime loaded
+    precision: PrecisionCheck
+    is_fp32_reference = False  # True only where this runtime *is* the reference (transformers fp32)
+
+    def generate(self, prompts: List[List[int]], max_new_tokens: int,
+                 on_first_token: Callable[[], None]) -> List[List[int]]:
+        """Greedy, exactly max_new_tokens new tokens per prompt (EOS cannot stop it), all prompts as one
+        batch; calls on_first_token the moment the first new token exists."""
+        raise NotImplementedError
+
+    def logits(self, ids: List[int]) -> torch.Tensor:
+        """float32 next-token logits at every position of one sequence: [len(ids), vocab]."""
+        raise NotImplementedError
+
+
+def get(name: str) -> ModuleType:
+    try:
+        return importlib.import_module(f"{__name__}.{name.replace('-', '_')}")
+    except ModuleNotFoundError as err:
+        if err.name == f"{__name__}.{name.replace('-', '_')}":
+            raise BackendUnsupported(f"backend={name}: no such backend module") from None
+        raise BackendUnsupported(f"backend={name} needs the Python package {err.name!r}, which is not installed: "
+                                 "pip install -e '.[runtimes]' (or make runtimes)") from None
+
+
+def convert_once(target: Path, convert: Callable[[Path], None]) -> Files:
+    """Make `target` with convert(staging folder) once, atomically and under a lock (sources.build_once),
+    recording how long it took; later calls find it and reuse it."""
+    made = []
+
+    def timed(folder: Path) -> None:
+        start = time.perf_counter()
+        convert(folder)
+        (folder / CONVERSION_FILE).write_text(json.dumps({"conversion_time_s": time.perf_counter() - start}))
+        made.append(True)
+
+    build_once(target, timed, marker=CONVERSION_FILE)
+    seconds = json.loads((target / CONVERSION_FILE).read_text())["conversion_time_s"]
+    return Files(str(target), seconds, converted_now=bool(made))
+
+
+def require_precision(ok: bool, cfg: RunConfig, found: str) -> None:
+    if not ok:
+        raise PrecisionNotApplied(f"asked for {cfg.precision.name} on {cfg.backend.name}, but the loaded model "
+                                  f"holds {found}")
