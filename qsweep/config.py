@@ -28,7 +28,6 @@ DTYPES = ("float32", "float16", "bfloat16")
 QUANTIZATIONS = ("none", "int8", "int4")
 QUANT_TYPES_4BIT = ("nf4", "fp4")
 ISOLATIONS = ("process", "inline")
-BACKENDS = ("transformers", "llama-cpp", "ctranslate2")
 # The sections that describe *what* is measured; their content is the run's identity.
 HASHED_SECTIONS = ("model", "precision", "device", "generation", "backend")
 
@@ -118,7 +117,9 @@ class BackendConfig:
     compute_type: Optional[str] = None  # ctranslate2: a compute type instead of the precision's (int16, ...)
 
     def __post_init__(self) -> None:
-        one_of(self.name, BACKENDS, "backend.name")
+        backends = sorted(p.stem.replace("_", "-") for p in (Path(__file__).parent / "backends").glob("*.py")
+                          if (PROJECT_ROOT / "conf" / "backend" / f"{p.stem.replace('_', '-')}.yaml").is_file())
+        one_of(self.name, tuple(backends), "backend.name")  # a backend is a module and its conf/backend option
         require(self.gguf_type is None or self.name == "llama-cpp",
                 f"backend.gguf_type is for backend=llama-cpp, not {self.name}")
         require(self.compute_type is None or self.name == "ctranslate2",

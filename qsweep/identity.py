@@ -3,7 +3,7 @@ identify its run, and, for a local checkpoint folder, which weights it held."""
 
 from __future__ import annotations
 
-from qsweep import sources
+from qsweep import backends, sources
 from qsweep.config import BackendConfig, RunConfig, config_hash
 from qsweep.environment import resolve_device
 from qsweep.tracking import TAG_HASH, TAG_WEIGHTS
@@ -22,7 +22,8 @@ def run_name(cfg) -> str:
 
 def run_tags(cfg: RunConfig) -> dict:
     return {TAG_HASH: config_hash(cfg), "model": cfg.model.name, "precision": cfg.precision.name,
-            "device": cfg.device.name, "backend": cfg.backend.name, "weights": cfg.model.weights,
+            "device": cfg.device.name, "backend": cfg.backend.name,
+            "runtime": backends.get(cfg.backend.name).label(cfg), "weights": cfg.model.weights,
             "max_new_tokens": cfg.generation.max_new_tokens,
             "setting": f"{cfg.device.name.upper()} {cfg.precision.name.upper()}", **weights_tag(cfg)}
 

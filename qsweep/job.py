@@ -102,9 +102,12 @@ def measure_job(cfg: RunConfig) -> results.JobResult:
         speed, generations = measure.generate_timed(runtime, prompt_ids, cfg.generation, cfg.device.name)
     texts = results.texts(cfg.generation.prompts, generations, runtime.tokenizer)
     judged = None  # quality: after the timed and memory-tracked region, so it cannot change their figures
-    if quality.applicable(cfg, runtime.tokenizer):
-        judged = quality.evaluate(cfg, runtime, checkpoint, generations, [t["output"] for t in texts])
-        results.add_fp32_outputs(texts, judged.fp32_outputs, runtime.tokenizer)
+    try:
+        if quality.applicable(cfg, runtime.tokenizer):
+            judged = quality.evaluate(cfg, runtime, checkpoint, generations, [t["output"] for t in texts])
+            results.add_fp32_outputs(texts, judged.fp32_outputs, runtime.tokenizer)
+    finally:
+        runtime.close()
     return results.JobResult(
         load=results.LoadMetrics(runtime.load_time_s, runtime.footprint_gb, files.conversion_time_s),
         speed=speed, memory=memory.metrics(), precision=runtime.precision, texts=texts,

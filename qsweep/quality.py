@@ -225,14 +225,6 @@ def degenerate_reasons(texts: Sequence[str], output_ids: Sequence[Sequence[int]]
 
 # ---------------------------------------------------------------- the stored fp32 reference
 
-def checkpoint_fingerprint(path: str) -> dict:
-    """What identifies a checkpoint's weights: config.json's content and each weight file's name,
-    size and modification time (a rewritten checkpoint gets a new reference)."""
-    folder = Path(path)
-    return {"config": hashlib.sha256((folder / "config.json").read_bytes()).hexdigest(),
-            "weights": [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in sources.weight_files(folder)]}
-
-
 def _key(*parts) -> str:
     return hashlib.sha256(json.dumps([FORMAT, *parts], sort_keys=True).encode()).hexdigest()[:16]
 
@@ -259,7 +251,7 @@ class ReferencePaths:
 
 def reference_paths(cfg: RunConfig, checkpoint_path: str, windows, prompt_ids: List[List[int]]) -> ReferencePaths:
     folder = Path(cfg.paths.cache_dir).expanduser() / "references"
-    fingerprint = checkpoint_fingerprint(checkpoint_path)
+    fingerprint = sources.fingerprint(checkpoint_path)
     text_key = _key(fingerprint, cfg.device.name, windows, TOP_K)
     greedy_key = _key(fingerprint, cfg.device.name, prompt_ids, cfg.generation.max_new_tokens)
     return ReferencePaths(folder / f"text-{text_key}.safetensors", folder / f"greedy-{greedy_key}.safetensors",
@@ -322,7 +314,7 @@ def evaluate(cfg: RunConfig, runtime: Runtime, checkpoint: Checkpoint, generatio
     and the broken-output check. Builds or stores the reference when missing."""
     start = time.perf_counter()
     tokenizer = runtime.tokenizer
-    window = min(WINDOW, runtime.context_length or WINDOW)
+    window = min(WINDOW, runtime.context_length or WINDOW, runtime.max_scored_length or WINDOW)
     windows = eval_windows(tokenizer, eval_text(), window)
     outputs = [g.output_ids for g in generations]
     prompt_ids = [g.prompt_ids for g in generations]

@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from qsweep import tracking
+from qsweep.config import BackendConfig
 from qsweep.tracking import RunRecord
 
+DEFAULT_BACKEND = BackendConfig().name
 PRECISION_ORDER = ("fp32", "fp16", "bf16", "int8", "int4")
 DEVICE_ORDER = ("cpu", "cuda")
 DASH = "–"  # the seed's mark for "does not apply" (VRAM on the CPU)
@@ -58,8 +60,12 @@ class Row:
     max_new_tokens: int
 
     @property
-    def setting(self) -> str:  # the seed's names: CPU FP32, GPU FP16
-        return f"{'GPU' if self.device == 'cuda' else self.device.upper()} {self.precision.upper()}"
+    def setting(self) -> str:
+        """The seed's names (CPU FP32, GPU FP16), with the runtime and its format on a backend other than
+        the default (CPU INT4 llama.cpp Q4_K_M)."""
+        base = f"{'GPU' if self.device == 'cuda' else self.device.upper()} {self.precision.upper()}"
+        other_backend = self.job.tags.get("backend", DEFAULT_BACKEND) != DEFAULT_BACKEND
+        return f"{base} {self.job.tags.get('runtime', '')}".rstrip() if other_backend else base
 
     @property
     def metrics(self) -> dict:
@@ -70,7 +76,8 @@ class Row:
         return bool(self.metrics.get(DEGENERATE))
 
     def sort_key(self):
-        return (self.max_new_tokens, _index(DEVICE_ORDER, self.device), _index(PRECISION_ORDER, self.precision))
+        return (self.max_new_tokens, _index(DEVICE_ORDER, self.device), self.job.tags.get("backend", ""),
+                _index(PRECISION_ORDER, self.precision))
 
 
 def _index(order: tuple, value: str) -> int:

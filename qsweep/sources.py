@@ -59,6 +59,18 @@ def weight_files(folder: Path) -> List[Path]:
     return sorted(p for pattern in WEIGHT_FILES for p in folder.glob(pattern))
 
 
+def fingerprint(path: str) -> dict:
+    """What identifies a checkpoint's weights, cheaply: config.json's content and each weight file's name,
+    size and modification time (a rewritten checkpoint gets new references and conversions)."""
+    folder = Path(path)
+    return {"config": hashlib.sha256((folder / "config.json").read_bytes()).hexdigest(),
+            "weights": [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in weight_files(folder)]}
+
+
+def fingerprint_key(path: str) -> str:
+    return hashlib.sha256(json.dumps(fingerprint(path), sort_keys=True).encode()).hexdigest()[:16]
+
+
 def weights_sha256(folder: Path) -> str:
     """What a checkpoint folder holds, wherever it is: SHA-256 (16 hex) of config.json and every weight
     file. A folder rewritten in place (a new fine-tune) gets a new one; a copy elsewhere keeps it."""

@@ -1,6 +1,7 @@
 """Inference runtimes. A backend is one module here, named like its option in conf/backend/ (a dash
-becomes an underscore), with three functions that the job calls in this order:
+becomes an underscore), with these functions:
 
+    label(cfg)                   the runtime and its weight format, e.g. "llama.cpp Q4_K_M" (the `runtime` tag)
     check(cfg)                   refuse in one line (BackendUnsupported) what it cannot run, before any work
     prepare(cfg, checkpoint)     its files for the checkpoint at the precision, converted once into the cache
     load(cfg, checkpoint, files) a Runtime, loaded (timed) at the precision, the precision checked
@@ -59,6 +60,7 @@ class Runtime:
     footprint_gb: float = 0.0  # the size of what the runtime loaded
     precision: PrecisionCheck
     is_fp32_reference = False  # True only where this runtime *is* the reference (transformers fp32)
+    max_scored_length: Optional[int] = None  # the longest sequence logits() takes, where less than the context
 
     def generate(self, prompts: List[List[int]], max_new_tokens: int,
                  on_first_token: Callable[[], None]) -> List[List[int]]:
@@ -67,8 +69,11 @@ class Runtime:
         raise NotImplementedError
 
     def logits(self, ids: List[int]) -> torch.Tensor:
-        """float32 next-token logits at every position of one sequence: [len(ids), vocab]."""
+        """Next-token logits at every position of one sequence: [len(ids), vocab] (row i predicts ids[i+1])."""
         raise NotImplementedError
+
+    def close(self) -> None:
+        """Free what the runtime holds outside Python's reach."""
 
 
 def get(name: str) -> ModuleType:

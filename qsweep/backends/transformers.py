@@ -18,6 +18,12 @@ from qsweep.config import RunConfig
 from qsweep.sources import Checkpoint
 
 
+def label(cfg: RunConfig) -> str:
+    """The runtime and its weight format, for the run's `runtime` tag and the report."""
+    quantized = {"int8": "bitsandbytes LLM.int8", "int4": f"bitsandbytes {cfg.precision.quant_type}"}
+    return f"transformers {quantized.get(cfg.precision.quantization, cfg.precision.dtype)}"
+
+
 def check(cfg: RunConfig) -> None:
     """Everything transformers cannot run is refused by the schema (compile with bitsandbytes) or fails at
     load with its own one-line error (models.explain_*)."""

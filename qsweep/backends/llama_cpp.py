@@ -1,0 +1,194 @@
+"""llama.cpp (llama-cpp-python) on GGUF files made once from the checkpoint (gguf_files.py).
+
+Precisions map to GGUF types: fp32/fp16/bf16/int8/int4 = F32/F16/BF16/Q8_0/Q4_K_M, or
+backend.gguf_type. Generation is llama.cpp's own decode loop driven token by token (greedy argmax, so
+EOS means nothing to it and every sequence gets exactly max_new_tokens); several sequences decode
+together in one batch, each with its own sequence id in the KV cache. Built here without CUDA.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable, List
+
+import numpy as np
+import torch
+
+from qsweep.backends import BackendUnsupported, Files, PrecisionCheck, Runtime, convert_once, require_precision
+from qsweep.backends import gguf_files
+from qsweep.config import RunConfig
+from qsweep.sources import Checkpoint, fingerprint_key
+
+PRECISION_TYPES = {"fp32": "F32", "fp16": "F16", "bf16": "BF16", "int8": "Q8_0", "int4": "Q4_K_M"}
+N_BATCH = 256  # tokens per llama_decode call; its compute buffer holds n_batch x vocabulary logits
+MAX_CONTEXT = 2048  # the KV cache: enough for the evaluation windows (1024) and long prompts
+
+
+def gguf_type(cfg: RunConfig) -> str:
+    return cfg.backend.gguf_type or PRECISION_TYPES.get(cfg.precision.name, "")
+
+
+def label(cfg: RunConfig) -> str:
+    return f"llama.cpp {gguf_type(cfg)}"
+
+
+def check(cfg: RunConfig) -> None:
+    if cfg.device.name != "cpu":
+        raise BackendUnsupported("backend=llama-cpp runs on the CPU here (llama-cpp-python is built without CUDA): "
+                                 "use device=cpu, or backend=transformers or ctranslate2 on cuda")
+    if gguf_type(cfg) not in gguf_files.FTYPES:
+        raise BackendUnsupported(f"backend=llama-cpp has no GGUF type for precision={cfg.precision.name} "
+                                 f"(backend.gguf_type={cfg.backend.gguf_type}): use one of "
+                                 f"{', '.join(gguf_files.FTYPES)}")
+
+
+def prepare(cfg: RunConfig, checkpoint: Checkpoint) -> Files:
+    """<cache>/gguf/<checkpoint key>/<type>/model.gguf: the F32 file converted once, the others
+    quantized from it by llama.cpp."""
+    if not checkpoint.has_tokenizer:
+        raise BackendUnsupported("backend=llama-cpp needs a checkpoint with its tokenizer (a GGUF carries its "
+                                 "vocabulary): use backend=transformers or ctranslate2 for random weights")
+    cache = Path(cfg.paths.cache_dir).expanduser()
+    folder = cache / "gguf" / fingerprint_key(checkpoint.path)
+    threads = cfg.device.num_threads or torch.get_num_threads()
+
+    def write(kind: str) -> Files:
+        def make(staging: Path) -> None:
+            if kind in gguf_files.WRITTEN_HERE:
+                gguf_files.convert(Path(checkpoint.path), staging / "model.gguf", kind, gguf_files.template(cache))
+            else:
+                gguf_files.quantize(Path(write("F32").path) / "model.gguf", staging / "model.gguf", kind, threads)
+        return convert_once(folder / kind, make)
+
+    try:
+        return write(gguf_type(cfg))
+    except gguf_files.Unconvertible as err:
+        raise BackendUnsupported(str(err)) from None
+
+
+def load(cfg: RunConfig, checkpoint: Checkpoint, files: Files) -> "LlamaRuntime":
+    return LlamaRuntime(cfg, checkpoint, Path(files.path) / "model.gguf")
+
+
+class LlamaRuntime(Runtime):
+    def __init__(self, cfg: RunConfig, checkpoint: Checkpoint, path: Path):
+        import llama_cpp
+        from transformers import AutoConfig, AutoTokenizer
+
+        from qsweep.models import context_length
+
+        self.llama_cpp = llama_cpp
+        self.threads = cfg.device.num_threads or torch.get_num_threads()
+        text_config = AutoConfig.from_pretrained(checkpoint.path).get_text_config()
+        self.context_length = min(context_length(text_config) or MAX_CONTEXT, MAX_CONTEXT)
+        start = time.perf_counter()
+        self.llm = llama_cpp.Llama(model_path=str(path), n_ctx=self.context_length, n_batch=N_BATCH,
+                                   n_ubatch=N_BATCH, n_threads=self.threads, n_threads_batch=self.threads,
+                                   n_gpu_layers=0, seed=0, verbose=False)
+        self.load_time_s = time.perf_counter() - start
+        self.tokenizer = AutoTokenizer.from_pretrained(checkpoint.tokenizer_path)
+        self.vocab_size = self.llm.n_vocab()
+        self.footprint_gb = path.stat().st_size / 1024**3
+        found = gguf_files.inspect(path)
+        expected = gguf_type(cfg)
+        require_precision(found["file_type"] == expected, cfg, f"a GGUF of type {found['file_type']}")
+        self.precision = PrecisionCheck(
+            f"GGUF {found['file_type']}: tensors " + ", ".join(f"{t}:{n}" for t, n in found["tensor_types"].items()),
+            {**found, "n_ctx": self.context_length, "n_batch": N_BATCH, "threads": self.threads})
+
+    @property
+    def ctx(self):
+        return self.llm._ctx.ctx
+
+    def _decode(self, ctx, batch) -> None:
+        if self.llama_cpp.llama_decode(ctx, batch) != 0:
+            raise RuntimeError("llama_decode failed (out of KV cache or memory?)")
+
+    def _argmax(self, ctx, index: int) -> int:
+        row = self.llama_cpp.llama_get_logits_ith(ctx, index)
+        return int(np.ctypeslib.as_array(row, shape=(self.vocab_size,)).argmax())
+
+    def _clear(self) -> None:
+        self.llama_cpp.llama_memory_clear(self.llama_cpp.llama_get_memory(self.ctx), True)
+        self.llm.reset()
+
+    def generate(self, prompts: List[List[int]], max_new_tokens: int,
+                 on_first_token: Callable[[], None]) -> List[List[int]]:
+        if len(prompts) > 1:
+            return self._generate_batch(prompts, max_new_tokens, on_first_token)
+        lib, ctx = self.llama_cpp, self.ctx
+        self._clear()
+        prompt = prompts[0]
+        for i in range(0, len(prompt), N_BATCH):  # positions follow the KV cache; logits of the last token only
+            chunk = (lib.llama_token * len(prompt[i:i + N_BATCH]))(*prompt[i:i + N_BATCH])  # kept alive: the
+            self._decode(ctx, lib.llama_batch_get_one(chunk, len(chunk)))                  # batch points to it
+        token = self._argmax(ctx, -1)
+        on_first_token()
+        out, one = [token], (lib.llama_token * 1)()
+        while len(out) < max_new_tokens:
+            one[0] = token
+            self._decode(ctx, lib.llama_batch_get_one(one, 1))
+            token = self._argmax(ctx, -1)
+            out.append(token)
+        return [out]
+
+    def _generate_batch(self, prompts: List[List[int]], max_new_tokens: int,
+                        on_first_token: Callable[[], None]) -> List[List[int]]:
+        """B sequences in one batch per step (seq_id b each), in a context with n_seq_max = B (which
+        llama_cpp.Llama does not expose, so it is made here on the same model)."""
+        lib, size = self.llama_cpp, len(prompts)
+        params = lib.llama_context_params.from_buffer_copy(self.llm.context_params)
+        per_sequence = 256 * -(-(max(map(len, prompts)) + max_new_tokens) // 256)
+        params.n_seq_max, params.n_ctx = size, size * per_sequence
+        params.n_batch = params.n_ubatch = max(N_BATCH, sum(map(len, prompts)))
+        ctx = lib.llama_init_from_model(self.llm.model, params)
+        if not ctx:
+            raise MemoryError(f"llama.cpp could not make a context for {size} sequences of {per_sequence} tokens")
+        batch = lib.llama_batch_init(params.n_batch, 0, 1)
+
+        def fill(items):  # (token, position, sequence, wants logits)
+            batch.n_tokens = len(items)
+            for j, (token, position, sequence, logits) in enumerate(items):
+                batch.token[j], batch.pos[j], batch.n_seq_id[j], batch.logits[j] = token, position, 1, logits
+                batch.seq_id[j][0] = sequence
+
+        try:
+            items, last = [], []
+            for s, prompt in enumerate(prompts):
+                items += [(t, k, s, k == len(prompt) - 1) for k, t in enumerate(prompt)]
+                last.append(len(items) - 1)
+            fill(items)
+            self._decode(ctx, batch)
+            tokens = [self._argmax(ctx, i) for i in last]
+            on_first_token()
+            out = [[t] for t in tokens]
+            for step in range(1, max_new_tokens):
+                fill([(tokens[s], len(prompts[s]) + step - 1, s, True) for s in range(size)])
+                self._decode(ctx, batch)
+                tokens = [self._argmax(ctx, s) for s in range(size)]
+                for s in range(size):
+                    out[s].append(tokens[s])
+            return out
+        finally:
+            lib.llama_batch_free(batch)
+            lib.llama_free(ctx)
+
+    def logits(self, ids: List[int]) -> torch.Tensor:
+        lib, ctx = self.llama_cpp, self.ctx
+        self._clear()
+        out = np.empty((len(ids), self.vocab_size), dtype=np.float32)
+        batch = lib.llama_batch_init(N_BATCH, 0, 1)
+        try:
+            for i in range(0, len(ids), N_BATCH):
+                chunk = ids[i:i + N_BATCH]
+                batch.n_tokens = len(chunk)
+                for j, token in enumerate(chunk):
+                    batch.token[j], batch.pos[j], batch.n_seq_id[j], batch.logits[j] = token, i + j, 1, True
+                    batch.seq_id[j][0] = 0
+                self._decode(ctx, batch)
+                out[i:i + len(chunk)] = np.ctypeslib.as_array(lib.llama_get_logits(ctx),
+                                                              shape=(len(chunk), self.vocab_size))
+        finally:
+            lib.llama_batch_free(batch)
+        return torch.from_numpy(out)
