@@ -2,22 +2,36 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# llama-cpp-python compiles llama.cpp: not for this CPU (-march=native), whose AMX path crashed on one of
+# these machines and which changes between sessions, but for any x86-64 with AVX2.
+ifeq ($(shell uname -m),x86_64)
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DLLAVA_BUILD=OFF
+endif
 
-.PHONY: run test ui train-merge
+.PHONY: run test ui train-merge runtimes
 
+# the core: transformers, bitsandbytes, MLflow, Hydra (make run needs nothing more)
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e .
+	touch $@
+
+# + llama.cpp and CTranslate2 (backend=llama-cpp, backend=ctranslate2; llama.cpp builds in ~4 min on 2 cores)
+# and the test tools
+$(VENV)/.installed-all: $(VENV)/.installed
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PY) -m pip install -q -e '.[test]'
 	touch $@
 
 run: $(VENV)/.installed
 	$(PY) run.py
 
+runtimes: $(VENV)/.installed-all
+
 train-merge: $(VENV)/.installed
 	$(PY) -m train_merge
 
-test: $(VENV)/.installed
+test: $(VENV)/.installed-all
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
 ui: $(VENV)/.installed

@@ -30,9 +30,12 @@ def run_job(cfg: RunConfig, tags: Optional[dict] = None) -> tracking.RunRecord:
             environment.require_device(cfg.device.name)
             backends.get(cfg.backend.name).check(cfg)  # what this backend cannot run: one line, before any work
             isolated, timeout = cfg.runner.isolation == "process", cfg.runner.timeout_s
-            if isolated:  # a first conversion leaves gigabytes of RSS behind: not in the measured process
-                worker.call(prepare_files, cfg, True, timeout)
-            results.record(run, worker.call(measure_job, cfg, isolated, timeout))
+            # a first conversion leaves gigabytes of RSS behind: not in the measured process
+            prepared = worker.call(prepare_files, cfg, True, timeout) if isolated else None
+            result = worker.call(measure_job, cfg, isolated, timeout)
+            if prepared is not None and prepared.converted_now:  # the measuring worker found them made
+                result = dataclasses.replace(result, conversion="made")
+            results.record(run, result)
     except Exception as err:
         if run_id is None:  # the store refused the run: nothing was recorded, so say it loudly
             raise
@@ -79,10 +82,10 @@ def completed_job(cfg: RunConfig) -> Optional[tracking.RunRecord]:
     return dataclasses.replace(done[0], status="SKIPPED")
 
 
-def prepare_files(cfg: RunConfig) -> None:
+def prepare_files(cfg: RunConfig) -> backends.Files:
     """Convert, download or create the weights, and the backend's files, if that was never done."""
     backend = backends.get(cfg.backend.name)
-    backend.prepare(cfg, sources.resolve(cfg.model, Path(cfg.paths.cache_dir).expanduser()))
+    return backend.prepare(cfg, sources.resolve(cfg.model, Path(cfg.paths.cache_dir).expanduser()))
 
 
 def measure_job(cfg: RunConfig) -> results.JobResult:

@@ -62,7 +62,7 @@ class Row:
     @property
     def setting(self) -> str:
         """The seed's names (CPU FP32, GPU FP16), with the runtime and its format on a backend other than
-        the default (CPU INT4 llama.cpp Q4_K_M)."""
+        the default, from its `runtime` tag."""
         base = f"{'GPU' if self.device == 'cuda' else self.device.upper()} {self.precision.upper()}"
         other_backend = self.job.tags.get("backend", DEFAULT_BACKEND) != DEFAULT_BACKEND
         return f"{base} {self.job.tags.get('runtime', '')}".rstrip() if other_backend else base
