@@ -1,0 +1,167 @@
+"""Sanity checks on what the GPU kit recorded: one PASS/FAIL line each, exit 1 when any fails.
+
+    python benchmarks/gpu/checks.py --tracking-uri sqlite:////tmp/gpu-store/mlflow.db
+
+- every finished job: TTFT < latency;
+- every finished CUDA job: peak_vram_gb (torch's allocations) <= gpu_mem_used_gb (NVML, the whole device);
+- per model on CUDA: weight footprint int4 < int8 < fp16 (model_footprint_gb);
+- every finished CUDA job's environment.json records gpu_name, driver and cuda;
+- no run (job, sweep, fine-tune) left RUNNING;
+- and, to read, which jobs failed and why, and whether fp16 came out degenerate on CUDA.
+
+The check functions take RunRecords (tests/test_gpu_kit.py feeds them hand-made ones); main() reads the store.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+FOOTPRINT_ORDER = ("int4", "int8", "fp16")  # smallest first
+ENV_KEYS = ("gpu_name", "driver", "cuda")
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+    def line(self) -> str:
+        return f"{'PASS' if self.ok else 'FAIL'} {self.name}: {self.detail}"
+
+
+def _finished(runs):
+    return [r for r in runs if r.status == "FINISHED"]
+
+
+def _cuda(runs):
+    return [r for r in runs if r.tags.get("device") == "cuda"]
+
+
+def _names(runs, limit: int = 6) -> str:
+    names = [r.name for r in runs]
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def ttft_below_latency(jobs) -> Check:
+    timed = [r for r in _finished(jobs) if "ttft_s" in r.metrics and "latency_s" in r.metrics]
+    bad = [r for r in timed if not r.metrics["ttft_s"] < r.metrics["latency_s"]]
+    if not timed:
+        return Check("TTFT < latency", False, "no finished job has both ttft_s and latency_s")
+    return Check("TTFT < latency", not bad, f"{len(timed) - len(bad)}/{len(timed)} finished jobs"
+                 + (f"; not in {_names(bad)}" if bad else ""))
+
+
+def vram_within_device_memory(jobs) -> Check:
+    cuda = _cuda(_finished(jobs))
+    missing = [r for r in cuda if "peak_vram_gb" not in r.metrics or "gpu_mem_used_gb" not in r.metrics]
+    bad = [r for r in cuda if r not in missing and r.metrics["peak_vram_gb"] > r.metrics["gpu_mem_used_gb"]]
+    if not cuda:
+        return Check("peak_vram_gb <= gpu_mem_used_gb", False, "no finished CUDA job")
+    detail = f"{len(cuda) - len(bad) - len(missing)}/{len(cuda)} finished CUDA jobs"
+    detail += f"; exceeded in {_names(bad)}" if bad else ""
+    detail += f"; missing a metric in {_names(missing)}" if missing else ""
+    return Check("peak_vram_gb <= gpu_mem_used_gb", not bad and not missing, detail)
+
+
+def footprint_order(jobs) -> Check:
+    """int4 < int8 < fp16 weight bytes, per model on CUDA (the precisions it has of these three)."""
+    sizes: Dict[str, Dict[str, List[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in _cuda(_finished(jobs)):
+        if r.tags.get("precision") in FOOTPRINT_ORDER and "model_footprint_gb" in r.metrics:
+            sizes[r.tags.get("model", r.name)][r.tags["precision"]].append(r.metrics["model_footprint_gb"])
+    compared, bad = [], []
+    for model, by_precision in sorted(sizes.items()):
+        present = [(p, statistics.median(by_precision[p])) for p in FOOTPRINT_ORDER if p in by_precision]
+        if len(present) < 2:
+            continue
+        text = " < ".join(f"{p} {gb:.3f}" for p, gb in present)
+        ordered = all(a[1] < b[1] for a, b in zip(present, present[1:]))
+        (compared if ordered else bad).append(f"{model} ({text} GB)")
+    if not compared and not bad:
+        return Check("footprint int4 < int8 < fp16", False, "no model has two of int4, int8, fp16 finished on CUDA")
+    return Check("footprint int4 < int8 < fp16", not bad,
+                 "; ".join(compared + [f"NOT ORDERED: {b}" for b in bad]))
+
+
+def environment_recorded(jobs, environment: Callable[[str], Optional[dict]]) -> Check:
+    cuda = _cuda(_finished(jobs))
+    bad = []
+    for r in cuda:
+        env = environment(r.run_id) or {}
+        missing = [key for key in ENV_KEYS if not env.get(key)]
+        if missing:
+            bad.append(f"{r.name} (no {', '.join(missing)})")
+    if not cuda:
+        return Check("environment.json: gpu_name, driver, cuda", False, "no finished CUDA job")
+    seen = environment(cuda[0].run_id) or {}
+    return Check("environment.json: gpu_name, driver, cuda", not bad,
+                 f"{len(cuda) - len(bad)}/{len(cuda)} finished CUDA jobs"
+                 + (f" (e.g. {seen.get('gpu_name')}, driver {seen.get('driver')}, CUDA {seen.get('cuda')})"
+                    if not bad else f"; missing in {', '.join(bad[:6])}"))
+
+
+def none_running(runs) -> Check:
+    running = [r for r in runs if r.status == "RUNNING"]
+    return Check("no run left RUNNING", not running,
+                 f"{len(runs)} runs" + (f"; RUNNING: {_names(running)}" if running else ""))
+
+
+def jobs_finished(jobs) -> Check:
+    failed = [r for r in jobs if r.status != "FINISHED"]
+    detail = f"{len(jobs) - len(failed)}/{len(jobs)} jobs FINISHED"
+    if failed:
+        detail += "; " + "; ".join(f"{r.name} {r.status}: {r.tags.get('error', '?')}" for r in failed[:8])
+    return Check("every job finished", bool(jobs) and not failed, detail)
+
+
+def fp16_note(jobs) -> str:
+    """Informational: which fp16 CUDA runs with quality came out degenerate (gemma's fp16 overflow on CPU)."""
+    rows = [r for r in _cuda(_finished(jobs)) if r.tags.get("precision") == "fp16" and "degenerate_output" in r.metrics]
+    if not rows:
+        return "INFO fp16 on CUDA: no fp16 CUDA run with quality metrics"
+    return "INFO fp16 on CUDA: " + "; ".join(
+        f"{r.name} degenerate={int(r.metrics['degenerate_output'])} ({r.tags.get('degenerate_reason', '?')})"
+        for r in rows)
+
+
+def run_checks(jobs, all_runs, environment) -> List[Check]:
+    return [ttft_below_latency(jobs), vram_within_device_memory(jobs), footprint_order(jobs),
+            environment_recorded(jobs, environment), none_running(all_runs), jobs_finished(jobs)]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tracking-uri", required=True)
+    args = parser.parse_args(argv)
+    from qsweep import tracking
+    from qsweep.config import TrackingConfig
+
+    try:
+        store = tracking.open_store(TrackingConfig(uri=args.tracking_uri), create=False)
+    except tracking.StoreUnavailable as err:
+        print(f"FAIL store: {err}")
+        return 1
+    jobs = tracking.find_jobs(store)
+    # every run of every experiment (jobs, sweeps, fine-tunes), for the RUNNING check
+    everything = tracking.open_for_reading(args.tracking_uri)
+    experiments = [e.experiment_id for e in everything.client.search_experiments()]
+    all_runs = [tracking.RunRecord(r.info.run_id, r.info.run_name, r.info.status, {}, dict(r.data.tags))
+                for r in everything.client.search_runs(experiments, max_results=50000)]
+    checks = run_checks(jobs, all_runs, lambda run_id: tracking.read_json(store, run_id, tracking.ENVIRONMENT_FILE))
+    print(fp16_note(jobs))
+    for check in checks:
+        print(check.line())
+    return 0 if all(c.ok for c in checks) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
