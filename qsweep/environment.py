@@ -15,7 +15,10 @@ import torch
 
 from qsweep.config import PROJECT_ROOT, RunConfig
 
-PACKAGES = ("torch", "transformers", "accelerate", "bitsandbytes", "hydra-core", "mlflow", "gguf", "qsweep")
+PACKAGES = ("torch", "transformers", "accelerate", "bitsandbytes", "hydra-core", "mlflow", "gguf", "llama-cpp-python",
+            "ctranslate2", "qsweep")
+# where a package may be installed under another distribution name (the GPU kit carries MLflow's client half)
+ALSO_KNOWN_AS = {"mlflow": "mlflow-skinny"}
 
 
 class DeviceUnavailable(RuntimeError):
@@ -89,7 +92,7 @@ def collect() -> dict:
         "cpu": _cpu_model(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
-        "packages": {name: _version(name) for name in PACKAGES},
+        "packages": {name: _version(name) or _version(ALSO_KNOWN_AS.get(name, name)) for name in PACKAGES},
         **_gpu(),
         "git_commit": _git("rev-parse", "HEAD"),
         "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),

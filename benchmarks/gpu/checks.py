@@ -152,10 +152,7 @@ def main(argv=None) -> int:
         return 1
     jobs = tracking.find_jobs(store)
     # every run of every experiment (jobs, sweeps, fine-tunes), for the RUNNING check
-    everything = tracking.open_for_reading(args.tracking_uri)
-    experiments = [e.experiment_id for e in everything.client.search_experiments()]
-    all_runs = [tracking.RunRecord(r.info.run_id, r.info.run_name, r.info.status, {}, dict(r.data.tags))
-                for r in everything.client.search_runs(experiments, max_results=50000)]
+    all_runs = tracking.find_runs(tracking.open_for_reading(args.tracking_uri))
     checks = run_checks(jobs, all_runs, lambda run_id: tracking.read_json(store, run_id, tracking.ENVIRONMENT_FILE))
     print(fp16_note(jobs))
     for check in checks:

@@ -139,6 +139,7 @@ def is_multirun(overrides: List[str]) -> bool:
 
 def check_step(step: Step) -> List[str]:
     """Compose and validate every job of one step; one line per job. Raises AssertionError or ConfigError."""
+    from qsweep import identity
     from qsweep.config import register_schemas, validate
 
     register_schemas()
@@ -158,8 +159,8 @@ def check_step(step: Step) -> List[str]:
         assert cfg.device.name in ("cpu", "cuda"), f"{job}: device={cfg.device.name}: the kit names every device"
         if cfg.model.weights == "random":
             assert cfg.model.architecture, f"{job}: random weights without an architecture need the hub"
-        lines.append(f"{cfg.model.name}-{cfg.precision.name}-{cfg.device.name}-{cfg.generation.max_new_tokens}"
-                     f"{' compile' if cfg.generation.compile else ''}: {cfg.generation.warmup} warm-up + "
+        lines.append(f"{identity.run_name(cfg)}{' compile' if cfg.generation.compile else ''}: "
+                     f"{cfg.generation.warmup} warm-up + "
                      f"{len(cfg.generation.prompts)} prompts x {cfg.generation.repeats}, "
                      f"timeout {cfg.runner.timeout_s:g} s")
     return lines

@@ -9,7 +9,7 @@
 
 from qsweep.tracking.names import *  # noqa: F401,F403
 from qsweep.tracking.owners import close_orphans, host_id  # noqa: F401
-from qsweep.tracking.records import (RunRecord, experiment_name, find_by_hash, find_jobs, get_run,  # noqa: F401
+from qsweep.tracking.records import (RunRecord, experiment_name, find_by_hash, find_jobs, find_runs, get_run,  # noqa: F401,E501
                                      latest_sweep, read_artifact, read_json, skipped_jobs, sweep_jobs)
 from qsweep.tracking.runs import (RunWriter, delete_run, end_sweep, job_run, one_line, record_skip,  # noqa: F401
                                   start_sweep, summarize_skips, train_run)

@@ -88,13 +88,22 @@ def find_jobs(store: Store, filter_string: str = "") -> List[RunRecord]:
     return _search(store, f"tags.`{TAG_KIND}` = '{KIND_JOB}'" + (f" and {filter_string}" if filter_string else ""))
 
 
+def _experiments(store: Store) -> List[str]:
+    """The store's experiment, or every active experiment when it has none (a store opened for reading)."""
+    return ([store.experiment_id] if store.experiment_id else
+            [e.experiment_id for e in store.client.search_experiments(max_results=MAX_RESULTS)])
+
+
 def find_by_hash(store: Store, prefix: str, finished_only: bool = False) -> List[RunRecord]:
     """Job runs whose config_hash starts with `prefix` (hex only; a whole hash matches itself), newest
     first: in the store's experiment, or in every active experiment when it has none."""
-    experiments = ([store.experiment_id] if store.experiment_id else
-                   [e.experiment_id for e in store.client.search_experiments(max_results=MAX_RESULTS)])
     query = f"tags.{TAG_HASH} LIKE '{prefix}%'" + (" AND attributes.status = 'FINISHED'" if finished_only else "")
-    return _search(store, query, newest_first=True, experiments=experiments)
+    return _search(store, query, newest_first=True, experiments=_experiments(store))
+
+
+def find_runs(store: Store, filter_string: str = "") -> List[RunRecord]:
+    """Runs of every kind (jobs, sweeps, fine-tunes) matching an MLflow filter, oldest first."""
+    return _search(store, filter_string, experiments=_experiments(store))
 
 
 def experiment_name(store: Store, experiment_id: str) -> str:
