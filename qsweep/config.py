@@ -94,7 +94,8 @@ class DeviceConfig:
 class GenerationConfig:
     max_new_tokens: int = 128
     prompts: List[str] = field(default_factory=list)
-    batch_size: int = 1
+    batch_size: int = 1  # sequences generated together (the prompts cycled to fill the batch)
+    prompt_tokens: Optional[int] = None  # None: the text prompts; N: prompts of exactly N tokens of the eval text
     warmup: int = 1  # untimed generations before measuring
     repeats: int = 2  # timed generations per prompt
     compile: bool = False  # static KV cache + torch.compile: the fastest path for unquantized models
@@ -104,7 +105,9 @@ class GenerationConfig:
                  f"generation.max_new_tokens={self.max_new_tokens} must be at least 1")
         require(self.repeats > 0, f"generation.repeats={self.repeats} must be at least 1")
         require(self.warmup >= 0, f"generation.warmup={self.warmup} must be 0 or more")
-        require(self.batch_size == 1, "generation.batch_size: only batch size 1 is supported for now")
+        require(self.batch_size >= 1, f"generation.batch_size={self.batch_size} must be at least 1")
+        require(self.prompt_tokens is None or self.prompt_tokens >= 2,
+                f"generation.prompt_tokens={self.prompt_tokens} must be at least 2 (or null for the text prompts)")
         require(len(self.prompts) > 0 and all(p.strip() for p in self.prompts),
                  "generation.prompts is empty or has an empty prompt: give at least one non-empty prompt")
 
@@ -117,9 +120,9 @@ class BackendConfig:
     compute_type: Optional[str] = None  # ctranslate2: a compute type instead of the precision's (int16, ...)
 
     def __post_init__(self) -> None:
-        backends = sorted(p.stem.replace("_", "-") for p in (Path(__file__).parent / "backends").glob("*.py")
-                          if (PROJECT_ROOT / "conf" / "backend" / f"{p.stem.replace('_', '-')}.yaml").is_file())
-        one_of(self.name, tuple(backends), "backend.name")  # a backend is a module and its conf/backend option
+        # every public module of qsweep/backends/ is a backend (helpers start with _)
+        backends = sorted(p.stem.replace("_", "-") for p in (Path(__file__).parent / "backends").glob("[!_]*.py"))
+        one_of(self.name, tuple(backends), "backend.name")
         require(self.gguf_type is None or self.name == "llama-cpp",
                 f"backend.gguf_type is for backend=llama-cpp, not {self.name}")
         require(self.compute_type is None or self.name == "ctranslate2",
@@ -201,7 +204,7 @@ def portable(path: str) -> str:
 
 # Fields added after the first stores were written: hashed only where they differ from their default, so
 # every config that existed before keeps its config_hash (tests/test_hash_pins.py).
-LATER_FIELDS = {"backend": BackendConfig()}
+LATER_FIELDS = {"backend": asdict(BackendConfig()), "generation": {"prompt_tokens": None}}
 
 
 def hashed_fields(cfg: RunConfig) -> dict:
@@ -209,7 +212,7 @@ def hashed_fields(cfg: RunConfig) -> dict:
     fields["model"].pop("missing_hint")  # advice in an error message, not what is measured
     fields["model"]["name_or_path"] = portable(cfg.model.name_or_path)
     for section, default in LATER_FIELDS.items():
-        for key, value in asdict(default).items():
+        for key, value in default.items():
             if fields[section][key] == value:
                 del fields[section][key]
         if not fields[section]:

@@ -85,6 +85,10 @@ def _gpu() -> dict:
     return info
 
 
+def package_versions() -> dict:
+    return {name: _version(name) or _version(ALSO_KNOWN_AS.get(name, name)) for name in PACKAGES}
+
+
 def collect() -> dict:
     return {
         "python": sys.version.split()[0],
@@ -92,7 +96,7 @@ def collect() -> dict:
         "cpu": _cpu_model(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
-        "packages": {name: _version(name) or _version(ALSO_KNOWN_AS.get(name, name)) for name in PACKAGES},
+        "packages": package_versions(),
         **_gpu(),
         "git_commit": _git("rev-parse", "HEAD"),
         "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),

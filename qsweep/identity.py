@@ -12,19 +12,23 @@ DEFAULT_BACKEND = BackendConfig().name
 
 
 def run_name(cfg) -> str:
-    """gemma-3-270m-int4-cpu-128, and gemma-3-270m-int4-cpu-128-llama-cpp on a backend other than the
-    default. Takes a RunConfig or a composed DictConfig (the sweep's progress line, a config that failed
-    validation): device=auto is named by what it means on this machine."""
-    backend = cfg.backend.name
-    return (f"{cfg.model.name}-{cfg.precision.name}-{resolve_device(cfg.device.name)}-"
-            f"{cfg.generation.max_new_tokens}" + ("" if backend == DEFAULT_BACKEND else f"-{backend}"))
+    """gemma-3-270m-int4-cpu-128; then, where they differ from the defaults, the batch size, the prompt
+    length and the backend: gemma-3-270m-int4-cpu-64-b16-p512-llama-cpp. Takes a RunConfig or a composed
+    DictConfig (the sweep's progress line, a config that failed validation): device=auto is named by
+    what it means on this machine."""
+    gen, backend = cfg.generation, cfg.backend.name
+    return (f"{cfg.model.name}-{cfg.precision.name}-{resolve_device(cfg.device.name)}-{gen.max_new_tokens}"
+            + (f"-b{gen.batch_size}" if gen.batch_size != 1 else "")
+            + (f"-p{gen.prompt_tokens}" if gen.prompt_tokens is not None else "")
+            + ("" if backend == DEFAULT_BACKEND else f"-{backend}"))
 
 
 def run_tags(cfg: RunConfig) -> dict:
     return {TAG_HASH: config_hash(cfg), "model": cfg.model.name, "precision": cfg.precision.name,
             "device": cfg.device.name, "backend": cfg.backend.name,
             "runtime": backends.get(cfg.backend.name).label(cfg), "weights": cfg.model.weights,
-            "max_new_tokens": cfg.generation.max_new_tokens,
+            "max_new_tokens": cfg.generation.max_new_tokens, "batch_size": cfg.generation.batch_size,
+            "prompt_tokens": cfg.generation.prompt_tokens or "text",
             "setting": f"{cfg.device.name.upper()} {cfg.precision.name.upper()}", **weights_tag(cfg)}
 
 

@@ -15,7 +15,8 @@ from typing import Optional
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from qsweep import backends, console, environment, identity, measure, quality, results, sources, tracking, worker
+from qsweep import (backends, console, environment, identity, measure, prompts, quality, results, sources,
+                    tracking, worker)
 from qsweep.config import ConfigError, RunConfig, TrackingConfig, config_hash, flatten, to_yaml
 
 
@@ -99,11 +100,11 @@ def measure_job(cfg: RunConfig) -> results.JobResult:
     memory = measure.MemoryTracker(cfg.device.name)
     with memory.track():
         runtime = backend.load(cfg, checkpoint, files)
-        prompt_ids = measure.encode_prompts(cfg.generation.prompts, runtime.tokenizer, runtime.vocab_size,
-                                            cfg.model.seed)
+        prompt_ids, prompt_texts = prompts.encode(cfg.generation, runtime.tokenizer, runtime.vocab_size,
+                                                  cfg.model.seed)
         measure.check_context(prompt_ids, cfg.generation.max_new_tokens, runtime.context_length)
         speed, generations = measure.generate_timed(runtime, prompt_ids, cfg.generation, cfg.device.name)
-    texts = results.texts(cfg.generation.prompts, generations, runtime.tokenizer)
+    texts = results.texts(prompt_texts, generations, runtime.tokenizer)
     judged = None  # quality: after the timed and memory-tracked region, so it cannot change their figures
     try:
         if quality.applicable(cfg, runtime.tokenizer):

@@ -37,11 +37,13 @@ class SpeedMetrics:
     latency_s: float  # median end-to-end generate
     latency_p90_s: float
     latency_iqr_s: float
-    tokens_per_s: float  # new tokens / median latency (the seed's definition)
-    decode_tokens_per_s: float  # tokens after the first / time after the first, median over samples
+    tokens_per_s: float  # new tokens of one sequence / median latency (the seed's definition)
+    throughput_tokens_per_s: float  # batch_size x new tokens / median latency: what the machine delivers
+    prefill_tokens_per_s: float  # prompt tokens of the whole batch / TTFT, median over samples
+    decode_tokens_per_s: float  # per sequence: tokens after the first / time after the first, median
     decode_tokens_per_s_iqr: float
     new_tokens: int
-    timed_samples: int
+    timed_samples: int  # timed generate calls (each of batch_size sequences)
 
 
 @dataclass
@@ -56,15 +58,6 @@ class MemoryMetrics:
 class Generation:
     prompt_ids: List[int]
     output_ids: List[int]  # new tokens only
-
-
-def encode_prompts(prompts: List[str], tokenizer, vocab_size: int, seed: int) -> List[List[int]]:
-    """Token ids per prompt. Without a tokenizer (random weights) the ids are synthetic:
-    deterministic, about one token per 4 characters, as real text would give."""
-    if tokenizer is not None:
-        return [tokenizer(p).input_ids for p in prompts]
-    generator = torch.Generator().manual_seed(seed)
-    return [torch.randint(0, vocab_size, (max(1, len(p) // 4),), generator=generator).tolist() for p in prompts]
 
 
 def check_context(prompt_ids: List[List[int]], max_new_tokens: int, limit: Optional[int]) -> None:
@@ -93,8 +86,19 @@ def _progress(total: int):
     return tqdm(total=total, desc="qsweep: timed generations", unit="gen", leave=False)
 
 
+def batches(prompt_ids: List[List[int]], size: int) -> List[List[List[int]]]:
+    """One batch per prompt: that prompt first, then the next ones, cycled to fill `size` sequences."""
+    return [[prompt_ids[(i + k) % len(prompt_ids)] for k in range(size)] for i in range(len(prompt_ids))]
+
+
+class WrongLength(RuntimeError):
+    """A runtime did not generate exactly max_new_tokens tokens for every sequence."""
+
+
 def generate_timed(runtime: Runtime, prompt_ids: List[List[int]], gen: GenerationConfig,
                    device: str) -> tuple[SpeedMetrics, List[Generation]]:
+    """Warm-up, then `repeats` rounds of one timed generate per batch; a prompt's Generation is the
+    first sequence of its batch."""
     cuda = device == "cuda"
 
     def now() -> float:
@@ -102,42 +106,48 @@ def generate_timed(runtime: Runtime, prompt_ids: List[List[int]], gen: Generatio
             torch.cuda.synchronize()
         return time.perf_counter()
 
-    def run(ids):
+    def run(batch):
         first = []
         start = now()
-        new = runtime.generate([ids], gen.max_new_tokens, lambda: first.append(now()))[0]
+        new = runtime.generate(batch, gen.max_new_tokens, lambda: first.append(now()))
         end = now()
+        if len(new) != len(batch) or any(len(seq) != gen.max_new_tokens for seq in new):
+            raise WrongLength(f"asked for {len(batch)} x {gen.max_new_tokens} new tokens, got "
+                              f"{[len(seq) for seq in new]}")
         return new, end - start, first[0] - start
 
-    # Compiled graphs depend on the prompt length: warm every prompt up, or compilation is timed.
+    work = batches(prompt_ids, gen.batch_size)
+    # Compiled graphs depend on the prompt length: warm every batch up, or compilation is timed.
     for _ in range(gen.warmup):
-        for ids in (prompt_ids if gen.compile else prompt_ids[:1]):
-            run(ids)
-    latencies, ttfts, decode_rates, outputs = [], [], [], {}
-    progress = _progress(gen.repeats * len(prompt_ids))
+        for batch in (work if gen.compile else work[:1]):
+            run(batch)
+    latencies, ttfts, decode_rates, prefill_rates, outputs = [], [], [], [], {}
+    progress = _progress(gen.repeats * len(work))
     for _ in range(gen.repeats):
-        for i, ids in enumerate(prompt_ids):
-            new, latency, ttft = run(ids)
+        for i, batch in enumerate(work):
+            new, latency, ttft = run(batch)
             if progress is not None:  # outside the timed region
                 progress.update()
             latencies.append(latency)
             ttfts.append(ttft)
-            if len(new) > 1:
-                decode_rates.append((len(new) - 1) / (latency - ttft))
-            outputs[i] = Generation(list(ids), list(new))
+            prefill_rates.append(sum(map(len, batch)) / ttft)
+            if gen.max_new_tokens > 1:
+                decode_rates.append((gen.max_new_tokens - 1) / (latency - ttft))
+            outputs[i] = Generation(list(batch[0]), list(new[0]))
 
     if progress is not None:
         progress.close()
-    new_tokens = len(outputs[0].output_ids)
     latency, latency_iqr = _median_iqr(latencies)
     ttft, ttft_iqr = _median_iqr(ttfts)
     decode, decode_iqr = _median_iqr(decode_rates) if decode_rates else (float("nan"), 0.0)
     metrics = SpeedMetrics(
         ttft_s=ttft, ttft_iqr_s=ttft_iqr, latency_s=latency,
         latency_p90_s=statistics.quantiles(latencies, n=10, method="inclusive")[-1] if len(latencies) > 1 else latency,
-        latency_iqr_s=latency_iqr, tokens_per_s=new_tokens / latency,
+        latency_iqr_s=latency_iqr, tokens_per_s=gen.max_new_tokens / latency,
+        throughput_tokens_per_s=gen.batch_size * gen.max_new_tokens / latency,
+        prefill_tokens_per_s=statistics.median(prefill_rates),
         decode_tokens_per_s=decode, decode_tokens_per_s_iqr=decode_iqr,
-        new_tokens=new_tokens, timed_samples=len(latencies))
+        new_tokens=gen.max_new_tokens, timed_samples=len(latencies))
     return metrics, [outputs[i] for i in range(len(prompt_ids))]
 
 

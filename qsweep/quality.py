@@ -36,7 +36,7 @@ import torch
 from filelock import FileLock
 from safetensors.torch import load_file, save_file
 
-from qsweep import sources
+from qsweep import environment, sources
 from qsweep.backends import Files, Runtime
 from qsweep.config import BackendConfig, PrecisionConfig, RunConfig
 from qsweep.sources import Checkpoint
@@ -69,6 +69,7 @@ class QualityResult:
     degenerate_reason: str  # "none", or the reasons joined by ","
     reference: str  # "self" (an fp32 job), "reused" (found in the cache) or "built" (by this job)
     fp32_outputs: List[List[int]]  # fp32's greedy output ids, per prompt
+    scores: str  # "measured" by this job, or "reused" from an earlier job of the same setting
     details: dict = field(default_factory=dict)  # the quality.json artifact
 
 
@@ -83,15 +84,17 @@ def eval_text() -> str:
     return resources.files("qsweep").joinpath("data", "eval_text.txt").read_text(encoding="utf-8")
 
 
+def starts_with_bos(tokenizer) -> bool:
+    return tokenizer.bos_token_id is not None and tokenizer("a").input_ids[:1] == [tokenizer.bos_token_id]
+
+
 def eval_windows(tokenizer, text: str, window: int) -> List[List[int]]:
     """The text's tokens cut into equal windows of at most `window` tokens. When the tokenizer starts
     sequences with BOS, every window starts with BOS (so every text token is predicted); otherwise the
     first token of each window is context only."""
     # verbose=False: the whole text is longer than the context, on purpose (it is cut into windows below)
     ids = tokenizer(text, add_special_tokens=False, verbose=False).input_ids
-    starts_with_bos = tokenizer.bos_token_id is not None and \
-        tokenizer("a").input_ids[:1] == [tokenizer.bos_token_id]
-    prefix = [tokenizer.bos_token_id] if starts_with_bos else []
+    prefix = [tokenizer.bos_token_id] if starts_with_bos(tokenizer) else []
     count = math.ceil(len(ids) / (window - len(prefix)))
     cuts = [len(ids) * i // count for i in range(count + 1)]  # equal windows: no short tail with little context
     return [prefix + ids[a:b] for a, b in zip(cuts, cuts[1:])]
@@ -225,6 +228,28 @@ def degenerate_reasons(texts: Sequence[str], output_ids: Sequence[Sequence[int]]
 
 # ---------------------------------------------------------------- the stored fp32 reference
 
+@dataclass
+class TextQuality:
+    """A setting's scores on the evaluation text: the same at every batch size and prompt length."""
+    perplexity: float
+    kl_div: float
+    top1_agreement: float
+    non_finite: bool
+    positions: int
+
+
+def _load_scores(path: Path) -> Optional[TextQuality]:
+    return TextQuality(**json.loads(path.read_text())) if path.is_file() else None
+
+
+def _save_scores(text: TextQuality, path: Path) -> None:
+    handle, staging = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
+    with os.fdopen(handle, "w") as file:
+        json.dump(dataclasses.asdict(text), file)
+    os.chmod(staging, 0o644)
+    os.replace(staging, path)
+
+
 def _key(*parts) -> str:
     return hashlib.sha256(json.dumps([FORMAT, *parts], sort_keys=True).encode()).hexdigest()[:16]
 
@@ -246,6 +271,7 @@ def _save_atomic(tensors: dict, path: Path, metadata: dict) -> None:
 class ReferencePaths:
     text: Path
     greedy: Path
+    scores: Path  # this setting's text scores, reused by every job of it (batch sizes, prompt lengths)
     lock: Path
 
 
@@ -254,8 +280,11 @@ def reference_paths(cfg: RunConfig, checkpoint_path: str, windows, prompt_ids: L
     fingerprint = sources.fingerprint(checkpoint_path)
     text_key = _key(fingerprint, cfg.device.name, windows, TOP_K)
     greedy_key = _key(fingerprint, cfg.device.name, prompt_ids, cfg.generation.max_new_tokens)
+    # the text scores depend on the weights, windows, runtime, precision, device and library versions only
+    scores_key = _key(text_key, dataclasses.asdict(cfg.backend), dataclasses.asdict(cfg.precision),
+                      environment.package_versions())
     return ReferencePaths(folder / f"text-{text_key}.safetensors", folder / f"greedy-{greedy_key}.safetensors",
-                          folder / f"{_key(fingerprint, cfg.device.name)}.lock")
+                          folder / f"scores-{scores_key}.json", folder / f"{_key(fingerprint, cfg.device.name)}.lock")
 
 
 def load_text_reference(path: Path) -> TextReference:
@@ -283,7 +312,7 @@ def _build_references(cfg: RunConfig, checkpoint: Checkpoint, paths: ReferencePa
 
     fp32 = dataclasses.replace(cfg, precision=PrecisionConfig(name="fp32", dtype="float32"),
                                backend=BackendConfig(), generation=dataclasses.replace(
-                                   cfg.generation, warmup=0, repeats=1, compile=False))
+                                   cfg.generation, warmup=0, repeats=1, compile=False, batch_size=1))
     reference = backends.get(fp32.backend.name).load(fp32, checkpoint, Files(checkpoint.path))
     try:
         meta = {"checkpoint": checkpoint.path, "device": cfg.device.name, "built_by": "reference build"}
@@ -323,14 +352,18 @@ def evaluate(cfg: RunConfig, runtime: Runtime, checkpoint: Checkpoint, generatio
     meta = {"checkpoint": checkpoint.path, "device": cfg.device.name, "windows": len(windows),
             "window": window, "top_k": TOP_K}
 
+    text = _load_scores(paths.scores)  # measured by an earlier job of this setting: reused
+    scores_origin = "reused" if text else "measured"
     if runtime.is_fp32_reference:  # this job is the reference: store it when missing
-        scores = score_text(runtime, windows, keep_top_k=TOP_K)
+        if text is None or not paths.text.is_file():
+            scores = score_text(runtime, windows, keep_top_k=TOP_K)
+            text = text or TextQuality(scores.perplexity, 0.0, 1.0, scores.non_finite, scores.positions)
         with FileLock(str(paths.lock)):
             if not paths.text.is_file():
                 save_text_reference(as_reference(scores), paths.text, {**meta, "built_by": "fp32 job"})
             if not paths.greedy.is_file():
                 save_greedy(outputs, paths.greedy, {**meta, "built_by": "fp32 job"})
-        kl, top1, fp32_outputs, origin = 0.0, 1.0, outputs, "self"
+        fp32_outputs, origin = outputs, "self"
     else:
         origin = "reused"
         if not (paths.text.is_file() and paths.greedy.is_file()):
@@ -338,22 +371,26 @@ def evaluate(cfg: RunConfig, runtime: Runtime, checkpoint: Checkpoint, generatio
                 if not (paths.text.is_file() and paths.greedy.is_file()):  # not built while we waited
                     _build_references(cfg, checkpoint, paths, windows, prompt_ids)
                     origin = "built"
-        reference = load_text_reference(paths.text)
         fp32_outputs = load_greedy(paths.greedy)
-        scores = score_text(runtime, windows, reference=reference)
-        kl, top1 = scores.kl_sum / scores.positions, scores.top1_same / scores.positions
+        if text is None:
+            scores = score_text(runtime, windows, reference=load_text_reference(paths.text))
+            text = TextQuality(scores.perplexity, scores.kl_sum / scores.positions, scores.top1_same / scores.positions,
+                               scores.non_finite, scores.positions)
+    if scores_origin == "measured":
+        _save_scores(text, paths.scores)
 
     special = set(getattr(tokenizer, "all_special_ids", []))
-    reasons = degenerate_reasons(texts, outputs, scores.non_finite, special)
+    reasons = degenerate_reasons(texts, outputs, text.non_finite, special)
     metrics = QualityMetrics(
-        perplexity=_finite_or_nan(scores.perplexity), kl_div_vs_fp32=_finite_or_nan(kl),
-        top1_agreement_vs_fp32=top1, output_match_vs_fp32=output_match(outputs, fp32_outputs),
+        perplexity=_finite_or_nan(text.perplexity), kl_div_vs_fp32=_finite_or_nan(text.kl_div),
+        top1_agreement_vs_fp32=text.top1_agreement, output_match_vs_fp32=output_match(outputs, fp32_outputs),
         degenerate_output=int(bool(reasons)), quality_time_s=time.perf_counter() - start)
-    details = {"eval_positions": scores.positions, "windows": len(windows), "window": window, "top_k": TOP_K,
+    details = {"eval_positions": text.positions, "windows": len(windows), "window": window, "top_k": TOP_K,
                "reference": origin, "reference_file": paths.text.name, "greedy_reference_file": paths.greedy.name,
+               "text_scores": scores_origin, "text_scores_file": paths.scores.name,
                "degenerate_reasons": reasons,
                "repetition": [dict(zip(("n", "tokens"), repetition_loop([t for t in o if t not in special])))
                               for o in outputs],
                "kl_approximation": f"top-{TOP_K} of fp32 plus one bucket for the rest (a lower bound)",
                **dataclasses.asdict(metrics)}
-    return QualityResult(metrics, ",".join(reasons) or "none", origin, fp32_outputs, details)
+    return QualityResult(metrics, ",".join(reasons) or "none", origin, fp32_outputs, scores_origin, details)

@@ -32,6 +32,10 @@ SPEED_COLUMNS = (
     ("RSS (GB)", "peak_rss_gb", 2, None),
     ("Load (s)", "load_time_s", 1, None),
 )
+SERVING_COLUMNS = (  # shown when the sweep varies the batch size or sets the prompt length
+    ("Throughput (tok/s)", "throughput_tokens_per_s", 2, None),
+    ("Prefill (tok/s)", "prefill_tokens_per_s", 1, None),
+)
 QUALITY_COLUMNS = (  # shown when some run has them (measured by qsweep/quality.py)
     ("Perplexity", "perplexity", 2, None),
     ("KL vs FP32", "kl_div_vs_fp32", 4, None),
@@ -45,8 +49,9 @@ LEGEND = (
     "Every figure is the median over the run's timed generations (`timed_samples`: prompts x repeats). "
     "`a ± b` shows the spread: b is half the interquartile range (the middle half of the samples lies "
     "within about a ± b); a figure without ± has no spread (one sample, or a single measurement such as "
-    "memory and load time). Tokens/sec = new tokens / median latency (the seed's definition, prefill "
-    "included); decode tokens/sec leaves out the first token. VRAM = torch's peak allocated GPU memory "
+    "memory and load time). Tokens/sec = new tokens of one sequence / median latency (the seed's definition, "
+    "prefill included); decode tokens/sec leaves out the first token; throughput = batch size x new tokens / "
+    "median latency (what the machine delivers); prefill = prompt tokens of the batch / TTFT. VRAM = torch's peak allocated GPU memory "
     f"({DASH} on the CPU); RSS = the process's peak resident memory. GB are GiB.")
 
 
@@ -58,6 +63,8 @@ class Row:
     device: str
     precision: str
     max_new_tokens: int
+    batch_size: int = 1
+    prompt_tokens: object = "text"  # the number of prompt tokens, or "text" for the text prompts
 
     @property
     def setting(self) -> str:
@@ -76,8 +83,8 @@ class Row:
         return bool(self.metrics.get(DEGENERATE))
 
     def sort_key(self):
-        return (self.max_new_tokens, _index(DEVICE_ORDER, self.device), self.job.tags.get("backend", ""),
-                _index(PRECISION_ORDER, self.precision))
+        return (self.max_new_tokens, _index(DEVICE_ORDER, self.device), str(self.prompt_tokens),
+                self.job.tags.get("backend", ""), _index(PRECISION_ORDER, self.precision), self.batch_size)
 
 
 def _index(order: tuple, value: str) -> int:
@@ -91,8 +98,10 @@ def rows_by_model(jobs: List[RunRecord]) -> Dict[str, List[Row]]:
         tags = job.tags
         if job.status != "FINISHED" or "model" not in tags:
             continue
+        prompt = tags.get("prompt_tokens", "text")
         row = Row(job, tags["model"], tags.get("device", "?"), tags.get("precision", "?"),
-                  int(tags.get("max_new_tokens", job.metrics.get("new_tokens", 0))))
+                  int(tags.get("max_new_tokens", job.metrics.get("new_tokens", 0))), int(tags.get("batch_size", 1)),
+                  int(prompt) if prompt.isdigit() else prompt)
         models.setdefault(row.model, []).append(row)
     return {model: sorted(rows, key=Row.sort_key) for model, rows in models.items()}
 
@@ -128,10 +137,14 @@ def cell(row: Row, metric: str, decimals: int, spread_metric: Optional[str]) -> 
     return fmt(m.get(metric), decimals, spread)
 
 
+def serving(rows: List[Row]) -> bool:
+    return any(r.batch_size != 1 or r.prompt_tokens != "text" for r in rows)
+
+
 def columns_for(rows: List[Row]) -> tuple:
     present = {k for row in rows for k in row.metrics}
     quality = tuple(c for c in QUALITY_COLUMNS if c[1] in present)
-    return SPEED_COLUMNS + quality, DEGENERATE in present
+    return SPEED_COLUMNS + (SERVING_COLUMNS if serving(rows) else ()) + quality, DEGENERATE in present
 
 
 def markdown_table(headers: List[str], rows: List[List[str]], align: Optional[List[str]] = None) -> str:
@@ -151,18 +164,21 @@ def model_table(rows: List[Row]) -> str:
     """The seed's table (Setting, Max New Tokens, Latency, Tokens/sec, VRAM) plus TTFT, decode speed,
     RSS, load time and the quality columns; the last column names the run (its config_hash)."""
     columns, has_degenerate = columns_for(rows)
-    headers = ["Setting", "Max New Tokens", *(c[0] for c in columns)]
+    shape = ["Batch", "Prompt tokens"] if serving(rows) else []
+    headers = ["Setting", "Max New Tokens", *shape, *(c[0] for c in columns)]
     headers += ["Degenerate output"] if has_degenerate else []
     body = []
     for row in rows:
         cells = [row.setting + (" ⚠" if row.degenerate else ""), str(row.max_new_tokens),
+                 *([str(row.batch_size), str(row.prompt_tokens)] if shape else []),
                  *(cell(row, metric, dec, spread) for _, metric, dec, spread in columns)]
         if has_degenerate:
             cells.append(("yes: " + row.job.tags.get("degenerate_reason", "")).strip(": ")
                          if row.degenerate else "no")
         body.append(cells + [row.job.config_hash or "-"])
     headers.append("config_hash")
-    return markdown_table(headers, body, ["<", ">", *[">"] * len(columns), *(["<"] if has_degenerate else []), "<"])
+    return markdown_table(headers, body, ["<", ">", *[">"] * (len(shape) + len(columns)),
+                                          *(["<"] if has_degenerate else []), "<"])
 
 
 def failures_table(jobs: List[RunRecord]) -> str:
@@ -184,12 +200,21 @@ def title(model: str, rows: List[Row]) -> str:
 def summary(jobs: List[RunRecord]) -> str:
     """The main table per model, the jobs that did not finish with their error, and a count:
     what the end of a multirun prints, and what `python -m qsweep report` prints."""
-    parts = [f"## {title(model, rows)}\n\n{model_table(rows)}" for model, rows in rows_by_model(jobs).items()]
+    parts = [f"## {title(model, rows)}\n\n{model_table(rows)}" + _stops_paying(rows)
+             for model, rows in rows_by_model(jobs).items()]
     failed = not_finished(jobs)
     if failed:
         parts.append(f"## {UNFINISHED}\n\n{failures_table(failed)}")
     parts.append(count_line(jobs) + degenerate_line(jobs))
     return "\n\n".join(parts)
+
+
+def _stops_paying(rows: List[Row]) -> str:
+    from qsweep import scaling
+
+    lines = scaling.stops_paying(rows) if scaling.varies(rows, "batch_size") else []
+    return ("\n\nWhere quantization stops paying, on this machine:\n" + "\n".join(f"- {line}" for line in lines)
+            if lines else "")
 
 
 def degenerate_line(jobs: List[RunRecord]) -> str:
@@ -289,7 +314,7 @@ def hardware_text(env) -> Optional[str]:
 def write_report(store, jobs: List[RunRecord], out_dir: Path, source: str, parent_run_id: Optional[str] = None,
                  log: bool = True) -> Path:
     """report.md, the charts and the CPU-vs-GPU tables into out_dir; logged to the sweep's parent run."""
-    from qsweep import charts
+    from qsweep import charts, scaling
 
     out_dir.mkdir(parents=True, exist_ok=True)
     by_model = rows_by_model(jobs)
@@ -302,12 +327,12 @@ def write_report(store, jobs: List[RunRecord], out_dir: Path, source: str, paren
         lines += [f"Measured with {env}.", ""]
     lines += [f"**How to read the tables.** {LEGEND}", ""]
     for model, rows in by_model.items():
-        lines += [f"## {title(model, rows)}", "", model_table(rows), ""]
+        lines += [f"## {title(model, rows)}", "", model_table(rows) + _stops_paying(rows), ""]
         degenerate = [r for r in rows if r.degenerate]
         if degenerate:
             lines += ["⚠ degenerate output (the quality check flagged the generated text): "
                       + ", ".join(f"{r.setting} {r.max_new_tokens}" for r in degenerate), ""]
-        for chart in charts.model_charts(model, rows, out_dir):
+        for chart in charts.model_charts(model, rows, out_dir) + scaling.charts(model, rows, out_dir):
             lines += [f"![{chart.caption}]({chart.path.name})", "", f"*{chart.caption}*", ""]
         longest = longest_per_setting(rows)
         generations = {r.job.run_id: tracking.read_json(store, r.job.run_id, tracking.GENERATIONS_FILE)

@@ -60,7 +60,7 @@ def record(run: RunWriter, result: JobResult) -> None:
         return
     run.log_metrics(result.quality.metrics)
     run.set_tags({"quality": "measured", "degenerate_reason": result.quality.degenerate_reason,
-                  "quality_reference": result.quality.reference})
+                  "quality_reference": result.quality.reference, "quality_scores": result.quality.scores})
     run.log_json(result.quality.details, QUALITY_FILE)
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import compose_run
-from qsweep import backends, measure, sources
+from qsweep import backends, measure, prompts, sources
 
 
 @pytest.fixture(scope="module")
@@ -19,13 +19,20 @@ def tiny(tmp_path_factory):
     return transformers.load(cfg, checkpoint, transformers.prepare(cfg, checkpoint))
 
 
+def encode(texts):
+    """Synthetic prompt ids (tiny-gpt2 has no tokenizer), as a job makes them."""
+    gen = compose_run("model=tiny-gpt2", "device=cpu").generation
+    gen.prompts = list(texts)
+    return prompts.encode(gen, None, 1000, seed=0)[0]
+
+
 def test_every_generation_has_exactly_max_new_tokens_even_when_eos_wins(tiny):
     # Make EOS the most likely token everywhere: generation must still not stop early.
     eos = tiny.model.generation_config.eos_token_id
     with torch.no_grad():
         tiny.model.lm_head.weight[eos] += 5.0
     gen = compose_run("model=tiny-gpt2", "device=cpu", "generation.max_new_tokens=12", "generation.repeats=3").generation
-    prompts = measure.encode_prompts(gen.prompts, None, tiny.vocab_size, seed=0)
+    prompts = encode(gen.prompts)
     speed, outputs = measure.generate_timed(tiny, prompts, gen, "cpu")
     with torch.no_grad():
         tiny.model.lm_head.weight[eos] -= 5.0
@@ -37,7 +44,7 @@ def test_every_generation_has_exactly_max_new_tokens_even_when_eos_wins(tiny):
 
 def test_greedy_generation_is_deterministic(tiny):
     gen = compose_run("model=tiny-gpt2", "device=cpu", "generation.max_new_tokens=8", "generation.repeats=1").generation
-    prompts = measure.encode_prompts(gen.prompts, None, tiny.vocab_size, seed=0)
+    prompts = encode(gen.prompts)
     _, first = measure.generate_timed(tiny, prompts, gen, "cpu")
     _, second = measure.generate_timed(tiny, prompts, gen, "cpu")
     assert [o.output_ids for o in first] == [o.output_ids for o in second]
@@ -45,8 +52,8 @@ def test_greedy_generation_is_deterministic(tiny):
 
 def test_synthetic_prompts_are_deterministic_and_sized_like_text(tiny):
     prompts = ["x" * 40, "a short one"]
-    a = measure.encode_prompts(prompts, None, tiny.vocab_size, seed=0)
-    b = measure.encode_prompts(prompts, None, tiny.vocab_size, seed=0)
+    a = encode(prompts)
+    b = encode(prompts)
     assert [len(t) for t in a] == [10, 2] and a == b
 
 
@@ -96,7 +103,7 @@ def test_compile_option_really_compiles_and_keeps_the_output(tiny):
     base = "model=tiny-gpt2 device=cpu generation.max_new_tokens=6 generation.repeats=1".split()
     eager_gen = compose_run(*base).generation
     compiled_gen = compose_run(*base, "generation.compile=true").generation
-    prompts = measure.encode_prompts(eager_gen.prompts[:2], None, tiny.vocab_size, seed=0)
+    prompts = encode(eager_gen.prompts[:2])
     _, eager = measure.generate_timed(tiny, prompts, eager_gen, "cpu")
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()

@@ -43,6 +43,10 @@ def label(cfg: RunConfig) -> str:
 def check(cfg: RunConfig) -> None:
     import ctranslate2
 
+    if cfg.generation.batch_size > 1 and cfg.generation.prompt_tokens is None:
+        raise BackendUnsupported("backend=ctranslate2 batches prompts of one length only (it has no padding mask "
+                                 "for generation: a longer prompt's tail is decoded token by token): set "
+                                 "generation.prompt_tokens=N, or generation.batch_size=1")
     supported = sorted(ctranslate2.get_supported_compute_types(cfg.device.name))
     wanted = compute_type(cfg)
     if wanted not in supported:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from qsweep.backends import BackendUnsupported, Files, PrecisionCheck, Runtime, convert_once, require_precision
-from qsweep.backends import gguf_files
+from qsweep.backends import _gguf as gguf_files
 from qsweep.config import RunConfig
 from qsweep.sources import Checkpoint, fingerprint_key
 

@@ -1,4 +1,4 @@
-"""GGUF files for llama.cpp, made from a Hugging Face Gemma 3 text checkpoint with the `gguf` package.
+"""GGUF files for the llama-cpp backend, made from a Hugging Face Gemma 3 text checkpoint with the `gguf` package.
 
 Hyper-parameters come from the checkpoint's config.json; the tokenizer (every `tokenizer.*` key) from a
 template GGUF of the same vocabulary: the Gemma 3 GGUF that qsweep ships. Tensor names are the inverse

@@ -1,0 +1,43 @@
+"""The token ids a job generates from: the text prompts encoded by the checkpoint's tokenizer, or
+(generation.prompt_tokens=N) prompts of exactly N tokens cut from the evaluation text, or, for a model
+without a tokenizer (random weights), deterministic synthetic ids of the same lengths."""
+
+from __future__ import annotations
+
+from typing import List, Tuple
+
+import torch
+
+from qsweep.config import GenerationConfig
+from qsweep.quality import eval_text, starts_with_bos
+
+
+def encode(gen: GenerationConfig, tokenizer, vocab_size: int, seed: int) -> Tuple[List[List[int]], List[str]]:
+    """(token ids per prompt, the prompt as text): one prompt per entry of generation.prompts."""
+    if gen.prompt_tokens is None:
+        if tokenizer is not None:
+            return [tokenizer(p).input_ids for p in gen.prompts], list(gen.prompts)
+        lengths = [max(1, len(p) // 4) for p in gen.prompts]  # about one token per 4 characters, like text
+        return _synthetic(lengths, vocab_size, seed), list(gen.prompts)
+    lengths = [gen.prompt_tokens] * len(gen.prompts)
+    if tokenizer is None:
+        ids = _synthetic(lengths, vocab_size, seed)
+        return ids, [f"{gen.prompt_tokens} synthetic tokens" for _ in ids]
+    ids = _cut_from_eval_text(tokenizer, gen.prompt_tokens, len(gen.prompts))
+    return ids, [tokenizer.decode(p, skip_special_tokens=True) for p in ids]
+
+
+def _synthetic(lengths: List[int], vocab_size: int, seed: int) -> List[List[int]]:
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, vocab_size, (n,), generator=generator).tolist() for n in lengths]
+
+
+def _cut_from_eval_text(tokenizer, length: int, count: int) -> List[List[int]]:
+    """`count` prompts of exactly `length` tokens (BOS first where the tokenizer starts with it), each
+    starting further into the text, which is repeated as often as a long prompt needs."""
+    text = tokenizer(eval_text(), add_special_tokens=False, verbose=False).input_ids
+    prefix = [tokenizer.bos_token_id] if starts_with_bos(tokenizer) else []
+    body = length - len(prefix)
+    stride = max(1, len(text) // count)
+    repeated = text * (1 + (body + stride * count) // len(text))
+    return [prefix + repeated[i * stride:i * stride + body] for i in range(count)]
