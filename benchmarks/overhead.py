@@ -21,7 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hydra import compose, initialize_config_dir  # noqa: E402
 
-from qsweep import measure, models  # noqa: E402
+from qsweep import backends, measure, prompts, sources  # noqa: E402
 from qsweep.config import register_schemas, validate  # noqa: E402
 from qsweep.environment import on_this_machine  # noqa: E402
 
@@ -53,17 +53,20 @@ def main():
     args = parser.parse_args()
     for model_override in args.models:
         cfg = config(model_override, args.tokens)
-        loaded = models.load(cfg)
-        ids = measure.encode_prompts(cfg.generation.prompts[:1], loaded.tokenizer, loaded.model.config, 0)
+        transformers = backends.get("transformers")
+        checkpoint = sources.resolve(cfg.model, Path(cfg.paths.cache_dir).expanduser())
+        runtime = transformers.load(cfg, checkpoint, transformers.prepare(cfg, checkpoint))
         gen = replace(cfg.generation, prompts=cfg.generation.prompts[:1])
+        ids = prompts.encode(gen, runtime.tokenizer, runtime.vocab_size, 0)[0]
+        model, tensor = runtime.model, torch.tensor([ids[0]])
         with torch.inference_mode():
-            bare_tokens_per_s(loaded.model, ids[0], args.tokens)  # warm-up, both paths share it
-            measure.generate_timed(loaded.model, ids, gen, "cpu")
+            bare_tokens_per_s(model, tensor, args.tokens)  # warm-up, both paths share it
+            measure.generate_timed(runtime, ids, gen, "cpu")
             qsweep_rates, bare_rates = [], []
             for _ in range(args.rounds):
                 with measure.MemoryTracker("cpu").track():  # as in a job
-                    qsweep_rates.append(measure.generate_timed(loaded.model, ids, gen, "cpu")[0].tokens_per_s)
-                bare_rates.append(bare_tokens_per_s(loaded.model, ids[0], args.tokens))
+                    qsweep_rates.append(measure.generate_timed(runtime, ids, gen, "cpu")[0].tokens_per_s)
+                bare_rates.append(bare_tokens_per_s(model, tensor, args.tokens))
         q, b = statistics.median(qsweep_rates), statistics.median(bare_rates)
         ratios = sorted(x / y for x, y in zip(qsweep_rates, bare_rates))  # round by round
         print(json.dumps({"model": cfg.model.name, "weights": cfg.model.weights, "new_tokens": args.tokens,

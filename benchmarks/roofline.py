@@ -1,6 +1,7 @@
 """CPU roofline for decoding: every new token reads all weights once, so memory bandwidth bounds
 tokens/s at  bandwidth / bytes of weights read per token.  Prints the measured copy bandwidth of this
-machine and, per model and dtype, the bound next to qsweep's measured decode tokens/s from a store.
+machine and, per model, runtime and precision (batch 1), the bound next to qsweep's measured decode
+tokens/s from a store (model_footprint_gb: what the runtime loaded, e.g. the GGUF file).
 
     python benchmarks/roofline.py --store sqlite:///$PWD/mlruns/mlflow.db
 """
@@ -11,7 +12,9 @@ import statistics
 import time
 
 import torch
-from mlflow import MlflowClient
+
+from qsweep import tracking
+from qsweep.config import TrackingConfig
 
 
 def copy_bandwidth_gb_s(size_mb: int = 512, rounds: int = 10) -> float:
@@ -33,15 +36,13 @@ def main():
     args = parser.parse_args()
     bandwidth = copy_bandwidth_gb_s()
     print(json.dumps({"copy_bandwidth_gb_s": round(bandwidth, 2), "torch_threads": torch.get_num_threads()}))
-    client = MlflowClient(args.store)
-    experiment = client.get_experiment_by_name(args.experiment)
-    runs = client.search_runs([experiment.experiment_id], "attributes.status = 'FINISHED'")
+    store = tracking.open_store(TrackingConfig(uri=args.store, experiment=args.experiment), create=False)
     groups = {}
-    for run in runs:
-        tags, metrics = run.data.tags, run.data.metrics
-        if tags.get("device") != "cpu" or tags.get("precision") not in ("fp32", "bf16"):
+    for run in tracking.find_jobs(store, "attributes.status = 'FINISHED'"):
+        tags, metrics = run.tags, run.metrics
+        if tags.get("device") != "cpu" or tags.get("batch_size", "1") != "1" or "decode_tokens_per_s" not in metrics:
             continue
-        key = (tags["model"], tags["precision"], run.data.params.get("generation.compile", "False"))
+        key = (tags["model"], tags.get("runtime", tags["precision"]), run.params.get("generation.compile", "False"))
         groups.setdefault(key, []).append((metrics["model_footprint_gb"], metrics["decode_tokens_per_s"]))
     for (model, precision, compiled), values in sorted(groups.items()):
         footprint_gb = statistics.median(v[0] for v in values)

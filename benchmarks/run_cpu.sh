@@ -3,7 +3,7 @@
 # on the cores distorts every figure). Results go to benchmarks/results/ as JSON lines; the sweeps also
 # land in the MLflow store of the experiment named below.
 #   bash benchmarks/run_cpu.sh            # all of them (about 40 minutes on 2 cores)
-#   bash benchmarks/run_cpu.sh overhead   # one part: overhead | peer | compile | roofline | cost
+#   bash benchmarks/run_cpu.sh overhead   # one part: overhead | runtimes | peer | compile | roofline | cost
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
@@ -46,6 +46,12 @@ if run peer; then
     generation.max_new_tokens=32,64 generation.repeats=8 "generation.prompts=[\"$PROMPT\"]"
   $PEER_PY benchmarks/peer_optimum.py "$GPT2_RANDOM" --dtypes float32,bfloat16 --prompt-tokens 16 \
     --new-tokens 32,64 2>/dev/null | json | tee -a "$OUT/peer_sweep_wall.jsonl"
+fi
+
+if run runtimes; then  # llama.cpp and CTranslate2: qsweep's timing against each library's own loop
+  $PY benchmarks/runtime_overhead.py backend=llama-cpp,precision=int4 backend=llama-cpp,precision=fp32 \
+    backend=ctranslate2,precision=int8 backend=ctranslate2,precision=fp32 --rounds 5 --tokens 64 \
+    | tee "$OUT/runtime_overhead.jsonl"
 fi
 
 if run compile; then
