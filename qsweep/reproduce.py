@@ -7,7 +7,6 @@ exactly what was recorded, and today's code must give it the same config_hash, o
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass

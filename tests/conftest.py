@@ -32,6 +32,16 @@ def compose_run(*overrides: str):
     return on_this_machine(validate(compose_cfg(*overrides)))
 
 
+def transformers_runtime(cache_dir: Path, *overrides: str):
+    """A model as the transformers backend loads it: a Runtime, what measure.py times."""
+    from qsweep import backends, sources
+
+    cfg = compose_run(*overrides)
+    checkpoint = sources.resolve(cfg.model, cache_dir)
+    transformers = backends.get("transformers")
+    return transformers.load(cfg, checkpoint, transformers.prepare(cfg, checkpoint))
+
+
 class Sweep:
     """`python run.py ...` in a subprocess against a store in tmp_path."""
 

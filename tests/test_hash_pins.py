@@ -1,7 +1,6 @@
 """config_hash is a run's identity in every store ever written: the hash of every option in conf/ is
 pinned here, so a change to the schema or the hash that would orphan old runs fails loudly."""
 
-from pathlib import Path
 
 import pytest
 

@@ -6,17 +6,13 @@ import psutil
 import pytest
 import torch
 
-from conftest import compose_run
-from qsweep import backends, measure, prompts, sources
+from conftest import compose_run, transformers_runtime
+from qsweep import measure, prompts
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    """tiny-gpt2 as the transformers backend loads it (a Runtime: what measure.py times)."""
-    cfg = compose_run("model=tiny-gpt2", "device=cpu")
-    checkpoint = sources.resolve(cfg.model, tmp_path_factory.mktemp("cache"))
-    transformers = backends.get("transformers")
-    return transformers.load(cfg, checkpoint, transformers.prepare(cfg, checkpoint))
+    return transformers_runtime(tmp_path_factory.mktemp("cache"), "model=tiny-gpt2", "device=cpu")
 
 
 def encode(texts):

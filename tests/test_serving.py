@@ -3,12 +3,11 @@ a sequence's greedy output, the throughput and prefill arithmetic, prompts of ex
 quantization stops paying, and quality figures measured once per setting and reused."""
 
 import pytest
-import torch
 
-from conftest import compose_run
-from qsweep import backends, identity, measure, prompts, scaling, sources
+from conftest import compose_run, transformers_runtime
+from qsweep import backends, identity, measure, prompts, scaling
 from qsweep.config import ConfigError, config_hash
-from qsweep.report import Row, rows_by_model, summary
+from qsweep.report import rows_by_model, summary
 from qsweep.tracking import RunRecord
 
 
@@ -53,10 +52,7 @@ def test_a_runtime_that_generates_fewer_tokens_fails_the_job():
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    cfg = compose_run("model=tiny-gpt2", "device=cpu")
-    checkpoint = sources.resolve(cfg.model, tmp_path_factory.mktemp("cache"))
-    transformers = backends.get("transformers")
-    return transformers.load(cfg, checkpoint, transformers.prepare(cfg, checkpoint))
+    return transformers_runtime(tmp_path_factory.mktemp("cache"), "model=tiny-gpt2", "device=cpu")
 
 
 def test_left_padding_does_not_change_a_sequences_greedy_output(tiny):
