@@ -361,9 +361,13 @@ def evaluate(cfg: RunConfig, runtime: Runtime, checkpoint: Checkpoint, generatio
         with FileLock(str(paths.lock)):
             if not paths.text.is_file():
                 save_text_reference(as_reference(scores), paths.text, {**meta, "built_by": "fp32 job"})
-            if not paths.greedy.is_file():
+            if not paths.greedy.is_file() and cfg.generation.batch_size == 1:  # the reference is batch 1's
                 save_greedy(outputs, paths.greedy, {**meta, "built_by": "fp32 job"})
-        fp32_outputs, origin = outputs, "self"
+        if not paths.greedy.is_file():
+            with FileLock(str(paths.lock)):
+                if not paths.greedy.is_file():
+                    _build_references(cfg, checkpoint, paths, windows, prompt_ids)
+        fp32_outputs, origin = load_greedy(paths.greedy), "self"
     else:
         origin = "reused"
         if not (paths.text.is_file() and paths.greedy.is_file()):
