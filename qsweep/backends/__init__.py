@@ -13,6 +13,7 @@ reference (qsweep/quality.py) through the Runtime below, so nothing else names a
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import time
 from dataclasses import dataclass
@@ -77,13 +78,14 @@ class Runtime:
 
 
 def get(name: str) -> ModuleType:
-    try:
-        return importlib.import_module(f"{__name__}.{name.replace('-', '_')}")
-    except ModuleNotFoundError as err:
-        if err.name == f"{__name__}.{name.replace('-', '_')}":
-            raise BackendUnsupported(f"backend={name}: no such backend module") from None
-        raise BackendUnsupported(f"backend={name} needs the Python package {err.name!r}, which is not installed: "
-                                 "pip install -e '.[runtimes]' (or make runtimes)") from None
+    return importlib.import_module(f"{__name__}.{name.replace('-', '_')}")
+
+
+def require_package(backend: str, module: str, distribution: str) -> None:
+    """The runtime's library must be installed (make run installs only the core)."""
+    if importlib.util.find_spec(module) is None:
+        raise BackendUnsupported(f"backend={backend} needs {distribution}, which is not installed: run `make runtimes` "
+                                 "(pip install -e '.[runtimes]' with the Makefile's CMAKE_ARGS)")
 
 
 def convert_once(target: Path, convert: Callable[[Path], None]) -> Files:

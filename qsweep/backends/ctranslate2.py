@@ -20,7 +20,8 @@ from typing import Callable, Dict, List
 import numpy as np
 import torch
 
-from qsweep.backends import BackendUnsupported, Files, PrecisionCheck, Runtime, convert_once, require_precision
+from qsweep.backends import (BackendUnsupported, Files, PrecisionCheck, Runtime, convert_once, require_package,
+                             require_precision)
 from qsweep.config import RunConfig
 from qsweep.sources import Checkpoint, fingerprint_key
 
@@ -41,6 +42,7 @@ def label(cfg: RunConfig) -> str:
 
 
 def check(cfg: RunConfig) -> None:
+    require_package("ctranslate2", "ctranslate2", "ctranslate2")
     import ctranslate2
 
     if cfg.generation.batch_size > 1 and cfg.generation.prompt_tokens is None:

@@ -15,7 +15,8 @@ from typing import Callable, List
 import numpy as np
 import torch
 
-from qsweep.backends import BackendUnsupported, Files, PrecisionCheck, Runtime, convert_once, require_precision
+from qsweep.backends import (BackendUnsupported, Files, PrecisionCheck, Runtime, convert_once, require_package,
+                             require_precision)
 from qsweep.backends import _gguf as gguf_files
 from qsweep.config import RunConfig
 from qsweep.sources import Checkpoint, fingerprint_key
@@ -34,6 +35,7 @@ def label(cfg: RunConfig) -> str:
 
 
 def check(cfg: RunConfig) -> None:
+    require_package("llama-cpp", "llama_cpp", "llama-cpp-python")
     if cfg.device.name != "cpu":
         raise BackendUnsupported("backend=llama-cpp runs on the CPU here (llama-cpp-python is built without CUDA): "
                                  "use device=cpu, or backend=transformers or ctranslate2 on cuda")
