@@ -83,8 +83,9 @@ class Row:
         return bool(self.metrics.get(DEGENERATE))
 
     def sort_key(self):
+        backend = self.job.tags.get("backend", DEFAULT_BACKEND)
         return (self.max_new_tokens, _index(DEVICE_ORDER, self.device), str(self.prompt_tokens),
-                self.job.tags.get("backend", ""), _index(PRECISION_ORDER, self.precision), self.batch_size)
+                (backend != DEFAULT_BACKEND, backend), _index(PRECISION_ORDER, self.precision), self.batch_size)
 
 
 def _index(order: tuple, value: str) -> int:
