@@ -44,6 +44,9 @@ def stops_paying(rows) -> List[str]:
         if not slower:
             said.append(f"{setting}: faster than every unquantized setting at every batch size measured "
                         f"({', '.join(map(str, batches))})")
+        elif slower == batches:
+            said.append(f"{setting}: slower than the best unquantized setting at every batch size measured "
+                        f"({', '.join(map(str, batches))})")
         elif slower == batches[batches.index(slower[0]):]:
             said.append(f"{setting}: slower than the best unquantized setting from batch {slower[0]} on")
         else:

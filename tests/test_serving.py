@@ -109,6 +109,9 @@ def test_the_summary_says_from_which_batch_size_quantization_stops_paying():
     lines = scaling.stops_paying(rows_by_model(jobs)["m"])
     assert lines == ["CPU INT8: faster than every unquantized setting at every batch size measured (1, 4, 16)",
                      "CPU INT4: slower than the best unquantized setting from batch 4 on"]
+    slow = [serving_job("bf16", b, 10 * b) for b in (1, 4)] + [serving_job("int8", b, 9 * b, "int8") for b in (1, 4)]
+    assert scaling.stops_paying(rows_by_model(slow)["m"]) == [
+        "CPU INT8: slower than the best unquantized setting at every batch size measured (1, 4)"]
     text = summary(jobs)
     assert "Where quantization stops paying" in text and "Throughput (tok/s)" in text and "| Batch |" in text
 
