@@ -84,7 +84,8 @@ class Row:
 
     def sort_key(self):
         backend = self.job.tags.get("backend", DEFAULT_BACKEND)
-        return (self.max_new_tokens, _index(DEVICE_ORDER, self.device), str(self.prompt_tokens),
+        prompt = self.prompt_tokens if isinstance(self.prompt_tokens, int) else 0  # text prompts first
+        return (self.max_new_tokens, _index(DEVICE_ORDER, self.device), prompt,
                 (backend != DEFAULT_BACKEND, backend), _index(PRECISION_ORDER, self.precision), self.batch_size)
 
 
