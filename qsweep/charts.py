@@ -150,18 +150,25 @@ def _quality_vs_speed(model, rows, out_dir):
         elif row.degenerate:  # e.g. NaN logits: no quality figure to place it at
             unplotted[row.setting] = row
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    crowded = len(points) > 6  # labels beside the points would overlap: a legend names them instead
+    palette = plt.get_cmap("tab10").colors if crowded else POINT_COLORS
     for i, (setting, row) in enumerate(points.items()):
         x, y = row.metrics["tokens_per_s"], row.metrics[metric]
-        ax.scatter([x], [y], s=60, color=DEGENERATE_COLOR if row.degenerate else POINT_COLORS[i % len(POINT_COLORS)],
-                   marker="X" if row.degenerate else "o", zorder=3)
-        ax.annotate(setting + (" (degenerate)" if row.degenerate else ""), (x, y), textcoords="offset points",
-                    xytext=(6, 5), fontsize=8)
+        name = setting + (" (degenerate)" if row.degenerate else "")
+        ax.scatter([x], [y], s=60, color=DEGENERATE_COLOR if row.degenerate else palette[i % len(palette)],
+                   marker="X" if row.degenerate else "os^D"[i // len(palette) % 4], zorder=3, label=name)
+        if not crowded:
+            ax.annotate(name, (x, y), textcoords="offset points", xytext=(6, 5), fontsize=8)
+    if crowded:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+        ax.set_yscale("symlog", linthresh=1e-3)  # KL spans 0 to tenths: the small ones apart too
     ax.set_xlabel("tokens/s (higher is faster)")
     ax.set_ylabel(label)
     ax.set_title(f"{model}: quality vs speed")
     ax.margins(x=0.25, y=0.2)
-    top = ax.get_ylim()[1]
-    ax.set_ylim(bottom=-0.04 * top)  # KL and perplexity are never negative
+    if not crowded:
+        top = ax.get_ylim()[1]
+        ax.set_ylim(bottom=-0.04 * top)  # KL and perplexity are never negative
     ax.grid(alpha=0.3)
     if unplotted:
         ax.text(0.01, 0.98, "not shown, broken output: " + ", ".join(
