@@ -1,12 +1,14 @@
 """What a job is called and tagged with: one name per job (progress line, run, summary), the tags that
-identify its run, and, for a local checkpoint folder, which weights it held."""
+identify its run, and, for a local checkpoint folder, which weights it held and which fine-tune made it."""
 
 from __future__ import annotations
+
+import json
 
 from qsweep import backends, sources
 from qsweep.config import BackendConfig, RunConfig, config_hash
 from qsweep.environment import resolve_device
-from qsweep.tracking import TAG_HASH, TAG_WEIGHTS
+from qsweep.tracking import TAG_FINE_TUNE_RUN, TAG_HASH, TAG_LOGGED_MODEL, TAG_MODEL_VERSION, TAG_WEIGHTS
 
 DEFAULT_BACKEND = BackendConfig().name
 
@@ -29,7 +31,8 @@ def run_tags(cfg: RunConfig) -> dict:
             "runtime": backends.get(cfg.backend.name).label(cfg), "weights": cfg.model.weights,
             "max_new_tokens": cfg.generation.max_new_tokens, "batch_size": cfg.generation.batch_size,
             "prompt_tokens": cfg.generation.prompt_tokens or "text",
-            "setting": f"{cfg.device.name.upper()} {cfg.precision.name.upper()}", **weights_tag(cfg)}
+            "setting": f"{cfg.device.name.upper()} {cfg.precision.name.upper()}", **weights_tag(cfg),
+            **fine_tune_tags(cfg)}
 
 
 def weights_tag(cfg: RunConfig) -> dict:
@@ -39,3 +42,17 @@ def weights_tag(cfg: RunConfig) -> dict:
     if folder is None or not (folder / "config.json").is_file():
         return {}  # a missing checkpoint fails in the worker, with its remedy
     return {TAG_WEIGHTS: sources.weights_sha256(folder)}
+
+
+def fine_tune_tags(cfg: RunConfig) -> dict:
+    """For a checkpoint made by train_merge (its train_merge.json): the fine-tune's run, and the logged model
+    and registered model version it became."""
+    folder = sources.local_folder(cfg.model) if cfg.model.weights == "pretrained" else None
+    if folder is None or not (folder / "train_merge.json").is_file():
+        return {}
+    made = json.loads((folder / "train_merge.json").read_text())
+    tags = {TAG_FINE_TUNE_RUN: made["mlflow_run_id"]}
+    if "logged_model_id" in made:  # checkpoints made before train_merge registered them have none
+        tags.update({TAG_LOGGED_MODEL: made["logged_model_id"],
+                     TAG_MODEL_VERSION: f"{made['registered_model']}/{made['model_version']}"})
+    return tags

@@ -24,10 +24,14 @@ def run_job(cfg: RunConfig, tags: Optional[dict] = None) -> tracking.RunRecord:
     """Measure one configuration (device already resolved) into one run, tagged with `tags` on top."""
     store, name, run_id = tracking.open_store(cfg.tracking), identity.run_name(cfg), None
     try:
-        with tracking.job_run(store, name, {**identity.run_tags(cfg), **(tags or {})}, _sweep_run()) as run:
+        run_tags = {**identity.run_tags(cfg), **(tags or {})}
+        with tracking.job_run(store, name, run_tags, _sweep_run()) as run:
             run_id = run.run_id
             run.log_params(flatten(dataclasses.asdict(cfg)))
             run.log_text(to_yaml(cfg), tracking.CONFIG_FILE)
+            results.record_inputs(run, cfg)
+            if tracking.TAG_LOGGED_MODEL in run_tags:  # a fine-tuned checkpoint: list its model as an input
+                tracking.link_model(run, run_tags[tracking.TAG_LOGGED_MODEL])
             environment.require_device(cfg.device.name)
             backends.get(cfg.backend.name).check(cfg)  # what this backend cannot run: one line, before any work
             isolated, timeout = cfg.runner.isolation == "process", cfg.runner.timeout_s

@@ -80,8 +80,12 @@ def perplexity(mean_nll: float) -> float:
     return math.exp(mean_nll) if mean_nll < 700 else float("inf" if mean_nll >= 700 else "nan")
 
 
+def eval_text_file():
+    return resources.files("qsweep").joinpath("data", "eval_text.txt")
+
+
 def eval_text() -> str:
-    return resources.files("qsweep").joinpath("data", "eval_text.txt").read_text(encoding="utf-8")
+    return eval_text_file().read_text(encoding="utf-8")
 
 
 def starts_with_bos(tokenizer) -> bool:
@@ -181,16 +185,19 @@ def as_reference(scores: TextScores) -> TextReference:
 
 # ---------------------------------------------------------------- greedy outputs and broken output
 
+def matching_tokens(output: Sequence[int], reference: Sequence[int]) -> int:
+    """How many leading tokens of output equal the reference's, up to the first difference."""
+    same = 0
+    for a, b in zip(output, reference):
+        if a != b:
+            break
+        same += 1
+    return same
+
+
 def output_match(outputs: Sequence[Sequence[int]], reference: Sequence[Sequence[int]]) -> float:
     """Per prompt, the share of the reference's tokens matched before the first difference; mean."""
-    shares = []
-    for out, ref in zip(outputs, reference):
-        same = 0
-        for a, b in zip(out, ref):
-            if a != b:
-                break
-            same += 1
-        shares.append(same / max(len(ref), 1))
+    shares = [matching_tokens(out, ref) / max(len(ref), 1) for out, ref in zip(outputs, reference)]
     return sum(shares) / len(shares)
 
 
@@ -393,6 +400,8 @@ def evaluate(cfg: RunConfig, runtime: Runtime, checkpoint: Checkpoint, generatio
                "reference": origin, "reference_file": paths.text.name, "greedy_reference_file": paths.greedy.name,
                "text_scores": scores_origin, "text_scores_file": paths.scores.name,
                "degenerate_reasons": reasons,
+               "degenerate_by_prompt": [",".join(degenerate_reasons([text], [ids], False, special)) or "none"
+                                        for text, ids in zip(texts, outputs)],
                "repetition": [dict(zip(("n", "tokens"), repetition_loop([t for t in o if t not in special])))
                               for o in outputs],
                "kl_approximation": f"top-{TOP_K} of fp32 plus one bucket for the rest (a lower bound)",

@@ -346,7 +346,10 @@ def write_report(store, jobs: List[RunRecord], out_dir: Path, source: str, paren
                       "longest length (greedy; the text of every prompt is in each run's generations.md).", "",
                       markdown_table(["Setting", "New tokens", "Output"],
                                      [[s, str(r.max_new_tokens), samples[r.job.run_id]]
-                                      for s, r in longest.items()], ["<", ">", "<"]), ""]
+                                      for s, r in longest.items()], ["<", ">", "<"]), "",
+                      "Every prompt's output next to fp32's, with the tokens they share, for any runs side by "
+                      f"side: the MLflow UI's Artifact evaluation view of `{tracking.GENERATIONS_TABLE}` "
+                      f"({tracking.ui_command(store)}): <{tracking.runs_url(store, 'ARTIFACT')}>", ""]
         if {"cpu", "cuda"} <= {r.device for r in rows}:
             hardware = {r.job.run_id: hardware_text(tracking.read_json(store, r.job.run_id,
                                                                                       tracking.ENVIRONMENT_FILE))

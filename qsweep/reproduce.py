@@ -15,8 +15,8 @@ from typing import List, Optional, Tuple
 from omegaconf import OmegaConf
 
 from qsweep import console, report, tracking
-from qsweep.config import (HASHED_SECTIONS, PROJECT_ROOT, ConfigError, RunConfig, config_hash, flatten, hashed_fields,
-                           validate)
+from qsweep.config import (HASHED_SECTIONS, PROJECT_ROOT, ConfigError, RunConfig, TrackingConfig, config_hash, flatten,
+                           hashed_fields, register_schemas, validate)
 from qsweep.tracking import TAG_REPRODUCES
 
 
@@ -35,6 +35,7 @@ def local_paths() -> dict:
     """Today's local paths (the cache folder), as conf/config.yaml sets them on this machine."""
     from hydra import compose, initialize_config_dir
 
+    register_schemas()  # conf/config.yaml's defaults name the schema
     with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
         return OmegaConf.to_container(compose(config_name="config").paths, resolve=True)
 
@@ -112,7 +113,7 @@ def reproduce(prefix: str, uri: Optional[str] = None, experiment: Optional[str] 
     from qsweep.environment import DeviceUnavailable, require_device  # deferred: imports torch
     from qsweep.job import run_job
 
-    uri = uri or tracking.store_uri(tracking.TrackingConfig())
+    uri = uri or tracking.store_uri(TrackingConfig())
     store = tracking.open_for_reading(uri)
     original, runs = find_original(store, prefix, run_id)
     experiment = experiment or tracking.experiment_name(store, original.experiment_id)

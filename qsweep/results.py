@@ -3,13 +3,16 @@ metrics, tags and the artifacts that the report and reproduce read back."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 from qsweep import measure, quality
 from qsweep.backends import PrecisionCheck
-from qsweep.tracking import (ENVIRONMENT_FILE, GENERATIONS_FILE, GENERATIONS_MARKDOWN, PRECISION_FILE, QUALITY_FILE,
-                             RunWriter)
+from qsweep.config import RunConfig
+from qsweep.tracking import (CONFIG_FILE, CONTEXT_EVAL, CONTEXT_PROMPTS, ENVIRONMENT_FILE, GENERATIONS_FILE,
+                             GENERATIONS_MARKDOWN, GENERATIONS_TABLE, PRECISION_FILE, QUALITY_FILE, RunWriter)
 
 
 @dataclass
@@ -46,6 +49,34 @@ def add_fp32_outputs(texts: List[dict], fp32_outputs: List[List[int]], tokenizer
         text["fp32_output_ids"] = fp32_ids
 
 
+def record_inputs(run: RunWriter, cfg: RunConfig) -> None:
+    """The job's inputs as datasets: the prompts (from the run's config.yaml) and, for real weights, the
+    evaluation text of the quality metrics; each with the digest of its content."""
+    prompts = list(cfg.generation.prompts)
+    run.log_dataset("prompts", {"prompt": prompts}, f"{run.artifact_uri()}/{CONFIG_FILE}",
+                    _digest(json.dumps(prompts)), CONTEXT_PROMPTS)
+    if cfg.model.weights == "pretrained":
+        text = quality.eval_text()
+        run.log_dataset("eval_text", {"line": text.splitlines()}, str(quality.eval_text_file()), _digest(text),
+                        CONTEXT_EVAL)
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def generation_table(result: JobResult) -> Dict[str, list]:
+    """One row per prompt: the prompt, this run's output, fp32's, how many leading tokens are fp32's, and
+    why the output is broken ("none"; "not_applicable" without quality metrics)."""
+    judged = result.quality.details.get("degenerate_by_prompt") if result.quality else None
+    return {"prompt": [t["prompt"] for t in result.texts],
+            "output": [t["output"] for t in result.texts],
+            "fp32_output": [t.get("fp32_output") for t in result.texts],
+            "matching_tokens": [quality.matching_tokens(t["output_ids"], t["fp32_output_ids"])
+                                if "fp32_output_ids" in t else None for t in result.texts],
+            "degenerate_reason": judged or [quality.NOT_APPLICABLE] * len(result.texts)}
+
+
 def record(run: RunWriter, result: JobResult) -> None:
     run.log_metrics(result.load, result.speed, result.memory)
     run.set_tags({"precision_check": result.precision.summary})
@@ -55,6 +86,7 @@ def record(run: RunWriter, result: JobResult) -> None:
     run.log_json(result.environment, ENVIRONMENT_FILE)
     run.log_json(result.texts, GENERATIONS_FILE)
     run.log_text("\n\n".join(map(_markdown, result.texts)), GENERATIONS_MARKDOWN)
+    run.log_table(generation_table(result), GENERATIONS_TABLE)
     if result.quality is None:
         run.set_tags({"quality": quality.NOT_APPLICABLE})
         return

@@ -27,6 +27,9 @@ def compose_cfg(*overrides: str, hydra_config: bool = False):
         return compose(config_name="config", overrides=list(overrides), return_hydra_config=hydra_config)
 
 
+SEED_PROMPTS = list(compose_cfg("generation=restaurant").generation.prompts)  # seed 000's dialogue
+
+
 def compose_run(*overrides: str):
     """What run.py makes of these overrides: the validated config, with device=auto resolved here."""
     return on_this_machine(validate(compose_cfg(*overrides)))
@@ -98,3 +101,40 @@ def measuring_workers(sweep_pid: int) -> list:
         except psutil.NoSuchProcess:
             pass
     return busy
+
+
+def make_tiny_gemma(folder: Path) -> Path:
+    """A 2-layer Gemma 3 text model with random weights and a character-level tokenizer."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models as tok_models, processors
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig, PreTrainedTokenizerFast
+
+    from train_merge import data
+
+    text = data.DATA_FILE.read_text() + "".join(SEED_PROMPTS)
+    specials = ["<pad>", "<eos>", "<bos>", "<unk>"]
+    vocab = {token: i for i, token in enumerate(specials + sorted(set(text)))}
+    backend = Tokenizer(tok_models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    backend.decoder = decoders.Fuse()
+    backend.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 2)])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>",
+                                        bos_token="<bos>", unk_token="<unk>")
+    config = Gemma3TextConfig(vocab_size=len(vocab), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                              num_attention_heads=2, num_key_value_heads=1, head_dim=32,
+                              max_position_embeddings=512, sliding_window=64, pad_token_id=0, eos_token_id=1,
+                              bos_token_id=2, initializer_range=0.2)
+    torch.manual_seed(0)
+    Gemma3ForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def fine_tune(base: Path, out: Path, uri: str, *overrides: str) -> subprocess.CompletedProcess:
+    """`python -m train_merge` on the tiny Gemma `base` (small, fast settings; `overrides` on top), saving
+    the merged checkpoint to `out` and recording into the store `uri`."""
+    return subprocess.run(
+        [sys.executable, "-m", "train_merge", "model.name=tiny-gemma", f"model.name_or_path={base}",
+         "data.limit_train=16", "data.limit_heldout=8", "data.max_length=128", "train.max_steps=2", "train.lr=1e-2",
+         "train.device=cpu", "train.num_threads=1", "eval.max_new_tokens=4", f"merge.output_dir={out}",
+         f"tracking.uri={uri}", f"hydra.run.dir={out.parent}/outputs", *overrides],
+        cwd=out.parent.parent, capture_output=True, text=True, timeout=600)

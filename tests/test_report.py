@@ -1,6 +1,7 @@
 """Reports: seed-style tables, CPU-vs-GPU comparison, charts; a report of a real tiny sweep checked
 against its runs; and the MLflow UI on that store, opened in headless Chromium."""
 
+import json
 import os
 import re
 import shutil
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from conftest import ROOT, Sweep
+from conftest import ROOT, Sweep, fine_tune, make_tiny_gemma
 from qsweep import charts, report
 from qsweep.tracking import RunRecord
 
@@ -322,47 +323,97 @@ def close_assistant_panel(driver) -> None:
         pass
 
 
+@pytest.fixture(scope="module")
+def fine_tune_sweep(tmp_path_factory):
+    """A fine-tune of the tiny Gemma and a sweep of its checkpoint at fp32 and bf16, in one store."""
+    tmp = tmp_path_factory.mktemp("ui_store")
+    base, out, sweep = make_tiny_gemma(tmp / "tiny-gemma"), tmp / "models" / "tiny-gemma-ft", Sweep(tmp)
+    result = fine_tune(base, out, sweep.uri)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    result = sweep.run("-m", "model=gemma-3-270m-ft", f"model.name_or_path={out}", "device=cpu",
+                       "precision=fp32,bf16", "generation.max_new_tokens=8", "generation.repeats=1")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    return sweep, result.stdout
+
+
+SCREENSHOTS = ROOT / "docs" / "ui"
+
+
+def wait_for_text(driver, *texts, timeout=60):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(driver, timeout).until(
+        lambda d: all(t in d.find_element("tag name", "body").text for t in texts), f"not on screen: {texts}")
+
+
+def click(driver, xpath, timeout=60):
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(driver, timeout).until(expected_conditions.element_to_be_clickable(("xpath", xpath))).click()
+
+
+def screenshot(driver, tmp_path, name):
+    """Saved in tmp_path, and in docs/ui/ when QSWEEP_SCREENSHOT_DIR=docs/ui (how docs/ got them)."""
+    shot = tmp_path / name
+    driver.save_screenshot(str(shot))
+    assert_png(shot)
+    if os.environ.get("QSWEEP_SCREENSHOT_DIR"):
+        shutil.copy(shot, Path(os.environ["QSWEEP_SCREENSHOT_DIR"]) / name)
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
                     reason="Chromium is not installed: apt-get install chromium chromium-driver (.ci/run does)")
-def test_the_mlflow_ui_shows_the_sweep_in_headless_chromium(tiny_sweep, tmp_path):
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    runs = tiny_sweep.runs()
+def test_the_mlflow_ui_shows_the_sweep_in_headless_chromium(fine_tune_sweep, tmp_path):
+    """From the UI's home page, as the README's UI section says: the sweep's runs, their generated text side by
+    side, and the fine-tune's model."""
+    sweep, stdout = fine_tune_sweep
+    runs = sweep.runs()
     (parent,) = [r for r in runs if r.data.tags.get("qsweep.kind") == "sweep"]
-    job_names = sorted(r.info.run_name for r in runs if r.data.tags.get("qsweep.kind") == "job")
+    jobs = {r.data.tags["precision"]: r for r in runs if r.data.tags.get("qsweep.kind") == "job"}
+    tables = {p: json.loads(Path(sweep.client().download_artifacts(job.info.run_id, "generations_table.json"))
+                            .read_text())["data"] for p, job in jobs.items()}
+    prompt, outputs = tables["fp32"][0][0], {p: rows[0][1].strip() for p, rows in tables.items()}
+    (digest,) = {d.dataset.digest for d in jobs["fp32"].inputs.dataset_inputs if d.dataset.name == "prompts"}
     port = free_port()
-    ui = start_ui(tiny_sweep.uri, port, tmp_path / "mlflow-ui.log")
+    ui = start_ui(sweep.uri, port, tmp_path / "mlflow-ui.log")
     driver = None
     try:
         driver = chromium(tempfile.mkdtemp(dir=tmp_path))
-        driver.get(f"http://127.0.0.1:{port}/#/experiments/{parent.info.experiment_id}/runs")
-
-        def page_text(d):
-            return d.find_element("tag name", "body").text
-
-        WebDriverWait(driver, 60).until(lambda d: parent.info.run_name in page_text(d))
-        # jobs are nested under the sweep's run: open it, as a user would
-        driver.find_element("xpath", f"//a[.//span[text()='{parent.info.run_name}']]"
-                                     "/ancestor::*[@role='gridcell'][1]//button").click()
-        WebDriverWait(driver, 60).until(lambda d: all(n in page_text(d) for n in job_names))
+        home = f"http://127.0.0.1:{port}/"
+        driver.get(home)
+        wait_for_text(driver, "Recent Experiments", "qsweep", "train_merge")
+        # the README: switch to Model training, open the experiment (= the address the sweep printed)
+        click(driver, "//*[text()='Model training']")
+        click(driver, "//a[text()='qsweep']")
+        wait_for_text(driver, parent.info.run_name)
+        printed = re.search(r"http://127\.0\.0\.1:5000/(#/experiments/\d+/runs\?workflowType=machine_learning)",
+                            stdout).group(1)
+        assert driver.current_url.startswith(home + printed), (driver.current_url, printed)
         close_assistant_panel(driver)
-        shot = tmp_path / "mlflow-ui-runs.png"
-        driver.save_screenshot(str(shot))
-        assert_png(shot)
-        # the chart view: a chart per metric, the jobs' tokens_per_s among them
-        driver.get(f"http://127.0.0.1:{port}/#/experiments/{parent.info.experiment_id}/runs?compareRunsMode=CHART")
-        WebDriverWait(driver, 60).until(lambda d: "tokens_per_s" in page_text(d))
-        search = driver.find_elements("xpath", "//input[@placeholder='Search metric charts']")
-        if search:  # the seed's question first: only the tokens/s charts
-            search[0].send_keys("tokens_per_s")
-        time.sleep(2)  # let the bars draw
-        chart = tmp_path / "mlflow-ui-charts.png"
-        driver.save_screenshot(str(chart))
-        assert_png(chart)
-        if os.environ.get("QSWEEP_SCREENSHOT_DIR"):  # how docs/ got its screenshots
-            for path in (shot, chart):
-                shutil.copy(path, Path(os.environ["QSWEEP_SCREENSHOT_DIR"]) / path.name)
+        click(driver, f"//a[.//span[text()='{parent.info.run_name}']]/ancestor::*[@role='gridcell'][1]//button")
+        wait_for_text(driver, *(job.info.run_name for job in jobs.values()))
+        screenshot(driver, tmp_path, "runs.png")
+
+        # what the models said: Artifact evaluation, the generations table, one column per run
+        driver.execute_script("arguments[0].click()", driver.find_element("xpath", "//input[@value='ARTIFACT']"))
+        wait_for_text(driver, "generations_table.json", "Group by:", "Compare:", prompt)
+        text = driver.find_element("tag name", "body").text
+        assert text.count(f"prompts ({digest})") == 2  # each job's column names its prompt set
+        lines = text.splitlines()
+        row = lines[lines.index(prompt) + 1:lines.index(prompt) + 4]  # its cells: the sweep's run (empty), the jobs
+        assert row.count(outputs["fp32"]) + row.count(outputs["bf16"]) >= 2, (row, outputs)
+        screenshot(driver, tmp_path, "generations.png")
+
+        # the fine-tune's model: its experiment, Models, the checkpoint's logged model
+        click(driver, "//a[text()='Experiments']")
+        click(driver, "//a[text()='train_merge']")
+        click(driver, "//a[text()='Models' or .//*[text()='Models']]")
+        click(driver, "//a[text()='tiny-gemma-ft']")
+        wait_for_text(driver, "tiny-gemma-ft", "heldout_loss_merged", "Source run", "Ready",
+                      *(job.info.run_name for job in jobs.values()))
+        screenshot(driver, tmp_path, "model.png")
     finally:
         if driver is not None:
             driver.quit()

@@ -2,8 +2,6 @@
 adapter model computes, and the saved checkpoint loads through the sweep's loader."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -11,7 +9,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from mlflow import MlflowClient
 
-from conftest import ROOT, compose_cfg, compose_run
+from conftest import ROOT, SEED_PROMPTS, Sweep, compose_cfg, compose_run, fine_tune, make_tiny_gemma
 from qsweep import models, sources
 from qsweep.config import PROJECT_ROOT, ConfigError
 from train_merge import data, finetune, merge, pipeline
@@ -19,35 +17,11 @@ from train_merge.config import register_schemas, validate
 
 register_schemas()
 STEPS = 24
-SEED_PROMPTS = list(compose_cfg("generation=restaurant").generation.prompts)  # seed 000's dialogue
 
 
 def compose_train_merge(*overrides: str):
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         return compose(config_name="train_merge", overrides=list(overrides))
-
-
-def make_tiny_gemma(folder: Path) -> Path:
-    """A 2-layer Gemma 3 text model with random weights and a character-level tokenizer."""
-    from tokenizers import Tokenizer, decoders, models as tok_models, processors
-    from transformers import Gemma3ForCausalLM, Gemma3TextConfig, PreTrainedTokenizerFast
-
-    text = data.DATA_FILE.read_text() + "".join(SEED_PROMPTS)
-    specials = ["<pad>", "<eos>", "<bos>", "<unk>"]
-    vocab = {token: i for i, token in enumerate(specials + sorted(set(text)))}
-    backend = Tokenizer(tok_models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
-    backend.decoder = decoders.Fuse()
-    backend.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 2)])
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>",
-                                        bos_token="<bos>", unk_token="<unk>")
-    config = Gemma3TextConfig(vocab_size=len(vocab), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                              num_attention_heads=2, num_key_value_heads=1, head_dim=32,
-                              max_position_embeddings=512, sliding_window=64, pad_token_id=0, eos_token_id=1,
-                              bos_token_id=2, initializer_range=0.2)
-    torch.manual_seed(0)
-    Gemma3ForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -56,12 +30,8 @@ def tiny(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("train_merge")
     base = make_tiny_gemma(tmp / "tiny-gemma")
     out, uri = tmp / "models" / "tiny-gemma-ft", f"sqlite:///{tmp / 'mlflow.db'}"
-    result = subprocess.run(
-        [sys.executable, "-m", "train_merge", "model.name=tiny-gemma", f"model.name_or_path={base}",
-         "data.limit_train=96", "data.limit_heldout=16", "data.max_length=128", f"train.max_steps={STEPS}",
-         "train.epochs=4", "train.lr=1e-2", "train.device=cpu", "train.num_threads=1", "lora.r=8", "eval.max_new_tokens=12",
-         f"merge.output_dir={out}", f"tracking.uri={uri}", f"hydra.run.dir={tmp}/outputs"],
-        cwd=tmp, capture_output=True, text=True, timeout=600)
+    result = fine_tune(base, out, uri, "data.limit_train=96", "data.limit_heldout=16", f"train.max_steps={STEPS}",
+                       "train.epochs=4", "lora.r=8", "eval.max_new_tokens=12")
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     client = MlflowClient(uri)
     (run,) = client.search_runs([client.get_experiment_by_name("train_merge").experiment_id])
@@ -121,6 +91,68 @@ def test_the_run_records_what_the_issue_asks(tiny):
     assert run.data.params["lora.r"] == "8" and run.data.params["train.lr"] == "0.01"
     samples = json.loads(Path(MlflowClient(uri).download_artifacts(run.info.run_id, "samples.json")).read_text())
     assert [s["prompt"] for s in samples] == SEED_PROMPTS and all("before" in s and "after" in s for s in samples)
+
+
+def test_the_checkpoint_is_an_mlflow_model_made_by_its_fine_tune_run(tiny):
+    """A logged model (source run, params, held-out losses) and a registered model version whose source is
+    the checkpoint folder: the weights are not copied into the store."""
+    _, out, uri, run = tiny
+    client, made = MlflowClient(uri), json.loads((out / "train_merge.json").read_text())
+    model = client.get_logged_model(made["logged_model_id"])
+    assert model.source_run_id == run.info.run_id and model.name == out.name and str(model.status) == "READY"
+    assert model.tags["checkpoint"] == str(out) and model.tags["weights_sha256"] == sources.weights_sha256(out)
+    assert model.params["lora.r"] == "8" and model.params["train.max_steps"] == str(STEPS)
+    assert {m.key: m.value for m in model.metrics}["heldout_loss_merged"] == run.data.metrics["heldout_loss_merged"]
+    assert made["registered_model"] == out.name and made["model_version"] == "1"
+    assert json.loads(model.tags["mlflow.modelVersions"]) == [{"name": out.name, "version": "1"}]
+    version = client.get_model_version(out.name, "1")
+    assert version.source == out.as_uri() and version.run_id == run.info.run_id
+    assert version.tags["logged_model_id"] == model.model_id
+    assert run.data.tags["logged_model_id"] == model.model_id and run.data.tags["model_version"] == f"{out.name}/1"
+    store_files = list((out.parent.parent / "artifacts").rglob("*"))
+    assert store_files and not any(f.suffix == ".safetensors" for f in store_files)
+
+
+@pytest.mark.slow
+def test_sweep_runs_of_the_checkpoint_point_to_its_model_and_a_new_fine_tune_is_a_new_version(tiny):
+    base, out, uri, run = tiny
+    made = json.loads((out / "train_merge.json").read_text())
+    sweep = Sweep(out.parent.parent)  # the fine-tune's store
+    result = sweep.run("-m", "model=gemma-3-270m-ft", f"model.name_or_path={out}", "device=cpu",
+                       "precision=fp32,bf16", "generation.max_new_tokens=4", "generation.repeats=1")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    jobs = {r.data.tags["precision"]: r for r in sweep.runs() if r.data.tags["qsweep.kind"] == "job"}
+    assert set(jobs) == {"fp32", "bf16"}
+    client = MlflowClient(uri)
+    for job in jobs.values():
+        assert job.data.tags["fine_tune_run"] == run.info.run_id
+        assert job.data.tags["logged_model_id"] == made["logged_model_id"]
+        assert job.data.tags["model_version"] == f"{out.name}/1"
+        inputs = client.get_run(job.info.run_id).inputs  # search_runs leaves model inputs out
+        assert [m.model_id for m in inputs.model_inputs] == [made["logged_model_id"]]
+        # real weights: the evaluation text is an input too
+        assert {d.dataset.name for d in job.inputs.dataset_inputs} == {"prompts", "eval_text"}
+    # the model's page lists the runs that measured it, through their metrics
+    model_runs = {m.run_id for m in client.get_logged_model(made["logged_model_id"]).metrics}
+    assert model_runs == {run.info.run_id, *(j.info.run_id for j in jobs.values())}
+    tables = {}
+    for precision, job in jobs.items():
+        logged = json.loads(Path(client.download_artifacts(job.info.run_id, "generations_table.json")).read_text())
+        tables[precision] = dict(zip(logged["columns"], map(list, zip(*logged["data"]))))
+    fp32, bf16 = tables["fp32"], tables["bf16"]
+    assert fp32["fp32_output"] == fp32["output"] and fp32["matching_tokens"] == [4] * len(fp32["prompt"])
+    assert bf16["prompt"] == fp32["prompt"] and bf16["fp32_output"] == fp32["output"]
+    assert all(0 <= n <= 4 for n in bf16["matching_tokens"])
+    assert all(reason for reason in bf16["degenerate_reason"])
+
+    again = out.parent.parent / "again" / out.name  # a second fine-tune of a checkpoint of the same name
+    result = fine_tune(base, again, uri)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    second = json.loads((again / "train_merge.json").read_text())
+    assert second["registered_model"] == out.name and second["model_version"] == "2"
+    assert second["logged_model_id"] != made["logged_model_id"]
+    assert client.get_logged_model(second["logged_model_id"]).source_run_id == second["mlflow_run_id"]
+    assert client.get_model_version(out.name, "2").source == again.as_uri()
 
 
 def test_reply_logits_are_the_models_logits_at_the_reply(tiny):

@@ -83,3 +83,9 @@ def save(merged, tokenizer, output_dir: Path, save_dtype: str, provenance: dict)
             staging.rename(output_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def add_provenance(output_dir: Path, fields: dict) -> None:
+    """Add fields to the saved checkpoint's train_merge.json (the MLflow model it became)."""
+    path = output_dir / "train_merge.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **fields}, indent=2) + "\n")

@@ -127,6 +127,14 @@ def run(cfg: TrainMergeConfig) -> Result:
         gc.collect()
         say(f"saved the merged {cfg.merge.save_dtype} checkpoint to {output_dir}")
         mlrun.set_tags({"adapter": str(adapter_dir)})
+        model = tracking.register_checkpoint(
+            mlrun, output_dir, flatten({"lora": asdict(cfg.lora), "train": asdict(cfg.train)}),
+            {"base_model": cfg.model.name_or_path, tracking.TAG_WEIGHTS: sources.weights_sha256(output_dir)})
+        merge.add_provenance(output_dir, model)
+        mlrun.set_tags({tracking.TAG_LOGGED_MODEL: model["logged_model_id"],
+                        tracking.TAG_MODEL_VERSION: f"{model['registered_model']}/{model['model_version']}"})
+        say(f"registered as MLflow model {model['registered_model']} version {model['model_version']} "
+            f"(logged model {model['logged_model_id']}; the weights stay in {output_dir})")
 
         loaded = reloaded(cfg, output_dir)
         loss_merged = finetune.heldout_loss(loaded.model, heldout_batches)
@@ -134,10 +142,11 @@ def run(cfg: TrainMergeConfig) -> Result:
                                                 cfg.eval.max_new_tokens)
         del loaded
         total = time.perf_counter() - start
-        mlrun.log_metrics({"heldout_loss_merged": loss_merged,
+        mlrun.log_metrics({"heldout_loss_merged": loss_merged,  # the run's and, from now on, its model's
                           "heldout_perplexity_merged": perplexity(loss_merged),
                           "train_loss_first": trained.first_loss, "train_loss_last": trained.last_loss,
                           "total_time_s": total})
+        tracking.model_ready(mlrun)
         samples = [{"prompt": b["prompt"], "before": b["reply"], "after": a["reply"]}
                    for b, a in zip(replies_before, replies_after)]
         mlrun.log_json(samples, "samples.json")

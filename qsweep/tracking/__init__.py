@@ -4,13 +4,16 @@
     owners   which process owns a running run; closing runs whose process died
     runs     writing job, sweep and fine-tune runs, ended by outcome; skipped-job bookkeeping
     records  reading runs back as typed RunRecords, and their artifacts
+    models   a fine-tuned checkpoint as a logged model and registered model version; runs that measure it
     names    the tag and artifact names (qsweep's interface)
 """
 
+from qsweep.tracking.models import link_model, model_ready, register_checkpoint  # noqa: F401
 from qsweep.tracking.names import *  # noqa: F401,F403
 from qsweep.tracking.owners import close_orphans, host_id  # noqa: F401
 from qsweep.tracking.records import (RunRecord, experiment_name, find_by_hash, find_jobs, find_runs, get_run,  # noqa: F401,E501
                                      latest_sweep, read_artifact, read_json, skipped_jobs, sweep_jobs)
 from qsweep.tracking.runs import (RunWriter, delete_run, end_sweep, job_run, one_line, record_skip,  # noqa: F401
                                   start_sweep, summarize_skips, train_run)
-from qsweep.tracking.store import Store, StoreUnavailable, open_for_reading, open_store, store_uri  # noqa: F401
+from qsweep.tracking.store import (Store, StoreUnavailable, open_for_reading, open_store, runs_url,  # noqa: F401
+                                  store_uri, ui_command)

@@ -12,6 +12,11 @@ TAG_REPRODUCES = "reproduces"  # on a reproduction: the run it measured again
 TAG_SWEEP_OVERRIDES = "sweep_overrides"
 TAG_SKIPPED_JOBS = "skipped_jobs"
 TAG_NOTE = "mlflow.note.content"  # the run's description, Markdown in the UI
+# A run that measures a fine-tuned checkpoint: which fine-tune made it, as an MLflow logged model and
+# registered model version (from the folder's train_merge.json)
+TAG_FINE_TUNE_RUN = "fine_tune_run"
+TAG_LOGGED_MODEL = "logged_model_id"
+TAG_MODEL_VERSION = "model_version"  # <registered model name>/<version>
 
 KIND_JOB, KIND_SWEEP, KIND_TRAIN = "job", "sweep", "train_merge"
 
@@ -20,7 +25,11 @@ CONFIG_FILE = "config.yaml"
 ENVIRONMENT_FILE = "environment.json"
 GENERATIONS_FILE = "generations.json"
 GENERATIONS_MARKDOWN = "generations.md"
+GENERATIONS_TABLE = "generations_table.json"  # an MLflow table: the UI compares it across runs
 PRECISION_FILE = "precision_check.json"
 QUALITY_FILE = "quality.json"
 TRACEBACK_FILE = "traceback.txt"
 SKIPPED_FILE = "skipped_jobs.json"
+
+# Dataset inputs of a job run (mlflow.data.context of each)
+CONTEXT_PROMPTS, CONTEXT_EVAL = "prompts", "evaluation"

@@ -9,9 +9,10 @@ from __future__ import annotations
 import dataclasses
 import time
 import traceback
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, List, Optional
+from typing import Dict, Iterator, List, Optional
 
 from qsweep.tracking import owners
 from qsweep.tracking.names import (KIND_JOB, KIND_SWEEP, KIND_TRAIN, SKIPPED_FILE, TAG_ERROR, TAG_HASH, TAG_KIND,
@@ -35,6 +36,7 @@ class RunWriter:
 
     def __init__(self, store: Store, run_id: str):
         self.store, self.run_id = store, run_id
+        self.model_id: Optional[str] = None  # the logged model this run's metrics also describe (MLflow 3)
 
     def set_tags(self, tags: dict) -> None:
         for key, value in tags.items():
@@ -48,14 +50,18 @@ class RunWriter:
             self.store.client.log_batch(self.run_id, params=items[i:i + 100])
 
     def log_metrics(self, *groups, step: int = 0) -> None:
-        """Each group is a dataclass (each field a metric) or a dict; None means not measured."""
+        """Each group is a dataclass (each field a metric) or a dict; None means not measured. With a model_id
+        set, the metrics are also the logged model's (listed on its page, with this run)."""
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
         values = [(k, v) for g in groups for k, v in (dataclasses.asdict(g) if dataclasses.is_dataclass(g)
                                                        else g).items()]
-        self.store.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step)
+        self.store.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step, model_id=self.model_id)
                                                           for k, v in values if v is not None])
+
+    def artifact_uri(self) -> str:
+        return self.store.client.get_run(self.run_id).info.artifact_uri
 
     def log_text(self, text: str, artifact_file: str) -> None:
         self.store.client.log_text(self.run_id, text, artifact_file)
@@ -65,6 +71,25 @@ class RunWriter:
 
     def log_folder(self, folder: Path, artifact_path: str) -> None:
         self.store.client.log_artifacts(self.run_id, str(folder), artifact_path)
+
+    def log_table(self, columns: Dict[str, list], artifact_file: str) -> None:
+        """An MLflow table (listed in the run's mlflow.loggedArtifacts tag): the UI's evaluation view shows
+        the same table of several runs side by side."""
+        self.store.client.log_table(self.run_id, columns, artifact_file)
+
+    def log_dataset(self, name: str, columns: Dict[str, list], source: str, digest: str, context: str) -> None:
+        """A dataset input of the run: its name, digest, source, schema and row count (not its rows), so runs
+        on different inputs are told apart (the UI's Datasets column, search_runs' datasets.digest)."""
+        import pandas as pd
+        from mlflow.data.pandas_dataset import from_pandas
+        from mlflow.entities import DatasetInput, InputTag
+        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+        with warnings.catch_warnings():  # MLflow registers its local source type twice, and says so
+            warnings.filterwarnings("ignore", "The specified dataset source can be interpreted in multiple ways")
+            dataset = from_pandas(pd.DataFrame(columns), source=source, name=name, digest=digest)
+        self.store.client.log_inputs(self.run_id, [DatasetInput(dataset._to_mlflow_entity(),
+                                                                [InputTag(MLFLOW_DATASET_CONTEXT, context)])])
 
     def describe(self, markdown: str) -> None:
         """The run's description, shown as Markdown on its page in the MLflow UI."""

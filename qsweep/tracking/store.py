@@ -11,8 +11,10 @@ from pathlib import Path
 from qsweep.config import PROJECT_ROOT, TrackingConfig
 
 DEFAULT_STORE_DIR = PROJECT_ROOT / "mlruns"
-# The MLflow UI opens an experiment of this kind on its runs table and charts, not the GenAI overview.
+# The experiment's kind: "Machine learning" in the UI's experiment list. MLflow 3.17's UI ignores it for
+# the landing page, which follows its GenAI / Model training switch: the workflowType URL parameter sets it.
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+UI_ADDRESS = "http://127.0.0.1:5000"  # where `make ui` serves the default store
 
 for noisy in ("alembic", "mlflow.store.db.utils", "mlflow.tracking._tracking_service.client"):
     logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -102,6 +104,24 @@ def open_for_reading(uri: str) -> Store:
         raise StoreUnavailable(f"cannot open the MLflow store {uri}: {first_line(err)}; "
                                "check --tracking-uri (or MLFLOW_TRACKING_URI)") from None
     return Store(client, "", uri)
+
+
+def runs_url(store: Store, view: str = "") -> str:
+    """The UI's page of the experiment's runs, in the Model training view: the tracking server's own
+    address, or `make ui`'s for a local store. view: CHART, or ARTIFACT (tables side by side); the run
+    table by default."""
+    base = store.uri.rstrip("/") if store.uri.startswith(("http://", "https://")) else UI_ADDRESS
+    return (f"{base}/#/experiments/{store.experiment_id}/runs?workflowType=machine_learning"
+            + (f"&compareRunsMode={view}" if view else ""))
+
+
+def ui_command(store: Store) -> str:
+    """What serves the store's UI at runs_url: `make ui` for the project's store."""
+    if store.uri.startswith(("http://", "https://")):
+        return "the tracking server"
+    if store.uri == f"sqlite:///{DEFAULT_STORE_DIR / 'mlflow.db'}":
+        return "make ui"
+    return f"mlflow ui --backend-store-uri {store.uri} --host 127.0.0.1 --port 5000"
 
 
 def first_line(err: BaseException) -> str:
