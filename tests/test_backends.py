@@ -63,6 +63,16 @@ def test_names_tags_and_settings_say_the_backend():
     assert identity.run_name(compose_run("device=cpu")) == "gemma-3-270m-fp32-cpu-128"  # unchanged
 
 
+def test_llama_cpp_refuses_cuda_in_one_line():
+    """On a machine without CUDA the job fails earlier, saying so; the backend's own refusal is checked here."""
+    from qsweep import backends
+
+    cfg = compose_run("backend=llama-cpp", "device=cuda")
+    with pytest.raises(backends.BackendUnsupported, match=r"backend=llama-cpp runs on the CPU here \(llama-cpp-python "
+                                                            r"is built without CUDA\): use device=cpu"):
+        backends.get("llama-cpp").check(cfg)
+
+
 def test_no_module_downstream_of_the_backends_names_one():
     """A fourth backend is one module and one YAML file: the job, the quality metrics and the report
     never branch on a backend's name."""

@@ -78,8 +78,6 @@ CASES = [
      "cannot open the MLflow store sqlite:////proc/qsweep/mlflow.db", False),
     ("unreachable tracking server", [*TINY, "tracking.uri=http://127.0.0.1:9"],
      "no MLflow server answers at http://127.0.0.1:9", False),
-    ("llama.cpp on CUDA", [*TINY, "backend=llama-cpp", "device=cuda"],
-     "backend=llama-cpp runs on the CPU here (llama-cpp-python is built without CUDA)", True),
     ("llama.cpp without a tokenizer", [*TINY, "backend=llama-cpp"], "backend=llama-cpp needs a checkpoint with its "
      "tokenizer", True),
     ("unknown GGUF type", [*TINY, "backend=llama-cpp", "backend.gguf_type=Q9_Z"],

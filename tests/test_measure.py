@@ -1,5 +1,6 @@
 """Timed generation does fixed work and its figures are consistent; memory and context checks."""
 
+import mmap
 import time
 
 import psutil
@@ -61,12 +62,19 @@ def test_a_prompt_longer_than_the_context_is_refused(tiny):
     measure.check_context(long_prompt, 12, tiny.context_length)  # fits
 
 
+def touched_block(size: int = 256 * 1024 * 1024) -> mmap.mmap:
+    """size bytes of fresh, touched memory: new pages whatever an allocator keeps cached from earlier tests."""
+    block, chunk = mmap.mmap(-1, size), b"\x01" * (1 << 20)
+    for _ in range(size >> 20):
+        block.write(chunk)
+    return block
+
+
 def test_memory_tracker_sees_a_transient_allocation_exactly_on_linux():
     baseline_gb = psutil.Process().memory_info().rss / measure.GB
     tracker = measure.MemoryTracker("cpu", interval_s=10)  # a poller would never sample in time
     with tracker.track():
-        block = torch.ones(256 * 1024 * 1024, dtype=torch.uint8)  # 256 MiB, touched, freed at once
-        del block
+        touched_block().close()  # 256 MiB, touched, freed at once
     memory = tracker.metrics()
     assert 0.24 < memory.peak_rss_gb - baseline_gb < 0.4 and memory.peak_vram_gb is None
 
@@ -76,9 +84,9 @@ def test_memory_tracker_polls_where_the_kernel_keeps_no_peak(monkeypatch):
     baseline_gb = psutil.Process().memory_info().rss / measure.GB
     tracker = measure.MemoryTracker("cpu", interval_s=0.01)
     with tracker.track():
-        block = torch.ones(256 * 1024 * 1024, dtype=torch.uint8)
+        block = touched_block()
         time.sleep(0.1)  # long enough for the poller to see it
-        del block
+        block.close()
     assert tracker.metrics().peak_rss_gb - baseline_gb > 0.2
 
 
@@ -93,7 +101,7 @@ def test_a_peak_before_the_region_does_not_count():
 
 
 @pytest.mark.slow
-def test_compile_option_really_compiles_and_keeps_the_output(tiny):
+def test_compile_option_really_compiles_and_keeps_the_output(tiny, tmp_path):
     import torch._dynamo
 
     base = "model=tiny-gpt2 device=cpu generation.max_new_tokens=6 generation.repeats=1".split()
@@ -103,7 +111,8 @@ def test_compile_option_really_compiles_and_keeps_the_output(tiny):
     _, eager = measure.generate_timed(tiny, prompts, eager_gen, "cpu")
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
-    _, compiled = measure.generate_timed(tiny, prompts, compiled_gen, "cpu")
+    compiled_runtime = transformers_runtime(tmp_path, *base, "generation.compile=true")  # the same random weights
+    _, compiled = measure.generate_timed(compiled_runtime, prompts, compiled_gen, "cpu")
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0  # the forward went through dynamo
     assert [o.output_ids for o in compiled] == [o.output_ids for o in eager]
 

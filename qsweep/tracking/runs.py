@@ -85,9 +85,16 @@ class RunWriter:
         from mlflow.entities import DatasetInput, InputTag
         from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
+        from mlflow.data.code_dataset_source import CodeDatasetSource
+        from mlflow.exceptions import MlflowException
+
         with warnings.catch_warnings():  # MLflow registers its local source type twice, and says so
             warnings.filterwarnings("ignore", "The specified dataset source can be interpreted in multiple ways")
-            dataset = from_pandas(pd.DataFrame(columns), source=source, name=name, digest=digest)
+            try:
+                dataset = from_pandas(pd.DataFrame(columns), source=source, name=name, digest=digest)
+            except MlflowException:  # a source MLflow cannot resolve (a tracking server's mlflow-artifacts:/...)
+                dataset = from_pandas(pd.DataFrame(columns), source=CodeDatasetSource({"source": source}), name=name,
+                                      digest=digest)
         self.store.client.log_inputs(self.run_id, [DatasetInput(dataset._to_mlflow_entity(),
                                                                 [InputTag(MLFLOW_DATASET_CONTEXT, context)])])
 
