@@ -1,4 +1,6 @@
-"""SIGTERM unwinds like Ctrl-C, so a run being measured ends as KILLED instead of staying RUNNING."""
+"""Ctrl-C and SIGTERM unwind as KeyboardInterrupt, so a run being measured ends as KILLED instead of staying
+RUNNING, and both are remembered: an interrupt raised inside a finalizer (gc, a weakref callback) is lost,
+and the waits and job starts check for it."""
 
 import signal
 
@@ -12,9 +14,10 @@ def _interrupt(signum, frame):
 
 def install() -> None:
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
 
 
 def raise_if_swallowed() -> None:
-    """Between jobs: an interrupt that came during gc was swallowed; stop here instead."""
+    """An interrupt that came during gc was swallowed: stop here instead."""
     if received:
         raise KeyboardInterrupt(f"signal {received[0]}")

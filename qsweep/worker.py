@@ -1,5 +1,5 @@
 """Run one function in a fresh process with a time limit, so a crash, a kill, a hang or leaked memory
-stays inside one job. The parent blocks in a pipe read (it burns no core while the worker measures).
+stays inside one job. The parent waits on a pipe (waking twice a second to check for a lost Ctrl-C; it burns no core).
 
 Workers are forked from a fork server that has imported torch and transformers once (and never
 touches CUDA), so a job starts in a fraction of a second instead of paying seconds of imports."""
@@ -11,8 +11,13 @@ import os
 import pickle
 import threading
 import traceback
+import time
 from functools import lru_cache
 from typing import Any, Callable, Tuple
+
+from qsweep import signals
+
+CHECK_EVERY_S = 0.5
 
 
 class WorkerDied(RuntimeError):
@@ -81,8 +86,11 @@ def call(fn: Callable, arg: Any, isolated: bool, timeout_s: float) -> Any:
     sender.close()  # so the read below sees EOF the moment the worker dies
     caller_alive.close()
     try:
-        if not receiver.poll(timeout_s):
-            raise WorkerDied(f"timed out after {timeout_s:g} s (runner.timeout_s)")
+        deadline = time.monotonic() + timeout_s
+        while not receiver.poll(CHECK_EVERY_S):  # wakes twice a second: no core is burnt
+            signals.raise_if_swallowed()  # a Ctrl-C lost in a finalizer still stops the sweep
+            if time.monotonic() > deadline:
+                raise WorkerDied(f"timed out after {timeout_s:g} s (runner.timeout_s)")
         try:
             status, payload = receiver.recv()
         except EOFError:
