@@ -332,6 +332,19 @@ def _build_references(cfg: RunConfig, checkpoint: Checkpoint, paths: ReferencePa
         del reference
 
 
+def _build_missing_references(cfg: RunConfig, checkpoint: Checkpoint, paths: ReferencePaths, windows,
+                              prompt_ids) -> bool:
+    """Build whatever reference is missing, under the lock; True when this job built it (False when it
+    was there, or another job built it while this one waited)."""
+    if paths.text.is_file() and paths.greedy.is_file():
+        return False
+    with FileLock(str(paths.lock)):
+        if paths.text.is_file() and paths.greedy.is_file():
+            return False
+        _build_references(cfg, checkpoint, paths, windows, prompt_ids)
+        return True
+
+
 # ---------------------------------------------------------------- one job's quality
 
 def applicable(cfg: RunConfig, tokenizer) -> bool:
@@ -370,19 +383,11 @@ def evaluate(cfg: RunConfig, runtime: Runtime, checkpoint: Checkpoint, generatio
                 save_text_reference(as_reference(scores), paths.text, {**meta, "built_by": "fp32 job"})
             if not paths.greedy.is_file() and cfg.generation.batch_size == 1:  # the reference is batch 1's
                 save_greedy(outputs, paths.greedy, {**meta, "built_by": "fp32 job"})
-        if not paths.greedy.is_file():
-            with FileLock(str(paths.lock)):
-                if not paths.greedy.is_file():
-                    _build_references(cfg, checkpoint, paths, windows, prompt_ids)
+        _build_missing_references(cfg, checkpoint, paths, windows, prompt_ids)  # a batched job's greedy one
         fp32_outputs, origin = load_greedy(paths.greedy), "self"
     else:
-        origin = "reused"
-        if not (paths.text.is_file() and paths.greedy.is_file()):
-            with FileLock(str(paths.lock)):
-                if not (paths.text.is_file() and paths.greedy.is_file()):  # not built while we waited
-                    _build_references(cfg, checkpoint, paths, windows, prompt_ids)
-                    origin = "built"
-        fp32_outputs = load_greedy(paths.greedy)
+        built = _build_missing_references(cfg, checkpoint, paths, windows, prompt_ids)
+        fp32_outputs, origin = load_greedy(paths.greedy), "built" if built else "reused"
         if text is None:
             scores = score_text(runtime, windows, reference=load_text_reference(paths.text))
             text = TextQuality(scores.perplexity, scores.kl_sum / scores.positions, scores.top1_same / scores.positions,
