@@ -9,7 +9,9 @@ import subprocess
 import sys
 import tempfile
 import time
+import threading
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -111,3 +113,26 @@ def test_a_submitit_sweep_with_two_parallel_jobs_reaches_a_postgres_backed_serve
                        f"tracking.uri={mlflow_server}")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     check_sweep(MlflowClient(mlflow_server), jobs=2)
+
+
+@pytest.mark.slow
+def test_parallel_jobs_logging_the_same_prompts_all_record_them(mlflow_server):
+    """Jobs that start together log the same prompts dataset at once: the server's unique key on
+    (experiment, name, digest) lets one insert win; every run must still end up with the dataset."""
+    from qsweep.config import TrackingConfig
+    from qsweep.tracking.runs import RunWriter
+    from qsweep.tracking.store import open_store
+
+    store = open_store(TrackingConfig(uri=mlflow_server))
+    writers = [RunWriter(store, store.client.create_run(store.experiment_id).info.run_id) for _ in range(8)]
+    start = threading.Barrier(len(writers))
+
+    def log(writer: RunWriter) -> None:
+        start.wait()
+        writer.log_dataset("prompts", {"prompt": ["a", "b"]}, "file:///prompts.json", "same-digest", "eval")
+
+    with ThreadPoolExecutor(len(writers)) as pool:
+        list(pool.map(log, writers))  # re-raises a writer's failure
+    for writer in writers:
+        inputs = store.client.get_run(writer.run_id).inputs.dataset_inputs
+        assert [(i.dataset.name, i.dataset.digest) for i in inputs] == [("prompts", "same-digest")]

@@ -95,8 +95,14 @@ class RunWriter:
             except MlflowException:  # a source MLflow cannot resolve (a tracking server's mlflow-artifacts:/...)
                 dataset = from_pandas(pd.DataFrame(columns), source=CodeDatasetSource({"source": source}), name=name,
                                       digest=digest)
-        self.store.client.log_inputs(self.run_id, [DatasetInput(dataset._to_mlflow_entity(),
-                                                                [InputTag(MLFLOW_DATASET_CONTEXT, context)])])
+        inputs = [DatasetInput(dataset._to_mlflow_entity(), [InputTag(MLFLOW_DATASET_CONTEXT, context)])]
+        try:
+            self.store.client.log_inputs(self.run_id, inputs)
+        except MlflowException:
+            # parallel jobs logging the same prompts race on the store's unique (experiment, name, digest) key;
+            # the loser's second try finds the dataset the winner inserted (anything else fails again)
+            time.sleep(0.5)
+            self.store.client.log_inputs(self.run_id, inputs)
 
     def describe(self, markdown: str) -> None:
         """The run's description, shown as Markdown on its page in the MLflow UI."""
