@@ -1,11 +1,14 @@
-"""Is qsweep's measured generation as fast as a bare `model.generate` loop?
+"""Is qsweep's timed generation as fast as each runtime's own generation call?
 
-Same loaded model, same process, same prompt: rounds alternate qsweep's `measure.generate_timed`
-(fixed-length greedy + the first-token clock, inside the memory tracker's region, as in a job) with
-a bare timed `model.generate` of the same length. Prints one JSON line per model: median tokens/s of
-each, their ratio (target: >= 0.97) and the spread of the per-round ratios.
+Same loaded model, same threads, same prompt, one process: rounds alternate qsweep's measure.generate_timed
+(fixed-length greedy, the first-token clock and the exact-length check, inside the memory tracker as in a
+job) with the library's own call of the same length: transformers' bare `model.generate`, llama-cpp-python's
+`create_completion` (EOS banned, greedy), CTranslate2's bare `generate_batch`. Prints one JSON line per
+setting: median tokens/s of each, their ratio (target >= 0.97) and the spread of the per-round ratios.
 
-    python benchmarks/overhead.py model=tiny-gpt2 model=gpt2 model=gemma-3-270m --rounds 5
+    python benchmarks/overhead.py model=tiny-gpt2 model=gemma-3-270m backend=llama-cpp,precision=int4 --rounds 7
+
+Each setting is comma-separated overrides; gpt2-family models get random weights (theirs cannot be fetched).
 """
 
 import argparse
@@ -28,52 +31,74 @@ from qsweep.environment import on_this_machine  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def config(model_override: str, tokens: int):
+def config(setting: str, tokens: int):
+    overrides = setting.split(",")
     register_schemas()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         raw = compose(config_name="config", overrides=[
-            model_override, "device=cpu", f"generation.max_new_tokens={tokens}", "generation.warmup=0",
-            "generation.repeats=1", *(["model.weights=random"] if "gpt2" in model_override else [])])
+            *overrides, "device=cpu", f"generation.max_new_tokens={tokens}",
+            *(["model.weights=random"] if any("gpt2" in o for o in overrides) else [])])
     return on_this_machine(validate(raw))
 
 
-def bare_tokens_per_s(model, ids, tokens: int) -> float:
-    start = time.perf_counter()
-    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=tokens,
-                         min_new_tokens=tokens, do_sample=False, pad_token_id=0)
-    elapsed = time.perf_counter() - start
-    return (out.shape[1] - ids.shape[1]) / elapsed
+def library_call(runtime, ids, tokens: int):
+    """The runtime's own generation of `tokens` greedy tokens: a callable returning how many it made."""
+    if hasattr(runtime, "llm"):  # llama-cpp-python
+        eos = {int(runtime.llm.token_eos()): float("-inf")}
+
+        def run():
+            runtime.llm.reset()
+            return runtime.llm.create_completion(ids, max_tokens=tokens, temperature=0.0, repeat_penalty=1.0,
+                                                 logit_bias=eos)["usage"]["completion_tokens"]
+    elif hasattr(runtime, "generator"):  # CTranslate2
+        batch = [[runtime.vocabulary[i] for i in ids]]
+
+        def run():
+            result = runtime.generator.generate_batch(batch, max_length=tokens, min_length=tokens, sampling_topk=1,
+                                                      end_token=runtime.end_tokens, include_prompt_in_result=False)
+            return len(result[0].sequences_ids[0])
+    else:  # transformers
+        tensor = torch.tensor([ids])
+
+        def run():
+            out = runtime.model.generate(input_ids=tensor, attention_mask=torch.ones_like(tensor),
+                                         max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False,
+                                         pad_token_id=0)
+            return out.shape[1] - tensor.shape[1]
+    return run
 
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("models", nargs="+", help="model overrides, e.g. model=gpt2")
+    parser.add_argument("settings", nargs="+", help="comma-separated overrides, e.g. backend=llama-cpp,precision=int4")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--tokens", type=int, default=64)
     args = parser.parse_args()
-    for model_override in args.models:
-        cfg = config(model_override, args.tokens)
-        transformers = backends.get("transformers")
+    for setting in args.settings:
+        cfg = config(setting, args.tokens)
+        backend = backends.get(cfg.backend.name)
         checkpoint = sources.resolve(cfg.model, Path(cfg.paths.cache_dir).expanduser())
-        runtime = transformers.load(cfg, checkpoint, transformers.prepare(cfg, checkpoint))
-        gen = replace(cfg.generation, prompts=cfg.generation.prompts[:1])
+        runtime = backend.load(cfg, checkpoint, backend.prepare(cfg, checkpoint))
+        gen = replace(cfg.generation, prompts=cfg.generation.prompts[:1], warmup=0, repeats=1)
         ids = prompts.encode(gen, runtime.tokenizer, runtime.vocab_size, 0)[0]
-        model, tensor = runtime.model, torch.tensor([ids[0]])
+        library = library_call(runtime, ids[0], args.tokens)
+        qsweep_rates, library_rates = [], []
         with torch.inference_mode():
-            bare_tokens_per_s(model, tensor, args.tokens)  # warm-up, both paths share it
-            measure.generate_timed(runtime, ids, gen, "cpu")
-            qsweep_rates, bare_rates = [], []
+            library(), measure.generate_timed(runtime, ids, gen, "cpu")  # warm-up, both paths
             for _ in range(args.rounds):
                 with measure.MemoryTracker("cpu").track():  # as in a job
                     qsweep_rates.append(measure.generate_timed(runtime, ids, gen, "cpu")[0].tokens_per_s)
-                bare_rates.append(bare_tokens_per_s(model, tensor, args.tokens))
-        q, b = statistics.median(qsweep_rates), statistics.median(bare_rates)
-        ratios = sorted(x / y for x, y in zip(qsweep_rates, bare_rates))  # round by round
-        print(json.dumps({"model": cfg.model.name, "weights": cfg.model.weights, "new_tokens": args.tokens,
-                          "rounds": args.rounds, "qsweep_tokens_per_s": round(q, 2),
-                          "bare_tokens_per_s": round(b, 2), "ratio": round(q / b, 3),
+                start = time.perf_counter()
+                made = library()
+                library_rates.append(made / (time.perf_counter() - start))
+        runtime.close()
+        q, b = statistics.median(qsweep_rates), statistics.median(library_rates)
+        ratios = sorted(x / y for x, y in zip(qsweep_rates, library_rates))  # round by round
+        print(json.dumps({"setting": setting, "runtime": backend.label(cfg), "weights": cfg.model.weights,
+                          "new_tokens": args.tokens, "rounds": args.rounds, "qsweep_tokens_per_s": round(q, 2),
+                          "library_tokens_per_s": round(b, 2), "ratio": round(q / b, 3),
                           "round_ratio_min": round(ratios[0], 3), "round_ratio_max": round(ratios[-1], 3),
-                          "torch_threads": torch.get_num_threads()}), flush=True)
+                          "threads": torch.get_num_threads()}), flush=True)
 
 
 if __name__ == "__main__":

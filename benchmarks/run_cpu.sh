@@ -49,7 +49,7 @@ if run peer; then
 fi
 
 if run runtimes; then  # llama.cpp and CTranslate2: qsweep's timing against each library's own loop
-  $PY benchmarks/runtime_overhead.py backend=llama-cpp,precision=int4 backend=llama-cpp,precision=fp32 \
+  $PY benchmarks/overhead.py backend=llama-cpp,precision=int4 backend=llama-cpp,precision=fp32 \
     backend=ctranslate2,precision=int8 backend=ctranslate2,precision=fp32 --rounds 5 --tokens 64 \
     | tee "$OUT/runtime_overhead.jsonl"
 fi

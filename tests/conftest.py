@@ -12,6 +12,8 @@ from qsweep.environment import on_this_machine
 
 ROOT = Path(__file__).resolve().parents[1]
 register_schemas()
+sys.path.insert(0, str(ROOT / "benchmarks" / "gpu"))
+from tiny_gemma import make_tiny_gemma  # noqa: E402  (the stand-in the GPU kit runs, also the tests' model)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -101,32 +103,6 @@ def measuring_workers(sweep_pid: int) -> list:
         except psutil.NoSuchProcess:
             pass
     return busy
-
-
-def make_tiny_gemma(folder: Path) -> Path:
-    """A 2-layer Gemma 3 text model with random weights and a character-level tokenizer."""
-    import torch
-    from tokenizers import Tokenizer, decoders, models as tok_models, processors
-    from transformers import Gemma3ForCausalLM, Gemma3TextConfig, PreTrainedTokenizerFast
-
-    from train_merge import data
-
-    text = data.DATA_FILE.read_text() + "".join(SEED_PROMPTS)
-    specials = ["<pad>", "<eos>", "<bos>", "<unk>"]
-    vocab = {token: i for i, token in enumerate(specials + sorted(set(text)))}
-    backend = Tokenizer(tok_models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
-    backend.decoder = decoders.Fuse()
-    backend.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 2)])
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>",
-                                        bos_token="<bos>", unk_token="<unk>")
-    config = Gemma3TextConfig(vocab_size=len(vocab), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                              num_attention_heads=2, num_key_value_heads=1, head_dim=32,
-                              max_position_embeddings=512, sliding_window=64, pad_token_id=0, eos_token_id=1,
-                              bos_token_id=2, initializer_range=0.2)
-    torch.manual_seed(0)
-    Gemma3ForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
 
 
 def fine_tune(base: Path, out: Path, uri: str, *overrides: str) -> subprocess.CompletedProcess:

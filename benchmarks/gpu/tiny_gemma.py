@@ -1,7 +1,7 @@
 """A tiny Gemma 3 (2 layers, hidden 64, random weights) with a character-level tokenizer: the stand-in that
 runs the CUDA code paths of the gemma and finetune parts when gemma-3-270m is not on the device machine (it
-cannot travel there: docs/gpu/README.md). Same recipe as tests/test_train_merge.py's make_tiny_gemma, with
-the characters of the quality evaluation text in its vocabulary too.
+cannot travel there: docs/gpu/README.md). The tests fine-tune and sweep the same model. Its vocabulary is
+every character of the fine-tuning data, the quality evaluation text and the restaurant prompts.
 
     python benchmarks/gpu/tiny_gemma.py FOLDER
 """
@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-PROMPTS = ["hello good morning may i see the menu", "ok i want two chicken biryani with couple of drinks"]
+TEXTS = ("train_merge/data/restaurant_dialogues.jsonl", "qsweep/data/eval_text.txt", "conf/generation/restaurant.yaml")
 
 
 def make_tiny_gemma(folder: Path) -> Path:
@@ -18,8 +18,7 @@ def make_tiny_gemma(folder: Path) -> Path:
     from tokenizers import Tokenizer, decoders, models, processors
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig, PreTrainedTokenizerFast
 
-    text = "".join((ROOT / path).read_text() for path in
-                   ("train_merge/data/restaurant_dialogues.jsonl", "qsweep/data/eval_text.txt")) + "".join(PROMPTS)
+    text = "".join((ROOT / path).read_text() for path in TEXTS)
     specials = ["<pad>", "<eos>", "<bos>", "<unk>"]
     vocab = {token: i for i, token in enumerate(specials + sorted(set(text)))}
     backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
