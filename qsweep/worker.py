@@ -13,7 +13,8 @@ import threading
 import traceback
 import time
 from functools import lru_cache
-from typing import Any, Callable, Tuple
+from pathlib import Path
+from typing import Any, Callable, Optional, Tuple
 
 from qsweep import signals
 
@@ -22,6 +23,22 @@ CHECK_EVERY_S = 0.5
 
 class WorkerDied(RuntimeError):
     """The worker process ended without an answer: killed, crashed, or over its time limit."""
+
+
+class WorkerOutOfMemory(WorkerDied, MemoryError):
+    """The kernel's out-of-memory killer ended the worker: a result (the `error` tag says out_of_memory)."""
+
+
+def kernel_oom_kills() -> Optional[int]:
+    """How many processes the kernel's out-of-memory killer has ended since boot (None where /proc/vmstat
+    does not say). It counts the whole host: a kill elsewhere during a job would be taken for the job's."""
+    try:
+        for line in Path("/proc/vmstat").read_text().splitlines():
+            if line.startswith("oom_kill "):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
 
 
 def _exit_when_the_caller_dies(caller_alive) -> None:
@@ -82,6 +99,7 @@ def call(fn: Callable, arg: Any, isolated: bool, timeout_s: float) -> Any:
     receiver, sender = context.Pipe(duplex=False)
     caller_alive, caller_alive_keeper = context.Pipe(duplex=False)
     process = context.Process(target=_child, args=(fn, arg, sender, caller_alive), daemon=True)
+    oom_kills = kernel_oom_kills()
     process.start()
     sender.close()  # so the read below sees EOF the moment the worker dies
     caller_alive.close()
@@ -96,6 +114,9 @@ def call(fn: Callable, arg: Any, isolated: bool, timeout_s: float) -> Any:
         except EOFError:
             process.join()
             code = process.exitcode
+            if code == -9 and oom_kills is not None and (kernel_oom_kills() or 0) > oom_kills:
+                raise WorkerOutOfMemory("worker killed by the kernel's out-of-memory killer (signal 9): a smaller "
+                                        "batch, prompt or precision needs less memory") from None
             raise WorkerDied(f"worker killed by signal {-code}" if code is not None and code < 0
                              else f"worker exited with code {code} without a result") from None
         process.join(timeout=30)  # it exits by itself once the answer is sent

@@ -42,6 +42,23 @@ def test_a_killed_worker_is_named_by_its_signal():
         worker.call(kill_myself, None, isolated=True, timeout_s=120)
 
 
+def test_a_worker_ended_by_the_kernels_oom_killer_is_out_of_memory(monkeypatch):
+    assert isinstance(worker.kernel_oom_kills(), int)  # Linux says how many processes it killed for memory
+    counts = iter([7, 8])  # the kernel's count before the worker started and after it died
+    monkeypatch.setattr(worker, "kernel_oom_kills", lambda: next(counts))
+    with pytest.raises(worker.WorkerOutOfMemory) as err:
+        worker.call(kill_myself, None, isolated=True, timeout_s=120)
+    assert tracking.one_line(err.value).startswith("out_of_memory: worker killed by the kernel's out-of-memory")
+
+
+def test_a_killed_worker_is_not_called_out_of_memory_when_the_kernel_killed_nothing(monkeypatch):
+    monkeypatch.setattr(worker, "kernel_oom_kills", lambda: 7)
+    with pytest.raises(worker.WorkerDied) as err:
+        worker.call(kill_myself, None, isolated=True, timeout_s=120)
+    assert not isinstance(err.value, worker.WorkerOutOfMemory)
+    assert tracking.one_line(err.value) == "WorkerDied: worker killed by signal 9"
+
+
 def test_a_hung_worker_is_stopped_at_its_time_limit():
     start = time.monotonic()
     with pytest.raises(worker.WorkerDied, match=r"timed out after 3 s"):

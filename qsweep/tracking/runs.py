@@ -25,9 +25,11 @@ MAX_NOTE_CHARS = 8000  # a run description is a tag: MLflow keeps 8000 character
 
 def one_line(err: BaseException) -> str:
     """The `error` tag: the exception's type and message on one line. Running out of memory is a result,
-    named out_of_memory: torch.OutOfMemoryError on CUDA, a RuntimeError from the CPU allocator."""
+    named out_of_memory: torch.OutOfMemoryError on CUDA, a RuntimeError from the CPU allocator, a MemoryError
+    (Python's, or a worker ended by the kernel's out-of-memory killer)."""
     text = " ".join(str(err).split()) or type(err).__name__
-    out_of_memory = type(err).__name__ == "OutOfMemoryError" or "DefaultCPUAllocator: can't allocate memory" in text
+    out_of_memory = (type(err).__name__ == "OutOfMemoryError" or isinstance(err, MemoryError)
+                     or "DefaultCPUAllocator: can't allocate memory" in text)
     return f"{'out_of_memory' if out_of_memory else type(err).__name__}: {text}"[:500]
 
 
