@@ -6,6 +6,7 @@ Sweeps themselves run through Hydra: `python run.py -m ...`.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -15,22 +16,25 @@ def _report(args: argparse.Namespace) -> int:
     from qsweep import report, tracking
     from qsweep.config import TrackingConfig
 
-    store = tracking.open_store(TrackingConfig(uri=args.tracking_uri, experiment=args.experiment or "qsweep"),
-                                create=False)
     parent = None
-    if args.sweep:
+    if args.sweep:  # a run id names one run of the whole store: its own experiment holds its jobs
+        store = tracking.open_for_reading(tracking.store_uri(TrackingConfig(uri=args.tracking_uri)))
         parent = tracking.get_run(store, args.sweep)
+        store = dataclasses.replace(store, experiment_id=parent.experiment_id)
         jobs, source = tracking.sweep_jobs(store, args.sweep), f"sweep {parent.name}"
-    elif args.filter or args.experiment:
-        jobs = report.latest_per_config(tracking.find_jobs(store, args.filter or ""))
-        source = f"experiment {args.experiment or 'qsweep'}" + (f", runs where {args.filter}" if args.filter else "")
     else:
-        parent = tracking.latest_sweep(store)
-        if parent is None:
-            print(f"qsweep report: error: no sweep in experiment 'qsweep' of {store.uri}; run `python run.py -m ...` "
-                  "first, or pick runs with --experiment / --filter", file=sys.stderr)
-            return 2
-        jobs, source = tracking.sweep_jobs(store, parent.run_id), f"sweep {parent.name}"
+        experiment = args.experiment or "qsweep"
+        store = tracking.open_store(TrackingConfig(uri=args.tracking_uri, experiment=experiment), create=False)
+        if args.filter or args.experiment:
+            jobs = report.latest_per_config(tracking.find_jobs(store, args.filter or ""))
+            source = f"experiment {experiment}" + (f", runs where {args.filter}" if args.filter else "")
+        else:
+            parent = tracking.latest_sweep(store)
+            if parent is None:
+                print(f"qsweep report: error: no sweep in experiment 'qsweep' of {store.uri}; run `python run.py -m "
+                      "...` first, or pick runs with --sweep / --experiment / --filter", file=sys.stderr)
+                return 2
+            jobs, source = tracking.sweep_jobs(store, parent.run_id), f"sweep {parent.name}"
     if not jobs:
         print(f"qsweep report: error: no job runs in {source}", file=sys.stderr)
         return 2

@@ -81,7 +81,7 @@ class SweepCallback(Callback):
         table = report.summary(jobs)
         tracking.RunWriter(self.store, self.sweep_run_id).describe(table)
         print("\n" + table, flush=True)
-        console.say("charts and report.md: python -m qsweep report")
+        console.say(f"charts and report.md: {tracking.report_command(self.store, self.sweep_run_id)}")
         console.say(f"the runs in the MLflow UI ({tracking.ui_command(self.store)}): {tracking.runs_url(self.store)}")
         if failed:
             raise SystemExit(1)

@@ -4,6 +4,7 @@ against its runs; and the MLflow UI on that store, opened in headless Chromium."
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -15,6 +16,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from mlflow import MlflowClient
 from PIL import Image
 
 from conftest import ROOT, Sweep, fine_tune, make_tiny_gemma
@@ -250,6 +252,28 @@ def test_report_of_a_tiny_sweep_matches_its_runs(tiny_sweep):
     assert logged == {f"report/{n}" for n in ["report.md", *pngs]}
     note = client.get_run(parent.info.run_id).data.tags["mlflow.note.content"]
     assert "| CPU BF16 " in note
+
+
+def test_the_command_a_sweep_prints_reports_that_sweep_from_any_experiment_and_store(sweep):
+    """The sweep's last lines name the report command; run as printed, it must find the sweep even in
+    another experiment of a store given on the command line (not the one `qsweep report` opens by default)."""
+    store = f"sqlite:///{sweep.tmp_path / 'elsewhere.db'}"
+    result = sweep.run("-m", "model=tiny-gpt2", "device=cpu", "generation.max_new_tokens=4", "generation.repeats=1",
+                       "tracking.experiment=elsewhere", f"tracking.uri={store}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    (hint,) = [line for line in result.stdout.splitlines() if line.startswith("qsweep: charts and report.md: ")]
+    command = shlex.split(hint.split(": ", 2)[2])
+    assert command[:4] == ["python", "-m", "qsweep", "report"] and command[-2:] == ["--tracking-uri", store]
+    out = sweep.tmp_path / "report"
+    report = subprocess.run([sys.executable, *command[1:], "--out", str(out)], cwd=sweep.tmp_path,
+                            env={**os.environ, "MLFLOW_TRACKING_URI": sweep.uri}, capture_output=True, text=True,
+                            timeout=600)
+    assert report.returncode == 0, report.stderr[-3000:]
+    client = MlflowClient(store)
+    (parent,) = client.search_runs([client.get_experiment_by_name("elsewhere").experiment_id],
+                                   filter_string="tags.`qsweep.kind` = 'sweep'")
+    text = (out / "report.md").read_text()
+    assert text.startswith(f"# qsweep report: sweep {parent.info.run_name}") and "| CPU FP32 " in text
 
 
 @pytest.mark.slow

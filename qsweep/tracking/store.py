@@ -124,5 +124,13 @@ def ui_command(store: Store) -> str:
     return f"mlflow ui --backend-store-uri {store.uri} --host 127.0.0.1 --port 5000"
 
 
+def report_command(store: Store, sweep_run_id: str) -> str:
+    """The command that reports this sweep, whatever its experiment; it names the store unless
+    `qsweep report` opens that one by default."""
+    default = store_uri(TrackingConfig())
+    return (f"python -m qsweep report --sweep {sweep_run_id}"
+            + ("" if store.uri == default else f" --tracking-uri {store.uri}"))
+
+
 def first_line(err: BaseException) -> str:
     return (str(err).strip().splitlines() or [type(err).__name__])[0]
