@@ -134,3 +134,4 @@ def test_ctranslate2_runs_random_weights_without_a_tokenizer_and_refuses_int4(sw
     assert refused.info.status == "FAILED" and "\n" not in refused.data.tags["error"]
     assert "backend=ctranslate2 cannot run precision=int4" in refused.data.tags["error"]
     assert "use precision=fp32 or int8" in refused.data.tags["error"]
+    assert refused.data.tags["error"].endswith("or backend=llama-cpp, which runs precision=int4 on the CPU")

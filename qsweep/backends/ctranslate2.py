@@ -56,7 +56,9 @@ def check(cfg: RunConfig) -> None:
         raise BackendUnsupported(
             f"backend=ctranslate2 cannot run precision={cfg.precision.name} on {cfg.device.name} here (compute type "
             f"{wanted or 'none'}; this machine offers {', '.join(supported)}): use precision="
-            f"{' or '.join(precisions)}, backend.compute_type=<one of those>, or backend=llama-cpp for 4-bit")
+            f"{' or '.join(precisions)}, backend.compute_type=<one of those>"
+            + (f", or backend=llama-cpp, which runs precision={cfg.precision.name} on the CPU"
+               if cfg.device.name == "cpu" else ""))
 
 
 def prepare(cfg: RunConfig, checkpoint: Checkpoint) -> Files:
