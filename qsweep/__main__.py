@@ -12,6 +12,13 @@ from pathlib import Path
 from typing import List, Optional
 
 
+def _sweep_jobs(store, sweep_run_id: str) -> list:
+    """What the sweep's summary showed: the earlier runs its skipped jobs stand for, then the jobs it ran."""
+    from qsweep import tracking
+
+    return tracking.skipped_jobs(store, sweep_run_id) + tracking.sweep_jobs(store, sweep_run_id)
+
+
 def _report(args: argparse.Namespace) -> int:
     from qsweep import report, tracking
     from qsweep.config import TrackingConfig
@@ -21,7 +28,7 @@ def _report(args: argparse.Namespace) -> int:
         store = tracking.open_for_reading(tracking.store_uri(TrackingConfig(uri=args.tracking_uri)))
         parent = tracking.get_run(store, args.sweep)
         store = dataclasses.replace(store, experiment_id=parent.experiment_id)
-        jobs, source = tracking.sweep_jobs(store, args.sweep), f"sweep {parent.name}"
+        jobs, source = _sweep_jobs(store, args.sweep), f"sweep {parent.name}"
     else:
         experiment = args.experiment or "qsweep"
         store = tracking.open_store(TrackingConfig(uri=args.tracking_uri, experiment=experiment), create=False)
@@ -34,7 +41,7 @@ def _report(args: argparse.Namespace) -> int:
                 print(f"qsweep report: error: no sweep in experiment 'qsweep' of {store.uri}; run `python run.py -m "
                       "...` first, or pick runs with --sweep / --experiment / --filter", file=sys.stderr)
                 return 2
-            jobs, source = tracking.sweep_jobs(store, parent.run_id), f"sweep {parent.name}"
+            jobs, source = _sweep_jobs(store, parent.run_id), f"sweep {parent.name}"
     if not jobs:
         print(f"qsweep report: error: no job runs in {source}", file=sys.stderr)
         return 2

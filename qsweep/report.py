@@ -43,7 +43,8 @@ QUALITY_COLUMNS = (  # shown when some run has them (measured by qsweep/quality.
     ("Output match vs FP32", "output_match_vs_fp32", 3, None),
 )
 DEGENERATE = "degenerate_output"
-UNFINISHED = "Jobs that did not finish (failed, killed, skipped or still running)"
+UNFINISHED = "Jobs that did not finish (failed, killed or still running)"
+SKIPPED = "Skipped jobs: their rows are the figures of an earlier run (sweep.skip_completed)"
 
 LEGEND = (
     "Every figure is the median over the run's timed generations (`timed_samples`: prompts x repeats). "
@@ -94,11 +95,12 @@ def _index(order: tuple, value: str) -> int:
 
 
 def rows_by_model(jobs: List[RunRecord]) -> Dict[str, List[Row]]:
-    """Finished jobs, grouped by model (in order of appearance), each sorted like the seed's table."""
+    """Finished jobs (and skipped ones, which stand for an earlier finished run), grouped by model (in order
+    of appearance), each sorted like the seed's table."""
     models: Dict[str, List[Row]] = {}
     for job in jobs:
         tags = job.tags
-        if job.status != "FINISHED" or "model" not in tags:
+        if job.status not in ("FINISHED", "SKIPPED") or "model" not in tags:
             continue
         prompt = tags.get("prompt_tokens", "text")
         row = Row(job, tags["model"], tags.get("device", "?"), tags.get("precision", "?"),
@@ -109,7 +111,14 @@ def rows_by_model(jobs: List[RunRecord]) -> Dict[str, List[Row]]:
 
 
 def not_finished(jobs: List[RunRecord]) -> List[RunRecord]:
-    return [job for job in jobs if job.status != "FINISHED"]
+    return [job for job in jobs if job.status not in ("FINISHED", "SKIPPED")]
+
+
+def skipped_table(jobs: List[RunRecord]) -> str:
+    """The skipped jobs and the earlier runs whose figures the tables show for them; empty if none."""
+    skipped = [job for job in jobs if job.status == "SKIPPED"]
+    return markdown_table(["Run", "Status"], [[job.name, _status(job)] for job in skipped],
+                          ["<", "<"]) if skipped else ""
 
 
 def latest_per_config(jobs: List[RunRecord]) -> List[RunRecord]:
@@ -204,6 +213,8 @@ def summary(jobs: List[RunRecord]) -> str:
     what the end of a multirun prints, and what `python -m qsweep report` prints."""
     parts = [f"## {title(model, rows)}\n\n{model_table(rows)}" + _stops_paying(rows)
              for model, rows in rows_by_model(jobs).items()]
+    if skipped_table(jobs):
+        parts.append(f"## {SKIPPED}\n\n{skipped_table(jobs)}")
     failed = not_finished(jobs)
     if failed:
         parts.append(f"## {UNFINISHED}\n\n{failures_table(failed)}")
@@ -358,6 +369,8 @@ def write_report(store, jobs: List[RunRecord], out_dir: Path, source: str, paren
             lines += [f"### CPU vs GPU: {model}", "",
                       "The comparison of seed 000, from the same runs (inference time and speed at every "
                       "length measured; the other rows from the longest).", "", comparison, ""]
+    if skipped_table(jobs):
+        lines += [f"## {SKIPPED}", "", skipped_table(jobs), ""]
     lines += [f"## {UNFINISHED}", ""]
     lines += [failures_table(failed), ""] if failed else ["None: every job finished.", ""]
     report = out_dir / "report.md"

@@ -1,8 +1,12 @@
 """sweep.skip_completed=true resumes a sweep: jobs whose config_hash already has a FINISHED run are skipped
-(no run created, listed as SKIPPED in the summary); without it every job is measured again."""
+(no run created; the summary shows the earlier run's figures and lists it as SKIPPED); without it every job is measured again."""
 
+import os
+import shlex
 import shutil
 import signal
+import subprocess
+import sys
 import time
 from collections import Counter
 
@@ -55,6 +59,10 @@ def test_a_sweep_killed_midway_resumes_with_only_the_missing_jobs(sweep):
     (first_run,) = [r for r in before.values() if r.info.status == "FINISHED"]
     assert f"SKIPPED = run {first_run.info.run_id}" in resumed.stdout
     assert "2 of 3 jobs finished, 0 failed, 1 skipped" in resumed.stdout
+    # and its figures are in the results table, a row like the others: the grid is whole
+    rows = [line for line in resumed.stdout.splitlines() if line.startswith("| CPU FP32 ")]
+    assert len(rows) == 3 and any(line.rstrip(" |").endswith(skipped_hash) for line in rows)
+    assert "did not finish" not in resumed.stdout
     parent = sweep.client().get_run(new[0].data.tags["mlflow.parentRunId"])
     assert parent.info.status == "FINISHED" and parent.data.tags["skipped_jobs"] == "1"
 
@@ -63,6 +71,14 @@ def test_a_sweep_killed_midway_resumes_with_only_the_missing_jobs(sweep):
     assert again.returncode == 0, again.stderr[-3000:]
     assert len(jobs(sweep)) == len(before) + 2
     assert "0 of 3 jobs finished, 0 failed, 3 skipped" in again.stdout
+    # the report command it prints reports the three earlier runs
+    (hint,) = [line for line in again.stdout.splitlines() if line.startswith("qsweep: charts and report.md: ")]
+    report = subprocess.run([sys.executable, *shlex.split(hint.split(": ", 2)[2])[1:], "--out",
+                             str(sweep.tmp_path / "report")], cwd=sweep.tmp_path, capture_output=True, text=True,
+                            env={**os.environ, "MLFLOW_TRACKING_URI": sweep.uri}, timeout=600)
+    assert report.returncode == 0, report.stderr[-3000:]
+    assert "0 of 3 jobs finished, 0 failed, 3 skipped" in report.stdout
+    assert sum(line.startswith("| CPU FP32 ") for line in report.stdout.splitlines()) == 3
 
 
 @pytest.mark.slow
