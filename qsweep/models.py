@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 import time
 import traceback
@@ -16,9 +15,6 @@ import torch
 from qsweep.backends import PrecisionNotApplied
 from qsweep.config import PrecisionConfig, RunConfig
 from qsweep.sources import Checkpoint, ModelUnavailable, resolve
-
-# bitsandbytes logs one line per int8 matmul when activations are not fp16; that is by design here.
-logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
