@@ -76,6 +76,8 @@ CASES = [
      "bitsandbytes int4 cannot run this model on cpu", True),
     ("unwritable store", [*TINY, "tracking.uri=sqlite:////proc/qsweep/mlflow.db"],
      "cannot open the MLflow store sqlite:////proc/qsweep/mlflow.db", False),
+    ("unwritable store file (MLflow alone retries for minutes)", [*TINY, "tracking.uri=sqlite:////proc/mlflow.db"],
+     "cannot open the MLflow store sqlite:////proc/mlflow.db: unable to open database file", False),
     ("unreachable tracking server", [*TINY, "tracking.uri=http://127.0.0.1:9"],
      "no MLflow server answers at http://127.0.0.1:9", False),
     ("llama.cpp without a tokenizer", [*TINY, "backend=llama-cpp"], "backend=llama-cpp needs a checkpoint with its "

@@ -47,6 +47,18 @@ def _check_server(uri: str) -> None:
         raise ConnectionError(f"no MLflow server answers at {uri} ({getattr(err, 'reason', err)})") from None
 
 
+def _check_sqlite(db: Path) -> None:
+    """Fail at once, not after MLflow's minutes of retries, when the SQLite file cannot be opened or is not a
+    database (an empty new file is one: MLflow creates its tables in it)."""
+    import sqlite3
+
+    connection = sqlite3.connect(db)
+    try:
+        connection.execute("pragma schema_version")  # opens and reads the file for real
+    finally:
+        connection.close()
+
+
 def _client(uri: str, create: bool, hint: str):
     """A client for the store at `uri`; a SQLite file must exist unless create."""
     from mlflow import MlflowClient
@@ -56,6 +68,7 @@ def _client(uri: str, create: bool, hint: str):
         if not create and not db.is_file():
             raise StoreUnavailable(f"no MLflow store at {db}: run a sweep first, or {hint}")
         db.parent.mkdir(parents=True, exist_ok=True)
+        _check_sqlite(db)
     elif uri.startswith(("http://", "https://")):
         _check_server(uri)
     return MlflowClient(tracking_uri=uri)
