@@ -63,9 +63,12 @@ class Generation:
 def check_context(prompt_ids: List[List[int]], max_new_tokens: int, limit: Optional[int]) -> None:
     longest = max(map(len, prompt_ids))
     if limit and longest + max_new_tokens > limit:
+        room = limit - longest
         raise PromptTooLong(
             f"the longest prompt ({longest} tokens) plus max_new_tokens={max_new_tokens} exceeds the "
-            f"model's context of {limit} tokens: shorten the prompt or lower generation.max_new_tokens")
+            f"model's context of {limit} tokens: "
+            + (f"lower generation.max_new_tokens to {room} or shorten the prompt" if room > 0 else
+               f"the prompt alone fills it; shorten it (generation.prompt_tokens below {limit})"))
 
 
 def _median_iqr(values: List[float]) -> tuple:

@@ -62,7 +62,7 @@ CASES = [
     ("repeats 0", [*TINY, "generation.repeats=0"], "generation.repeats=0 must be at least 1", True),
     ("empty prompt list", [*TINY, "generation.prompts=[]"], "generation.prompts is empty", True),
     ("prompt longer than the context", [*TINY, "generation.prompts=[" + "x" * 2400 + "]"],
-     "exceeds the model's context of 512 tokens: shorten the prompt or lower generation.max_new_tokens", True),
+     "exceeds the model's context of 512 tokens: the prompt alone fills it; shorten it", True),
     ("cuda without CUDA", [*TINY, "device=cuda"], "device=cuda but this machine has no CUDA", True),
     ("folder does not exist", [*LOCAL, "model.name_or_path={root}/nowhere"], "no config.json there", True),
     ("folder without weights", [*LOCAL, "model.name_or_path={root}/no_weights"],

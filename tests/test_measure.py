@@ -57,9 +57,11 @@ def test_synthetic_prompts_are_deterministic_and_sized_like_text(tiny):
 def test_a_prompt_longer_than_the_context_is_refused(tiny):
     long_prompt = [[0] * 500]
     assert tiny.context_length == 512
-    with pytest.raises(measure.PromptTooLong, match="context of 512 tokens"):
+    with pytest.raises(measure.PromptTooLong, match="context of 512 tokens: lower generation.max_new_tokens to 12"):
         measure.check_context(long_prompt, 64, tiny.context_length)
     measure.check_context(long_prompt, 12, tiny.context_length)  # fits
+    with pytest.raises(measure.PromptTooLong, match="the prompt alone fills it"):  # no max_new_tokens can help
+        measure.check_context([[0] * 512], 1, tiny.context_length)
 
 
 def touched_block(size: int = 256 * 1024 * 1024) -> mmap.mmap:
