@@ -134,4 +134,16 @@ def test_ctranslate2_runs_random_weights_without_a_tokenizer_and_refuses_int4(sw
     assert refused.info.status == "FAILED" and "\n" not in refused.data.tags["error"]
     assert "backend=ctranslate2 cannot run precision=int4" in refused.data.tags["error"]
     assert "use precision=fp32 or int8" in refused.data.tags["error"]
-    assert refused.data.tags["error"].endswith("or backend=llama-cpp, which runs precision=int4 on the CPU")
+    assert "llama-cpp" not in refused.data.tags["error"]  # it cannot run random weights either
+
+
+def test_ctranslate2_refusals_name_what_would_work():
+    pytest.importorskip("ctranslate2")
+    from qsweep.backends import BackendUnsupported, ctranslate2
+
+    with pytest.raises(BackendUnsupported, match=r"^backend=ctranslate2 cannot run precision=int4 on cpu here .*"
+                       r"use precision=fp32 or int8, .*or backend=llama-cpp, which runs Gemma 3 at precision=int4"):
+        ctranslate2.check(compose_run("device=cpu", "backend=ctranslate2", "precision=int4"))
+    with pytest.raises(BackendUnsupported, match=r"^backend.compute_type=bogus is not a compute type of "
+                       r"CTranslate2 on cpu here \(this machine offers .*float32.*\): use one of those$"):
+        ctranslate2.check(compose_run("device=cpu", "backend=ctranslate2", "backend.compute_type=bogus"))

@@ -51,14 +51,19 @@ def check(cfg: RunConfig) -> None:
                                  "generation.prompt_tokens=N, or generation.batch_size=1")
     supported = sorted(ctranslate2.get_supported_compute_types(cfg.device.name))
     wanted = compute_type(cfg)
-    if wanted not in supported:
-        precisions = [p for p, t in COMPUTE_TYPES.get(cfg.device.name, {}).items() if t in supported]
-        raise BackendUnsupported(
-            f"backend=ctranslate2 cannot run precision={cfg.precision.name} on {cfg.device.name} here (compute type "
-            f"{wanted or 'none'}; this machine offers {', '.join(supported)}): use precision="
-            f"{' or '.join(precisions)}, backend.compute_type=<one of those>"
-            + (f", or backend=llama-cpp, which runs precision={cfg.precision.name} on the CPU"
-               if cfg.device.name == "cpu" else ""))
+    if wanted in supported:
+        return
+    offered = f"this machine offers {', '.join(supported)}"
+    if cfg.backend.compute_type:
+        raise BackendUnsupported(f"backend.compute_type={wanted} is not a compute type of CTranslate2 on "
+                                 f"{cfg.device.name} here ({offered}): use one of those")
+    precisions = [p for p, t in COMPUTE_TYPES.get(cfg.device.name, {}).items() if t in supported]
+    llama_cpp = cfg.device.name == "cpu" and cfg.model.weights != "random"  # it needs a real Gemma 3 checkpoint
+    raise BackendUnsupported(
+        f"backend=ctranslate2 cannot run precision={cfg.precision.name} on {cfg.device.name} here (compute type "
+        f"{wanted or 'none'}; {offered}): use precision={' or '.join(precisions)}, backend.compute_type=<one of "
+        "those>" + (f", or backend=llama-cpp, which runs Gemma 3 at precision={cfg.precision.name} on the CPU"
+                    if llama_cpp else ""))
 
 
 def prepare(cfg: RunConfig, checkpoint: Checkpoint) -> Files:
