@@ -7,14 +7,16 @@ values. Library code only ever sees these objects, never a raw DictConfig.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, get_args, get_type_hints
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 # ${qsweep.root:} = this project's folder, for checkpoints the project makes (models/...). Registered on
@@ -190,7 +192,20 @@ def validate(cfg: DictConfig, schema: type = RunConfig):
     except Exception as err:  # OmegaConf type/key errors: their first line, and the key when it does not name it
         key = getattr(err, "full_key", None)
         first = str(err).splitlines()[0]
-        raise ConfigError(f"{key}: {first}" if key and key not in first else first) from None
+        hint = _did_you_mean(schema, key) if isinstance(err, ConfigKeyError) and key else ""
+        raise ConfigError((f"{key}: {first}" if key and key not in first else first) + hint) from None
+
+
+def _did_you_mean(schema: type, full_key: str) -> str:
+    """'; did you mean generation.max_new_tokens?' for a misspelled key, from the schema's own keys."""
+    parent, _, leaf = full_key.rpartition(".")
+    node: Any = schema
+    for part in parent.split(".") if parent else []:
+        node = get_type_hints(node).get(part) if is_dataclass(node) else None
+        node = next((t for t in get_args(node) if is_dataclass(t)), node)  # Optional[X] -> X
+    keys = [f.name for f in fields(node)] if is_dataclass(node) else []
+    close = difflib.get_close_matches(leaf, keys, n=1)
+    return f"; did you mean {parent + '.' if parent else ''}{close[0]}?" if close else ""
 
 
 def portable(path: str) -> str:

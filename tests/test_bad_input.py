@@ -78,6 +78,8 @@ CASES = [
      "cannot open the MLflow store sqlite:////proc/qsweep/mlflow.db", False),
     ("unwritable store file (MLflow alone retries for minutes)", [*TINY, "tracking.uri=sqlite:////proc/mlflow.db"],
      "cannot open the MLflow store sqlite:////proc/mlflow.db: unable to open database file", False),
+    ("misspelled key forced in with +", [*TINY, "+generation.max_new_token=4"],
+     "Key 'max_new_token' not in 'GenerationConfig'; did you mean generation.max_new_tokens?", True),
     ("unreachable tracking server", [*TINY, "tracking.uri=http://127.0.0.1:9"],
      "no MLflow server answers at http://127.0.0.1:9", False),
     ("llama.cpp without a tokenizer", [*TINY, "backend=llama-cpp"], "backend=llama-cpp needs a checkpoint with its "
