@@ -6,23 +6,32 @@ from __future__ import annotations
 import json
 
 from qsweep import backends, sources
-from qsweep.config import BackendConfig, RunConfig, config_hash
+from qsweep.config import BackendConfig, PrecisionConfig, RunConfig, config_hash
 from qsweep.environment import resolve_device
 from qsweep.tracking import TAG_FINE_TUNE_RUN, TAG_HASH, TAG_LOGGED_MODEL, TAG_MODEL_VERSION, TAG_WEIGHTS
 
 DEFAULT_BACKEND = BackendConfig().name
+DEFAULT_QUANT_TYPE = PrecisionConfig.quant_type
 
 
 def run_name(cfg) -> str:
-    """gemma-3-270m-int4-cpu-128; then, where they differ from the defaults, the batch size, the prompt
-    length and the backend: gemma-3-270m-int4-cpu-64-b16-p512-llama-cpp. Takes a RunConfig or a composed
-    DictConfig (the sweep's progress line, a config that failed validation): device=auto is named by
-    what it means on this machine."""
+    """gemma-3-270m-int4-cpu-128; then, where they differ from the defaults, the 4-bit type, the batch size,
+    the prompt length, compilation and the backend: gemma-3-270m-int4-fp4-cpu-64-b16-p512-llama-cpp. Takes
+    a RunConfig or a composed DictConfig (the sweep's progress line, a config that failed validation):
+    device=auto is named by what it means on this machine."""
     gen, backend = cfg.generation, cfg.backend.name
-    return (f"{cfg.model.name}-{cfg.precision.name}-{resolve_device(cfg.device.name)}-{gen.max_new_tokens}"
+    return (f"{cfg.model.name}-{precision_label(cfg).replace(' ', '-')}-{resolve_device(cfg.device.name)}-"
+            f"{gen.max_new_tokens}"
             + (f"-b{gen.batch_size}" if gen.batch_size != 1 else "")
             + (f"-p{gen.prompt_tokens}" if gen.prompt_tokens is not None else "")
+            + ("-compiled" if getattr(gen, "compile", False) else "")
             + ("" if backend == DEFAULT_BACKEND else f"-{backend}"))
+
+
+def precision_label(cfg) -> str:
+    """int4, or int4 fp4 for 4-bit FP4 (NF4 is int4's default): what the name and the setting show."""
+    quant_type = getattr(cfg.precision, "quant_type", DEFAULT_QUANT_TYPE)
+    return cfg.precision.name + (f" {quant_type}" if quant_type != DEFAULT_QUANT_TYPE else "")
 
 
 def run_tags(cfg: RunConfig) -> dict:
@@ -31,7 +40,8 @@ def run_tags(cfg: RunConfig) -> dict:
             "runtime": backends.get(cfg.backend.name).label(cfg), "weights": cfg.model.weights,
             "max_new_tokens": cfg.generation.max_new_tokens, "batch_size": cfg.generation.batch_size,
             "prompt_tokens": cfg.generation.prompt_tokens or "text",
-            "setting": f"{cfg.device.name.upper()} {cfg.precision.name.upper()}", **weights_tag(cfg),
+            "setting": f"{cfg.device.name.upper()} {precision_label(cfg).upper()}"
+                       + (" compiled" if cfg.generation.compile else ""), **weights_tag(cfg),
             **fine_tune_tags(cfg)}
 
 

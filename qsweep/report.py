@@ -69,9 +69,11 @@ class Row:
 
     @property
     def setting(self) -> str:
-        """The seed's names (CPU FP32, GPU FP16), with the runtime and its format on a backend other than
-        the default, from its `runtime` tag."""
-        base = f"{'GPU' if self.device == 'cuda' else self.device.upper()} {self.precision.upper()}"
+        """The seed's names (CPU FP32, GPU FP16; CPU INT4 FP4, CPU BF16 compiled where the setting tag says so),
+        with the runtime and its format on a backend other than the default, from its `runtime` tag."""
+        variant = self.job.tags.get("setting", "").split(" ", 2)[2:]  # after device and precision: FP4, compiled
+        base = " ".join([f"{'GPU' if self.device == 'cuda' else self.device.upper()}", self.precision.upper(),
+                         *variant])
         other_backend = self.job.tags.get("backend", DEFAULT_BACKEND) != DEFAULT_BACKEND
         return f"{base} {self.job.tags.get('runtime', '')}".rstrip() if other_backend else base
 

@@ -120,6 +120,8 @@ def test_misspelled_key_is_refused():
     ("model.weights=randm", "model.weights='randm' is not valid: use one of pretrained, random"),
     ("precision.quant_type=nf3", "precision.quant_type='nf3' is not valid"),
     ("precision.dtype=float8", "precision.dtype='float8' is not valid"),
+    ("precision.quant_type=fp4", "precision.quant_type and precision.double_quant apply to precision=int4 only, "
+                                 "not fp32"),
 ])
 def test_bad_values_name_the_field_and_the_fix(override, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[")):
@@ -136,3 +138,18 @@ def test_bad_option_on_the_command_line_fails_before_any_work(sweep):
     assert result.returncode != 0
     assert "Could not find 'precision/fp8'" in result.stderr and "fp32" in result.stderr
     assert sweep.runs() == []  # no job started, and no empty sweep run left behind
+
+
+def test_options_that_change_the_measurement_show_in_the_name_and_the_setting():
+    from qsweep import identity
+
+    plain, fp4 = compose_run("device=cpu", "precision=int4"), compose_run("device=cpu", "precision=int4",
+                                                                          "precision.quant_type=fp4")
+    compiled = compose_run("device=cpu", "precision=bf16", "generation.compile=true")
+    assert [identity.run_name(c) for c in (plain, fp4, compiled)] == [
+        "gemma-3-270m-int4-cpu-128", "gemma-3-270m-int4-fp4-cpu-128", "gemma-3-270m-bf16-cpu-128-compiled"]
+    assert [identity.run_tags(c)["setting"] for c in (plain, fp4, compiled)] == [
+        "CPU INT4", "CPU INT4 FP4", "CPU BF16 compiled"]
+    # the sweep's progress line names an unvalidated composed config the same way
+    assert identity.run_name(compose_cfg("device=cpu", "precision=int4", "precision.quant_type=fp4")) == \
+        identity.run_name(fp4)
