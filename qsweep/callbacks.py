@@ -44,8 +44,9 @@ class SweepCallback(Callback):
             return
         gen = config.generation
         number = f"{config.hydra.job.num + 1}" + (f"/{self.total_jobs}" if self.total_jobs else "")
-        console.say(f"job {number}: {identity.run_name(config)}: load, {gen.warmup} warm-up + {len(gen.prompts)} "
-                    f"prompts x {gen.repeats} timed repeats")
+        console.say(f"job {number}: {identity.run_name(config)}: "
+                    + ("skipped if already finished, else " if config.sweep.skip_completed else "")
+                    + f"load, {gen.warmup} warm-up + {len(gen.prompts)} prompts x {gen.repeats} timed repeats")
 
     def _on_abort(self) -> None:
         """At exit of a sweep that never reached on_multirun_end (interrupt, bad override)."""
@@ -55,6 +56,10 @@ class SweepCallback(Callback):
         if jobs:
             tracking.end_sweep(self.store, self.sweep_run_id, "KILLED")
             print("\nqsweep: sweep interrupted\n" + report.summary(jobs), flush=True)
+            console.say((f"{self.total_jobs - len(jobs)} of {self.total_jobs} jobs never started. "
+                         if self.total_jobs and self.total_jobs > len(jobs) else "")
+                        + "To finish the sweep, run the same command with sweep.skip_completed=true: it measures "
+                        "only the jobs without a FINISHED run")
         else:  # no job ever started (e.g. a typo in an override): an empty parent is only noise
             tracking.delete_run(self.store, self.sweep_run_id)
 

@@ -59,6 +59,8 @@ def test_an_interrupted_sweep_leaves_nothing_running(sweep, how, request):
     status = {r.data.params.get("generation.repeats", "sweep"): r.info.status for r in runs}
     assert status == {"1": "FINISHED", "100": "KILLED", "sweep": "KILLED"}  # the third never started
     assert "sweep interrupted" in out and "1 of 2 jobs finished" in out
+    assert "1 of 3 jobs never started. To finish the sweep, run the same command with sweep.skip_completed=true" \
+        in out
     assert "interrupted; finished runs are kept" in err and "Traceback" not in err
 
 
