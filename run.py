@@ -5,7 +5,7 @@ import sys
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from qsweep import console, report, signals, tracking
 from qsweep.config import ConfigError, register_schemas, validate
@@ -31,6 +31,8 @@ def main(raw: DictConfig):
     # In a multirun the callback summarizes the sweep at its end; a single run reports itself.
     if HydraConfig.get().mode != RunMode.MULTIRUN:
         print("\n" + report.summary([job]), flush=True)
+        console.say(tracking.run_page(tracking.store_uri(OmegaConf.to_object(raw.tracking)), job.experiment_id,
+                                      job.run_id))
         if job.status not in ("FINISHED", "SKIPPED"):
             raise SystemExit(1)
 

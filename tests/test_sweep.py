@@ -85,3 +85,7 @@ def test_a_single_run_is_standalone_and_prints_its_result(sweep):
     (run,) = sweep.runs()
     assert run.info.status == "FINISHED" and "mlflow.parentRunId" not in run.data.tags
     assert "| CPU BF16 " in result.stdout and "1 of 1 jobs finished, 0 failed." in result.stdout
+    # and where to see it: the store is not the project's, so the UI command names it
+    assert (f"qsweep: the run in the MLflow UI (mlflow ui --backend-store-uri {sweep.uri} --host 127.0.0.1 "
+            f"--port 5000): http://127.0.0.1:5000/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+            in result.stdout)

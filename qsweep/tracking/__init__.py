@@ -16,4 +16,4 @@ from qsweep.tracking.records import (RunRecord, experiment_name, find_by_hash, f
 from qsweep.tracking.runs import (RunWriter, delete_run, end_sweep, job_run, one_line, record_skip,  # noqa: F401
                                   start_sweep, summarize_skips, train_run)
 from qsweep.tracking.store import (Store, StoreUnavailable, open_for_reading, open_store,  # noqa: F401
-                                  report_command, runs_url, store_uri, ui_command)
+                                  report_command, run_page, runs_url, store_uri, ui_command)

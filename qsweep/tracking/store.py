@@ -123,9 +123,19 @@ def runs_url(store: Store, view: str = "") -> str:
     """The UI's page of the experiment's runs, in the Model training view: the tracking server's own
     address, or `make ui`'s for a local store. view: CHART, or ARTIFACT (tables side by side); the run
     table by default."""
-    base = store.uri.rstrip("/") if store.uri.startswith(("http://", "https://")) else UI_ADDRESS
-    return (f"{base}/#/experiments/{store.experiment_id}/runs?workflowType=machine_learning"
+    return (f"{_ui_address(store.uri)}/#/experiments/{store.experiment_id}/runs?workflowType=machine_learning"
             + (f"&compareRunsMode={view}" if view else ""))
+
+
+def run_page(uri: str, experiment_id: str, run_id: str) -> str:
+    """Where to see one run: 'the run in the MLflow UI (make ui): <its page>'."""
+    return (f"the run in the MLflow UI ({ui_command(Store(None, experiment_id, uri))}): "
+            f"{_ui_address(uri)}/#/experiments/{experiment_id}/runs/{run_id}")
+
+
+def _ui_address(uri: str) -> str:
+    """The tracking server's own address, or `make ui`'s for a store on disk."""
+    return uri.rstrip("/") if uri.startswith(("http://", "https://")) else UI_ADDRESS
 
 
 def ui_command(store: Store) -> str:
