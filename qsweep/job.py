@@ -32,8 +32,10 @@ def run_job(cfg: RunConfig, tags: Optional[dict] = None) -> tracking.RunRecord:
             results.record_inputs(run, cfg)
             if tracking.TAG_LOGGED_MODEL in run_tags:  # a fine-tuned checkpoint: list its model as an input
                 tracking.link_model(run, run_tags[tracking.TAG_LOGGED_MODEL])
+            # what the backend can never run (a CPU-only build on cuda) before what this machine lacks: one line
+            # each, before any work
+            backends.get(cfg.backend.name).check(cfg)
             environment.require_device(cfg.device.name)
-            backends.get(cfg.backend.name).check(cfg)  # what this backend cannot run: one line, before any work
             isolated, timeout = cfg.runner.isolation == "process", cfg.runner.timeout_s
             # a first conversion leaves gigabytes of RSS behind: not in the measured process
             prepared = worker.call(prepare_files, cfg, True, timeout) if isolated else None

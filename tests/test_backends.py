@@ -63,14 +63,25 @@ def test_names_tags_and_settings_say_the_backend():
     assert identity.run_name(compose_run("device=cpu")) == "gemma-3-270m-fp32-cpu-128"  # unchanged
 
 
-def test_llama_cpp_refuses_cuda_in_one_line():
-    """On a machine without CUDA the job fails earlier, saying so; the backend's own refusal is checked here."""
-    from qsweep import backends
+def test_llama_cpp_refuses_cuda_in_one_line(sweep):
+    """Its refusal comes before "this machine has no CUDA": a machine with a GPU would not help."""
+    result = sweep.run("model=tiny-gpt2", "backend=llama-cpp", "device=cuda", "generation.max_new_tokens=4")
+    assert result.returncode == 1
+    (run,) = sweep.runs()
+    assert run.info.status == "FAILED" and run.data.tags["error"] == (
+        "BackendUnsupported: backend=llama-cpp runs on the CPU here (llama-cpp-python is built without CUDA): use "
+        "device=cpu, or backend=transformers or ctranslate2 on cuda")
 
-    cfg = compose_run("backend=llama-cpp", "device=cuda")
-    with pytest.raises(backends.BackendUnsupported, match=r"backend=llama-cpp runs on the CPU here \(llama-cpp-python "
-                                                            r"is built without CUDA\): use device=cpu"):
-        backends.get("llama-cpp").check(cfg)
+
+def test_ctranslate2_on_cuda_without_cuda_says_what_the_machine_lacks(sweep):
+    pytest.importorskip("ctranslate2")
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    result = sweep.run("model=tiny-gpt2", "backend=ctranslate2", "device=cuda", "generation.max_new_tokens=4")
+    assert result.returncode == 1
+    (run,) = sweep.runs()
+    assert run.info.status == "FAILED" and run.data.tags["error"].startswith(
+        "DeviceUnavailable: device=cuda but this machine has no CUDA")
 
 
 def test_no_module_downstream_of_the_backends_names_one():

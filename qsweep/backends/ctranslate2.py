@@ -20,6 +20,7 @@ from typing import Callable, Dict, List
 import numpy as np
 import torch
 
+from qsweep import environment
 from qsweep.backends import (BackendUnsupported, Files, PrecisionCheck, Runtime, convert_once, require_package,
                              require_precision)
 from qsweep.config import RunConfig
@@ -49,6 +50,7 @@ def check(cfg: RunConfig) -> None:
         raise BackendUnsupported("backend=ctranslate2 batches prompts of one length only (it has no padding mask "
                                  "for generation: a longer prompt's tail is decoded token by token): set "
                                  "generation.prompt_tokens=N, or generation.batch_size=1")
+    environment.require_device(cfg.device.name)  # CTranslate2 cannot list CUDA types without CUDA
     supported = sorted(ctranslate2.get_supported_compute_types(cfg.device.name))
     wanted = compute_type(cfg)
     if wanted in supported:
