@@ -87,7 +87,8 @@ class SweepCallback(Callback):
         tracking.RunWriter(self.store, self.sweep_run_id).describe(table)
         print("\n" + table, flush=True)
         console.say(f"charts and report.md: {tracking.report_command(self.store, self.sweep_run_id)}")
-        console.say(f"the runs in the MLflow UI ({tracking.ui_command(self.store)}): {tracking.runs_url(self.store)}")
+        console.say(f"the runs in the MLflow UI ({tracking.ui_command(self.store.uri)}): "
+                    f"{tracking.runs_url(self.store)}")
         if failed:
             raise SystemExit(1)
 
@@ -105,4 +106,3 @@ def _count_jobs(config: DictConfig):
         return sum(len(batch) for batch in BasicSweeper.split_arguments(overrides, None))
     except Exception:  # another sweeper, or an override this cannot expand: jobs are numbered without n
         return None
-

@@ -79,9 +79,8 @@ class PrecisionConfig:
         one_of(self.dtype, DTYPES, "precision.dtype")
         one_of(self.quantization, QUANTIZATIONS, "precision.quantization")
         one_of(self.quant_type, QUANT_TYPES_4BIT, "precision.quant_type")
-        defaults = PrecisionConfig.__dataclass_fields__
         require(self.quantization == "int4" or (self.quant_type, self.double_quant) == (
-            defaults["quant_type"].default, defaults["double_quant"].default),
+            PrecisionConfig.quant_type, PrecisionConfig.double_quant),  # the class holds the defaults
             f"precision.quant_type and precision.double_quant apply to precision=int4 only, not {self.name}: "
             "drop them, or use precision=int4")
 

@@ -215,8 +215,9 @@ def summary(jobs: List[RunRecord]) -> str:
     what the end of a multirun prints, and what `python -m qsweep report` prints."""
     parts = [f"## {title(model, rows)}\n\n{model_table(rows)}" + _stops_paying(rows)
              for model, rows in rows_by_model(jobs).items()]
-    if skipped_table(jobs):
-        parts.append(f"## {SKIPPED}\n\n{skipped_table(jobs)}")
+    skipped = skipped_table(jobs)
+    if skipped:
+        parts.append(f"## {SKIPPED}\n\n{skipped}")
     failed = not_finished(jobs)
     if failed:
         parts.append(f"## {UNFINISHED}\n\n{failures_table(failed)}")
@@ -362,7 +363,7 @@ def write_report(store, jobs: List[RunRecord], out_dir: Path, source: str, paren
                                       for s, r in longest.items()], ["<", ">", "<"]), "",
                       "Every prompt's output next to fp32's, with the tokens they share, for any runs side by "
                       f"side: the MLflow UI's Artifact evaluation view of `{tracking.GENERATIONS_TABLE}` "
-                      f"({tracking.ui_command(store)}): <{tracking.runs_url(store, 'ARTIFACT')}>", ""]
+                      f"({tracking.ui_command(store.uri)}): <{tracking.runs_url(store, 'ARTIFACT')}>", ""]
         if {"cpu", "cuda"} <= {r.device for r in rows}:
             hardware = {r.job.run_id: hardware_text(tracking.read_json(store, r.job.run_id,
                                                                                       tracking.ENVIRONMENT_FILE))
@@ -371,8 +372,9 @@ def write_report(store, jobs: List[RunRecord], out_dir: Path, source: str, paren
             lines += [f"### CPU vs GPU: {model}", "",
                       "The comparison of seed 000, from the same runs (inference time and speed at every "
                       "length measured; the other rows from the longest).", "", comparison, ""]
-    if skipped_table(jobs):
-        lines += [f"## {SKIPPED}", "", skipped_table(jobs), ""]
+    skipped = skipped_table(jobs)
+    if skipped:
+        lines += [f"## {SKIPPED}", "", skipped, ""]
     lines += [f"## {UNFINISHED}", ""]
     lines += [failures_table(failed), ""] if failed else ["None: every job finished.", ""]
     report = out_dir / "report.md"

@@ -1,4 +1,5 @@
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ from qsweep.environment import on_this_machine
 ROOT = Path(__file__).resolve().parents[1]
 register_schemas()
 sys.path.insert(0, str(ROOT / "benchmarks" / "gpu"))
-from tiny_gemma import make_tiny_gemma  # noqa: E402  (the stand-in the GPU kit runs, also the tests' model)
+from tiny_gemma import make_tiny_gemma  # noqa: E402,F401  (the stand-in the GPU kit runs, also the tests' model)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -82,6 +83,19 @@ class Sweep:
 
     def client(self):
         return MlflowClient(self.uri)
+
+    def report(self, *args: str) -> subprocess.CompletedProcess:
+        """`python -m qsweep report ...` from tmp_path, with this store as MLFLOW_TRACKING_URI."""
+        return subprocess.run([sys.executable, "-m", "qsweep", "report", *args], cwd=self.tmp_path, env=self._env(),
+                              capture_output=True, text=True, timeout=600)
+
+
+def printed_report_args(stdout: str) -> list:
+    """The arguments of the `python -m qsweep report ...` command that a sweep printed at its end."""
+    (hint,) = [line for line in stdout.splitlines() if line.startswith("qsweep: charts and report.md: ")]
+    command = shlex.split(hint.split(": ", 2)[2])
+    assert command[:4] == ["python", "-m", "qsweep", "report"], hint
+    return command[4:]
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ against its runs; and the MLflow UI on that store, opened in headless Chromium."
 import json
 import os
 import re
-import shlex
 import shutil
 import signal
 import socket
@@ -19,7 +18,7 @@ import pytest
 from mlflow import MlflowClient
 from PIL import Image
 
-from conftest import ROOT, Sweep, fine_tune, make_tiny_gemma
+from conftest import ROOT, Sweep, fine_tune, make_tiny_gemma, printed_report_args
 from qsweep import charts, report
 from qsweep.tracking import RunRecord
 
@@ -196,16 +195,10 @@ def tiny_sweep(tmp_path_factory):
     return sweep
 
 
-def run_report(sweep, *args):
-    return subprocess.run([sys.executable, "-m", "qsweep", "report", *args], cwd=sweep.tmp_path,
-                          env={**os.environ, "MLFLOW_TRACKING_URI": sweep.uri}, capture_output=True, text=True,
-                          timeout=600)
-
-
 @pytest.mark.slow
 def test_report_of_a_tiny_sweep_matches_its_runs(tiny_sweep):
     out = tiny_sweep.tmp_path / "report"
-    result = run_report(tiny_sweep, "--out", str(out))
+    result = tiny_sweep.report("--out", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
     text = (out / "report.md").read_text()
     runs = tiny_sweep.runs()
@@ -261,13 +254,10 @@ def test_the_command_a_sweep_prints_reports_that_sweep_from_any_experiment_and_s
     result = sweep.run("-m", "model=tiny-gpt2", "device=cpu", "generation.max_new_tokens=4", "generation.repeats=1",
                        "tracking.experiment=elsewhere", f"tracking.uri={store}")
     assert result.returncode == 0, result.stderr[-3000:]
-    (hint,) = [line for line in result.stdout.splitlines() if line.startswith("qsweep: charts and report.md: ")]
-    command = shlex.split(hint.split(": ", 2)[2])
-    assert command[:4] == ["python", "-m", "qsweep", "report"] and command[-2:] == ["--tracking-uri", store]
+    args = printed_report_args(result.stdout)
+    assert args[-2:] == ["--tracking-uri", store]
     out = sweep.tmp_path / "report"
-    report = subprocess.run([sys.executable, *command[1:], "--out", str(out)], cwd=sweep.tmp_path,
-                            env={**os.environ, "MLFLOW_TRACKING_URI": sweep.uri}, capture_output=True, text=True,
-                            timeout=600)
+    report = sweep.report(*args, "--out", str(out))  # the default store (MLFLOW_TRACKING_URI) is another one
     assert report.returncode == 0, report.stderr[-3000:]
     client = MlflowClient(store)
     (parent,) = client.search_runs([client.get_experiment_by_name("elsewhere").experiment_id],

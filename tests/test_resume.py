@@ -1,12 +1,8 @@
 """sweep.skip_completed=true resumes a sweep: jobs whose config_hash already has a FINISHED run are skipped
 (no run created; the summary shows the earlier run's figures and lists it as SKIPPED); without it every job is measured again."""
 
-import os
-import shlex
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 
@@ -14,6 +10,7 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
+from conftest import printed_report_args
 from qsweep import sources, tracking
 from qsweep.config import TrackingConfig
 
@@ -72,10 +69,7 @@ def test_a_sweep_killed_midway_resumes_with_only_the_missing_jobs(sweep):
     assert len(jobs(sweep)) == len(before) + 2
     assert "0 of 3 jobs finished, 0 failed, 3 skipped" in again.stdout
     # the report command it prints reports the three earlier runs
-    (hint,) = [line for line in again.stdout.splitlines() if line.startswith("qsweep: charts and report.md: ")]
-    report = subprocess.run([sys.executable, *shlex.split(hint.split(": ", 2)[2])[1:], "--out",
-                             str(sweep.tmp_path / "report")], cwd=sweep.tmp_path, capture_output=True, text=True,
-                            env={**os.environ, "MLFLOW_TRACKING_URI": sweep.uri}, timeout=600)
+    report = sweep.report(*printed_report_args(again.stdout), "--out", str(sweep.tmp_path / "report"))
     assert report.returncode == 0, report.stderr[-3000:]
     assert "0 of 3 jobs finished, 0 failed, 3 skipped" in report.stdout
     assert sum(line.startswith("| CPU FP32 ") for line in report.stdout.splitlines()) == 3

@@ -129,7 +129,7 @@ def runs_url(store: Store, view: str = "") -> str:
 
 def run_page(uri: str, experiment_id: str, run_id: str) -> str:
     """Where to see one run: 'the run in the MLflow UI (make ui): <its page>'."""
-    return (f"the run in the MLflow UI ({ui_command(Store(None, experiment_id, uri))}): "
+    return (f"the run in the MLflow UI ({ui_command(uri)}): "
             f"{_ui_address(uri)}/#/experiments/{experiment_id}/runs/{run_id}")
 
 
@@ -138,13 +138,13 @@ def _ui_address(uri: str) -> str:
     return uri.rstrip("/") if uri.startswith(("http://", "https://")) else UI_ADDRESS
 
 
-def ui_command(store: Store) -> str:
-    """What serves the store's UI at runs_url: `make ui` for the project's store."""
-    if store.uri.startswith(("http://", "https://")):
+def ui_command(uri: str) -> str:
+    """What serves the UI of the store at `uri` (runs_url, run_page): `make ui` for the project's store."""
+    if uri.startswith(("http://", "https://")):
         return "the tracking server"
-    if store.uri == f"sqlite:///{DEFAULT_STORE_DIR / 'mlflow.db'}":
+    if uri == f"sqlite:///{DEFAULT_STORE_DIR / 'mlflow.db'}":
         return "make ui"
-    return f"mlflow ui --backend-store-uri {store.uri} --host 127.0.0.1 --port 5000"
+    return f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
 
 
 def report_command(store: Store, sweep_run_id: str) -> str:
