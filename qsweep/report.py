@@ -7,6 +7,7 @@ store, through tracking.
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from qsweep import tracking
-from qsweep.config import BackendConfig
+from qsweep.config import HASHED_SECTIONS, BackendConfig
 from qsweep.tracking import RunRecord
 
 DEFAULT_BACKEND = BackendConfig().name
@@ -66,6 +67,7 @@ class Row:
     max_new_tokens: int
     batch_size: int = 1
     prompt_tokens: object = "text"  # the number of prompt tokens, or "text" for the text prompts
+    differs: str = ""  # what tells it from another row with the same label and length (tell_apart)
 
     @property
     def setting(self) -> str:
@@ -75,7 +77,8 @@ class Row:
         base = " ".join([f"{'GPU' if self.device == 'cuda' else self.device.upper()}", self.precision.upper(),
                          *variant])
         other_backend = self.job.tags.get("backend", DEFAULT_BACKEND) != DEFAULT_BACKEND
-        return f"{base} {self.job.tags.get('runtime', '')}".rstrip() if other_backend else base
+        base = f"{base} {self.job.tags.get('runtime', '')}".rstrip() if other_backend else base
+        return f"{base} ({self.differs})" if self.differs else base
 
     @property
     def metrics(self) -> dict:
@@ -109,7 +112,50 @@ def rows_by_model(jobs: List[RunRecord]) -> Dict[str, List[Row]]:
                   int(tags.get("max_new_tokens", job.metrics.get("new_tokens", 0))), int(tags.get("batch_size", 1)),
                   int(prompt) if prompt.isdigit() else prompt)
         models.setdefault(row.model, []).append(row)
+    for rows in models.values():
+        tell_apart(rows)
     return {model: sorted(rows, key=Row.sort_key) for model, rows in models.items()}
+
+
+def tell_apart(rows: List[Row]) -> None:
+    """Rows of one label measured at one length in different configurations (the runs of several sweeps, say
+    other prompts or repeats) would read as one setting measured twice: each row of that label gets the
+    values that differ between them in its label, "GPU FP16 (1 prompt, repeats=2)"."""
+    labels: Dict[tuple, List[Row]] = {}
+    for row in rows:
+        labels.setdefault((row.setting, row.batch_size, row.prompt_tokens), []).append(row)
+    for same_label in labels.values():
+        measured = [_measured(row) for row in same_label]
+        by_length: Dict[int, List[dict]] = {}
+        for row, params in zip(same_label, measured):
+            by_length.setdefault(row.max_new_tokens, []).append(params)
+        clashes = [group for group in by_length.values() if len(group) > 1]
+        if not clashes:
+            continue
+        differing = sorted({k for group in clashes for k in set().union(*group)
+                            if len({params.get(k) for params in group}) > 1})
+        for row, params in zip(same_label, measured):
+            row.differs = (", ".join(_param_text(k, params.get(k)) for k in differing)
+                           or f"config {row.job.config_hash}")
+
+
+def _measured(row: Row) -> Dict[str, str]:
+    """The run's params that its config_hash covers."""
+    return {k: v for k, v in row.job.params.items() if k.split(".")[0] in HASHED_SECTIONS}
+
+
+def _param_text(key: str, value: Optional[str]) -> str:
+    """generation.repeats=2 -> "repeats=2"; a list -> how many: "1 prompt", "2 prompts"."""
+    name = key.rsplit(".", 1)[-1]
+    if value is None:
+        return f"no {name}"
+    try:
+        items = json.loads(value)
+    except ValueError:
+        items = None
+    if isinstance(items, list):
+        return f"{len(items)} {name[:-1] if len(items) == 1 and name.endswith('s') else name}"
+    return f"{name}={value}"
 
 
 def not_finished(jobs: List[RunRecord]) -> List[RunRecord]:
@@ -196,8 +242,17 @@ def model_table(rows: List[Row]) -> str:
 
 def failures_table(jobs: List[RunRecord]) -> str:
     return markdown_table(["Run", "Status", "Error"],
-                          [[job.name, _status(job), job.error or "no error recorded"]
-                           for job in jobs], ["<", "<", "<"])
+                          [[job.name, _status(job), job.error or _unrecorded(job)] for job in jobs],
+                          ["<", "<", "<"])
+
+
+def _unrecorded(job: RunRecord) -> str:
+    """A KILLED run without an error tag was ended by an interrupt of its process (runs made before qsweep
+    recorded which one)."""
+    if job.status == "KILLED":
+        return ("interrupted: Ctrl-C or SIGTERM (a time limit such as `timeout`'s, a scheduler, `kill`); "
+                "which one was not recorded")
+    return "no error recorded"
 
 
 def _status(job: RunRecord) -> str:
@@ -317,12 +372,18 @@ def sample_text(generations, limit: int = 160) -> str:
     return f"“{text}”" if text else "(empty)"
 
 
-def hardware_text(env) -> Optional[str]:
+def hardware_text(env, device: str) -> Optional[str]:
+    """The device a run measured on, from its environment.json: the CPU (model and threads) for a CPU run,
+    even on a machine with a GPU, and the GPU (with CUDA and driver) for a CUDA run."""
     if not env:
         return None
-    if env.get("cuda_available") and env.get("gpu_name"):
-        return f"GPU: {env['gpu_name']}"
-    return f"CPU: {env.get('cpu', '?')} ({env.get('torch_threads', '?')} threads)"
+    if device != "cuda":
+        return f"CPU: {env.get('cpu') or '?'} ({env.get('torch_threads', '?')} threads)"
+    if not env.get("gpu_name"):
+        return None
+    versions = ", ".join(f"{label} {env[key]}" for label, key in (("CUDA", "cuda"), ("driver", "driver"))
+                         if env.get(key))
+    return f"GPU: {env['gpu_name']}" + (f" ({versions})" if versions else "")
 
 
 # --- report.md ----------------------------------------------------------------------------------------
@@ -366,7 +427,7 @@ def write_report(store, jobs: List[RunRecord], out_dir: Path, source: str, paren
                       f"({tracking.ui_command(store.uri)}): <{tracking.runs_url(store, 'ARTIFACT')}>", ""]
         if {"cpu", "cuda"} <= {r.device for r in rows}:
             hardware = {r.job.run_id: hardware_text(tracking.read_json(store, r.job.run_id,
-                                                                                      tracking.ENVIRONMENT_FILE))
+                                                                       tracking.ENVIRONMENT_FILE), r.device)
                         for r in longest.values()}
             comparison = cpu_vs_gpu(rows, samples, {k: v for k, v in hardware.items() if v})
             lines += [f"### CPU vs GPU: {model}", "",
@@ -389,15 +450,17 @@ def write_report(store, jobs: List[RunRecord], out_dir: Path, source: str, paren
 def _environment(store, rows: List[Row]) -> Optional[str]:
     """One line about the software and machines, from the runs' environment.json."""
 
-    seen = []
+    devices, first = [], None  # each device once: the CPU of the CPU runs, the GPU of the CUDA runs
     for device in DEVICE_ORDER:
         row = next((r for r in rows if r.device == device), None)
         env = row and tracking.read_json(store, row.job.run_id, tracking.ENVIRONMENT_FILE)
-        if env:
-            seen.append((hardware_text(env), env))
-    if not seen:
+        text = hardware_text(env, device)
+        first = first or env
+        if text and text not in devices:
+            devices.append(text)
+    if not first:
         return None
-    packages = seen[0][1].get("packages", {})
+    packages = first.get("packages", {})
     versions = ", ".join(f"{p} {packages[p]}" for p in ("torch", "transformers", "bitsandbytes") if packages.get(p))
-    commit = (seen[0][1].get("git_commit") or "")[:10]
-    return "; ".join(h for h, _ in seen) + f"; {versions}" + (f"; qsweep commit {commit}" if commit else "")
+    commit = (first.get("git_commit") or "")[:10]
+    return "; ".join(devices + ([versions] if versions else [])) + (f"; qsweep commit {commit}" if commit else "")

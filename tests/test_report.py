@@ -127,6 +127,69 @@ def test_cpu_vs_gpu_compares_every_setting_of_a_model_measured_on_both():
     assert report.cpu_vs_gpu(cpu_only, {}, {}) is None
 
 
+H200_HOST = {"cpu": "Intel(R) Xeon(R) Processor", "torch_threads": 16, "cuda_available": True, "cuda": "13.0",
+             "gpu_name": "NVIDIA H200", "driver": "580.159.04", "packages": {"torch": "2.11.0"}}
+
+
+def test_a_cpu_run_on_a_gpu_machine_names_the_cpu_and_the_header_names_each_device_once(monkeypatch):
+    rows = report.rows_by_model(SEED_JOBS)["m"]
+    hardware = {r.job.run_id: report.hardware_text(H200_HOST, r.device) for r in rows}
+    (table,) = tables(report.cpu_vs_gpu(rows, {}, hardware))
+    row = next(r for r in table["rows"] if r["Feature"] == "Hardware")
+    assert row["CPU FP32"] == "CPU: Intel(R) Xeon(R) Processor (16 threads)"
+    assert row["GPU FP16"] == "GPU: NVIDIA H200 (CUDA 13.0, driver 580.159.04)"
+    monkeypatch.setattr(report.tracking, "read_json", lambda store, run_id, path: H200_HOST)
+    header = report._environment(None, rows)
+    assert header.count("NVIDIA H200") == 1 and header.count("Xeon") == 1, header
+    assert header.startswith("CPU: Intel(R) Xeon(R) Processor (16 threads); GPU: NVIDIA H200")
+
+
+def test_rows_that_share_a_label_but_not_a_configuration_are_told_apart():
+    """Two sweeps' GPU FP16 at 128 tokens (other prompts and repeats) in one --experiment report."""
+    grid = [job("cuda", "fp16", n, **speed(1.0, tokens=n)) for n in (128, 256)]
+    eager = job("cuda", "fp16", 128, **speed(1.3))
+    eager.tags["config_hash"] += "x"
+    for run, prompts, repeats in ((grid[0], '["a", "b"]', "1"), (grid[1], '["a", "b"]', "1"), (eager, '["a"]', "2")):
+        run.params.update({"generation.prompts": prompts, "generation.repeats": repeats,
+                           "generation.max_new_tokens": run.tags["max_new_tokens"], "runner.timeout_s": repeats})
+    cpu = job("cpu", "fp32", 128, **speed(2.0))
+    (table, *_) = tables(report.summary([cpu, *grid, eager]))
+    assert [(r["Setting"], r["Max New Tokens"]) for r in table["rows"]] == [
+        ("CPU FP32", "128"), ("GPU FP16 (2 prompts, repeats=1)", "128"), ("GPU FP16 (1 prompt, repeats=2)", "128"),
+        ("GPU FP16 (2 prompts, repeats=1)", "256")]  # runner.timeout_s is not what is measured: not named
+    rows = report.rows_by_model([cpu, *grid, eager])["m"]
+    (comparison,) = tables(report.cpu_vs_gpu(rows, {}, {}))  # one column per configuration
+    assert comparison["headers"] == ["Feature", "CPU FP32", "GPU FP16 (2 prompts, repeats=1)",
+                                     "GPU FP16 (1 prompt, repeats=2)"]
+    same_params = [job("cpu", "fp32", 8, **speed(1.0)), job("cpu", "fp32", 8, **speed(2.0))]
+    same_params[1].tags["config_hash"] = "other"
+    labels = [r.setting for r in report.rows_by_model(same_params)["m"]]
+    assert sorted(labels) == sorted(f"CPU FP32 (config {j.config_hash})" for j in same_params)
+
+
+def test_a_killed_job_says_what_stopped_it(tmp_path):
+    """A sweep under `timeout` (the GPU kit's time limit) that is stopped: its job run ends KILLED and says so."""
+    script = (f"from qsweep import signals, tracking\nfrom qsweep.config import TrackingConfig\n"
+              f"signals.install()\nstore = tracking.open_store(TrackingConfig(uri='sqlite:///{tmp_path}/m.db'))\n"
+              "with tracking.job_run(store, 'cut', {}):\n    print('ready', flush=True)\n"
+              "    import time; time.sleep(60)\n")
+    limit = subprocess.Popen(["timeout", "-k", "5", "120", sys.executable, "-c", script], stdout=subprocess.PIPE,
+                             text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert limit.stdout.readline().strip() == "ready"
+    limit.send_signal(signal.SIGTERM)  # timeout passes it on, as when its time is up
+    limit.communicate(timeout=60)
+    client = MlflowClient(f"sqlite:///{tmp_path}/m.db")
+    (run,) = client.search_runs([client.get_experiment_by_name("qsweep").experiment_id])
+    assert run.info.status == "KILLED"
+    reason = run.data.tags["error"]
+    assert reason.startswith("stopped by the time limit: SIGTERM, from `timeout 120` (pid "), reason
+    killed = RunRecord("id", "cut", "KILLED", {}, {"error": reason})
+    old = RunRecord("id2", "older", "KILLED", {}, {})  # a run from before the reason was recorded
+    (failures,) = tables(report.failures_table([killed, old]))
+    assert failures["rows"][0]["Error"] == reason
+    assert failures["rows"][1]["Error"].startswith("interrupted: Ctrl-C or SIGTERM")
+
+
 def test_latest_per_config_keeps_the_newest_finished_run():
     old, new, failed = (job("cpu", "fp32", 8, latency_s=1.0), job("cpu", "fp32", 8, latency_s=2.0),
                         job("cpu", "fp32", 8, status="FAILED"))

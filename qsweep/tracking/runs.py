@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional
 
+from qsweep import signals
 from qsweep.tracking import owners
 from qsweep.tracking.names import (KIND_JOB, KIND_SWEEP, KIND_TRAIN, SKIPPED_FILE, TAG_ERROR, TAG_HASH, TAG_KIND,
                                    TAG_NOTE, TAG_OWNER, TAG_SKIPPED_JOBS, TAG_SKIPPED_PREFIX, TRACEBACK_FILE)
@@ -125,11 +126,13 @@ def _create(store: Store, kind: str, run_name: str, tags: dict, parent_run_id: O
 
 @contextmanager
 def _ended_by_outcome(run: RunWriter) -> Iterator[RunWriter]:
-    """Ends the run as its block ends: FINISHED, FAILED (one-line `error` tag + traceback) or KILLED."""
+    """Ends the run as its block ends: FINISHED, FAILED (one-line `error` tag + traceback) or KILLED (an `error`
+    tag saying what stopped it)."""
     client = run.store.client
     try:
         yield run
     except KeyboardInterrupt:
+        run.set_tags({TAG_ERROR: signals.stop_reason()})
         client.set_terminated(run.run_id, "KILLED")
         raise
     except Exception as err:
