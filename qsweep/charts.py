@@ -34,7 +34,7 @@ def slug(text: str) -> str:
 
 
 def model_charts(model: str, rows, out_dir: Path) -> List[Chart]:
-    """Every chart of one model's rows (report.Row, sorted), written into out_dir."""
+    """Every chart of one model's rows (report_rows.Row, sorted), written into out_dir."""
     charts = [_grouped_bars(model, rows, out_dir, "tokens_per_s", None, "Tokens/sec",
                             "tokens/s by setting (higher is faster)"),
               _grouped_bars(model, rows, out_dir, "latency_s", "latency_iqr_s", "Latency (s)",

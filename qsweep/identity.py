@@ -8,7 +8,10 @@ import json
 from qsweep import backends, sources
 from qsweep.config import BackendConfig, PrecisionConfig, RunConfig, config_hash
 from qsweep.environment import resolve_device
-from qsweep.tracking import TAG_FINE_TUNE_RUN, TAG_HASH, TAG_LOGGED_MODEL, TAG_MODEL_VERSION, TAG_WEIGHTS
+from qsweep.tracking import (TAG_BACKEND, TAG_BATCH_SIZE, TAG_COMPILE, TAG_DEVICE, TAG_FINE_TUNE_RUN, TAG_HASH,
+                             TAG_LOGGED_MODEL, TAG_MAX_NEW_TOKENS, TAG_MODEL, TAG_MODEL_VERSION, TAG_PRECISION,
+                             TAG_PROMPT_TOKENS, TAG_QUANT_TYPE, TAG_RUNTIME, TAG_SETTING, TAG_WEIGHTS,
+                             TAG_WEIGHTS_KIND)
 
 DEFAULT_BACKEND = BackendConfig().name
 DEFAULT_QUANT_TYPE = PrecisionConfig.quant_type
@@ -35,13 +38,16 @@ def precision_label(cfg) -> str:
 
 
 def run_tags(cfg: RunConfig) -> dict:
-    return {TAG_HASH: config_hash(cfg), "model": cfg.model.name, "precision": cfg.precision.name,
-            "device": cfg.device.name, "backend": cfg.backend.name,
-            "runtime": backends.get(cfg.backend.name).label(cfg), "weights": cfg.model.weights,
-            "max_new_tokens": cfg.generation.max_new_tokens, "batch_size": cfg.generation.batch_size,
-            "prompt_tokens": cfg.generation.prompt_tokens or "text",
-            "setting": f"{cfg.device.name.upper()} {precision_label(cfg).upper()}"
-                       + (" compiled" if cfg.generation.compile else ""), **weights_tag(cfg),
+    """What the run measured, one value per tag (the report reads these), and the UI's label (setting)."""
+    quant_type = {TAG_QUANT_TYPE: cfg.precision.quant_type} if cfg.precision.quantization == "int4" else {}
+    return {TAG_HASH: config_hash(cfg), TAG_MODEL: cfg.model.name, TAG_PRECISION: cfg.precision.name,
+            **quant_type, TAG_COMPILE: str(cfg.generation.compile).lower(),
+            TAG_DEVICE: cfg.device.name, TAG_BACKEND: cfg.backend.name,
+            TAG_RUNTIME: backends.get(cfg.backend.name).label(cfg), TAG_WEIGHTS_KIND: cfg.model.weights,
+            TAG_MAX_NEW_TOKENS: cfg.generation.max_new_tokens, TAG_BATCH_SIZE: cfg.generation.batch_size,
+            TAG_PROMPT_TOKENS: cfg.generation.prompt_tokens or "text",
+            TAG_SETTING: f"{cfg.device.name.upper()} {precision_label(cfg).upper()}"
+                         + (" compiled" if cfg.generation.compile else ""), **weights_tag(cfg),
             **fine_tune_tags(cfg)}
 
 

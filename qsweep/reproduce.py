@@ -14,7 +14,7 @@ from typing import List, Optional, Tuple
 
 from omegaconf import OmegaConf
 
-from qsweep import console, report, tracking
+from qsweep import console, tables, tracking
 from qsweep.config import (HASHED_SECTIONS, PROJECT_ROOT, ConfigError, RunConfig, TrackingConfig, config_hash, flatten,
                            hashed_fields, register_schemas, validate)
 from qsweep.tracking import TAG_REPRODUCES
@@ -139,7 +139,7 @@ def compare(store: tracking.Store, original: tracking.RunRecord, new: tracking.R
     a, b = original.metrics, new.metrics
     rows = [[name, _number(a.get(name)), _number(b.get(name)),
              f"{b[name] / a[name]:.3f}" if a.get(name) and name in b else "-"] for name in sorted(set(a) | set(b))]
-    parts = [report.markdown_table(["metric", "original", "reproduced", "reproduced / original"], rows)
+    parts = [tables.markdown_table(["metric", "original", "reproduced", "reproduced / original"], rows)
              if rows else "metrics: neither run has any"]
     if new.error:
         parts.append(f"the reproduction FAILED: {new.error}")
@@ -189,7 +189,7 @@ def compare_environments(before: Optional[dict], after: Optional[dict]) -> str:
     rows = [[key, x.get(key, "-"), y.get(key, "-")] for key in sorted(set(x) | set(y)) if x.get(key) != y.get(key)]
     if not rows:
         return "environment: identical (package versions, Python, CPU, GPU, git commit)"
-    return "environment differences:\n\n" + report.markdown_table(["field", "original", "reproduced"], rows)
+    return "environment differences:\n\n" + tables.markdown_table(["field", "original", "reproduced"], rows)
 
 
 def _number(value: Optional[float]) -> str:

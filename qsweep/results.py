@@ -12,7 +12,9 @@ from qsweep import measure, quality
 from qsweep.backends import PrecisionCheck
 from qsweep.config import RunConfig
 from qsweep.tracking import (CONFIG_FILE, CONTEXT_EVAL, CONTEXT_PROMPTS, ENVIRONMENT_FILE, GENERATIONS_FILE,
-                             GENERATIONS_MARKDOWN, GENERATIONS_TABLE, PRECISION_FILE, QUALITY_FILE, RunWriter)
+                             GENERATIONS_MARKDOWN, GENERATIONS_TABLE, PRECISION_FILE, QUALITY_FILE,
+                             TAG_CONVERSION, TAG_DEGENERATE_REASON, TAG_PRECISION_CHECK, TAG_QUALITY,
+                             TAG_QUALITY_REFERENCE, TAG_QUALITY_SCORES, RunWriter)
 
 
 @dataclass
@@ -79,20 +81,20 @@ def generation_table(result: JobResult) -> Dict[str, list]:
 
 def record(run: RunWriter, result: JobResult) -> None:
     run.log_metrics(result.load, result.speed, result.memory)
-    run.set_tags({"precision_check": result.precision.summary})
+    run.set_tags({TAG_PRECISION_CHECK: result.precision.summary})
     if result.conversion:
-        run.set_tags({"conversion": result.conversion})
+        run.set_tags({TAG_CONVERSION: result.conversion})
     run.log_json(result.precision.details, PRECISION_FILE)
     run.log_json(result.environment, ENVIRONMENT_FILE)
     run.log_json(result.texts, GENERATIONS_FILE)
     run.log_text("\n\n".join(map(_markdown, result.texts)), GENERATIONS_MARKDOWN)
     run.log_table(generation_table(result), GENERATIONS_TABLE)
     if result.quality is None:
-        run.set_tags({"quality": quality.NOT_APPLICABLE})
+        run.set_tags({TAG_QUALITY: quality.NOT_APPLICABLE})
         return
     run.log_metrics(result.quality.metrics)
-    run.set_tags({"quality": "measured", "degenerate_reason": result.quality.degenerate_reason,
-                  "quality_reference": result.quality.reference, "quality_scores": result.quality.scores})
+    run.set_tags({TAG_QUALITY: "measured", TAG_DEGENERATE_REASON: result.quality.degenerate_reason,
+                  TAG_QUALITY_REFERENCE: result.quality.reference, TAG_QUALITY_SCORES: result.quality.scores})
     run.log_json(result.quality.details, QUALITY_FILE)
 
 

@@ -1,5 +1,5 @@
 """How speed scales with the batch size and the prompt length (generation.batch_size, prompt_tokens):
-where each quantized setting stops paying, and the two charts. Reads report.Rows."""
+where each quantized setting stops paying, and the two charts. Reads report_rows.Rows."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from qsweep.charts import COLORS, Chart, plt, slug, _save
+from qsweep.tracking import PARAM_QUANTIZATION
 
 THROUGHPUT, PREFILL = "throughput_tokens_per_s", "prefill_tokens_per_s"
 
@@ -32,7 +33,7 @@ def stops_paying(rows) -> List[str]:
     """Per quantized setting: from which batch size its throughput is below the best unquantized
     setting's at the same batch size, on this machine."""
     lines = _lines(rows, "batch_size", THROUGHPUT)
-    quantized = {r.setting for r in rows if r.job.params.get("precision.quantization", "none") != "none"}
+    quantized = {r.setting for r in rows if r.job.params.get(PARAM_QUANTIZATION, "none") != "none"}
     plain = {s: line for s, line in lines.items() if s not in quantized}
     if not plain:
         return []

@@ -19,7 +19,8 @@ from mlflow import MlflowClient
 from PIL import Image
 
 from conftest import ROOT, Sweep, fine_tune, make_tiny_gemma, printed_report_args
-from qsweep import charts, report
+from qsweep import charts, cpu_vs_gpu, report, report_rows
+from qsweep.tables import count_line, failures_table
 from qsweep.tracking import RunRecord
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -87,7 +88,7 @@ def test_the_table_has_the_seeds_columns_order_and_numbers():
                                  "Error": "ConfigError: device=cuda but CUDA is not available here"}]
     assert text.endswith("5 of 6 jobs finished, 1 failed.")
     running = job("cpu", "int4", 8, status="RUNNING")
-    assert report.count_line(SEED_JOBS + [running]) == "5 of 7 jobs finished, 1 failed, 1 running."
+    assert count_line(SEED_JOBS + [running]) == "5 of 7 jobs finished, 1 failed, 1 running."
 
 
 def test_one_sample_has_no_spread():
@@ -109,9 +110,9 @@ def test_quality_columns_appear_when_measured_and_degenerate_runs_are_flagged():
 
 
 def test_cpu_vs_gpu_compares_every_setting_of_a_model_measured_on_both():
-    rows = report.rows_by_model(SEED_JOBS)["m"]
+    rows = report_rows.rows_by_model(SEED_JOBS)["m"]
     samples = {r.job.run_id: f"out {r.setting}" for r in rows}
-    (table,) = tables(report.cpu_vs_gpu(rows, samples, {}))
+    (table,) = tables(cpu_vs_gpu.cpu_vs_gpu(rows, samples, {}))
     assert table["headers"] == ["Feature", "CPU FP32", "GPU FP16", "GPU INT4"]
     by_feature = {r["Feature"]: r for r in table["rows"]}
     assert by_feature["Quantization"]["GPU INT4"] == "Yes (4-bit)"
@@ -123,8 +124,8 @@ def test_cpu_vs_gpu_compares_every_setting_of_a_model_measured_on_both():
     assert speed_256["GPU FP16"] == f"{256 / 1.707:.2f} ({(256 / 1.707) / (256 / 8.754):.2f}x)"
     assert by_feature["Hardware"]["GPU INT4"] == "GPU"  # no environment.json given
     assert by_feature["Response output"]["GPU FP16"] == "out GPU FP16"
-    cpu_only = report.rows_by_model([j for j in SEED_JOBS if j.tags.get("device") == "cpu"])["m"]
-    assert report.cpu_vs_gpu(cpu_only, {}, {}) is None
+    cpu_only = report_rows.rows_by_model([j for j in SEED_JOBS if j.tags.get("device") == "cpu"])["m"]
+    assert cpu_vs_gpu.cpu_vs_gpu(cpu_only, {}, {}) is None
 
 
 H200_HOST = {"cpu": "Intel(R) Xeon(R) Processor", "torch_threads": 16, "cuda_available": True, "cuda": "13.0",
@@ -132,9 +133,9 @@ H200_HOST = {"cpu": "Intel(R) Xeon(R) Processor", "torch_threads": 16, "cuda_ava
 
 
 def test_a_cpu_run_on_a_gpu_machine_names_the_cpu_and_the_header_names_each_device_once(monkeypatch):
-    rows = report.rows_by_model(SEED_JOBS)["m"]
-    hardware = {r.job.run_id: report.hardware_text(H200_HOST, r.device) for r in rows}
-    (table,) = tables(report.cpu_vs_gpu(rows, {}, hardware))
+    rows = report_rows.rows_by_model(SEED_JOBS)["m"]
+    hardware = {r.job.run_id: cpu_vs_gpu.hardware_text(H200_HOST, r.device) for r in rows}
+    (table,) = tables(cpu_vs_gpu.cpu_vs_gpu(rows, {}, hardware))
     row = next(r for r in table["rows"] if r["Feature"] == "Hardware")
     assert row["CPU FP32"] == "CPU: Intel(R) Xeon(R) Processor (16 threads)"
     assert row["GPU FP16"] == "GPU: NVIDIA H200 (CUDA 13.0, driver 580.159.04)"
@@ -157,13 +158,13 @@ def test_rows_that_share_a_label_but_not_a_configuration_are_told_apart():
     assert [(r["Setting"], r["Max New Tokens"]) for r in table["rows"]] == [
         ("CPU FP32", "128"), ("GPU FP16 (2 prompts, repeats=1)", "128"), ("GPU FP16 (1 prompt, repeats=2)", "128"),
         ("GPU FP16 (2 prompts, repeats=1)", "256")]  # runner.timeout_s is not what is measured: not named
-    rows = report.rows_by_model([cpu, *grid, eager])["m"]
-    (comparison,) = tables(report.cpu_vs_gpu(rows, {}, {}))  # one column per configuration
+    rows = report_rows.rows_by_model([cpu, *grid, eager])["m"]
+    (comparison,) = tables(cpu_vs_gpu.cpu_vs_gpu(rows, {}, {}))  # one column per configuration
     assert comparison["headers"] == ["Feature", "CPU FP32", "GPU FP16 (2 prompts, repeats=1)",
                                      "GPU FP16 (1 prompt, repeats=2)"]
     same_params = [job("cpu", "fp32", 8, **speed(1.0)), job("cpu", "fp32", 8, **speed(2.0))]
     same_params[1].tags["config_hash"] = "other"
-    labels = [r.setting for r in report.rows_by_model(same_params)["m"]]
+    labels = [r.setting for r in report_rows.rows_by_model(same_params)["m"]]
     assert sorted(labels) == sorted(f"CPU FP32 (config {j.config_hash})" for j in same_params)
 
 
@@ -185,7 +186,7 @@ def test_a_killed_job_says_what_stopped_it(tmp_path):
     assert reason.startswith("stopped by the time limit: SIGTERM, from `timeout 120` (pid "), reason
     killed = RunRecord("id", "cut", "KILLED", {}, {"error": reason})
     old = RunRecord("id2", "older", "KILLED", {}, {})  # a run from before the reason was recorded
-    (failures,) = tables(report.failures_table([killed, old]))
+    (failures,) = tables(failures_table([killed, old]))
     assert failures["rows"][0]["Error"] == reason
     assert failures["rows"][1]["Error"].startswith("interrupted: Ctrl-C or SIGTERM")
 
@@ -194,7 +195,7 @@ def test_latest_per_config_keeps_the_newest_finished_run():
     old, new, failed = (job("cpu", "fp32", 8, latency_s=1.0), job("cpu", "fp32", 8, latency_s=2.0),
                         job("cpu", "fp32", 8, status="FAILED"))
     failed.tags["config_hash"] = old.tags["config_hash"]
-    assert report.latest_per_config([old, new, failed]) == [new]
+    assert report_rows.latest_per_config([old, new, failed]) == [new]
 
 
 def assert_png(path: Path):
@@ -206,20 +207,20 @@ def assert_png(path: Path):
 
 
 def test_charts_are_pngs_and_quality_against_speed_needs_a_quality_metric(tmp_path):
-    rows = report.rows_by_model(SEED_JOBS)["m"]
+    rows = report_rows.rows_by_model(SEED_JOBS)["m"]
     made = charts.model_charts("m", rows, tmp_path)
     assert [c.path.name for c in made] == ["m_tokens_per_s.png", "m_latency_s.png", "m_memory.png"]
     for chart in made:
         assert_png(chart.path)
     with_kl = [job("cpu", "fp32", 8, **speed(1.0), kl_div_vs_fp32=0.0),
                job("cpu", "int4", 8, **speed(2.0), kl_div_vs_fp32=0.4, degenerate_output=1.0)]
-    made = charts.model_charts("q/model", report.rows_by_model(with_kl)["m"], tmp_path)
+    made = charts.model_charts("q/model", report_rows.rows_by_model(with_kl)["m"], tmp_path)
     assert made[-1].path.name == "q_model_quality_vs_speed.png"
     assert_png(made[-1].path)
 
 
 def test_charts_never_show_broken_output_as_a_plain_result(tmp_path):
-    rows = report.rows_by_model([job("cpu", "fp32", 8, **speed(1.0), kl_div_vs_fp32=0.0),
+    rows = report_rows.rows_by_model([job("cpu", "fp32", 8, **speed(1.0), kl_div_vs_fp32=0.0),
                                  job("cpu", "fp16", 8, **speed(0.3), kl_div_vs_fp32=float("nan"),
                                      degenerate_output=1.0)])["m"]
     assert charts._tick_labels(["CPU FP32", "CPU FP16"], rows) == ["CPU FP32", "CPU FP16\n(broken output)"]

@@ -7,7 +7,8 @@ import pytest
 from conftest import compose_run, transformers_runtime
 from qsweep import backends, identity, measure, prompts, scaling
 from qsweep.config import ConfigError, config_hash
-from qsweep.report import rows_by_model, summary
+from qsweep.report import summary
+from qsweep.report_rows import rows_by_model
 from qsweep.tracking import RunRecord
 
 

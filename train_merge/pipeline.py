@@ -84,8 +84,8 @@ def run(cfg: TrainMergeConfig) -> Result:
         check_batches = data.batches(heldout[:cfg.merge.check_examples], cfg.eval.batch_size, pad_id)
         mlrun.log_metrics({"train_examples": len(train_set), "heldout_examples": len(heldout),
                           "heldout_tokens": sum(b.target_tokens for b in heldout_batches)})
-        mlrun.set_tags({"base_checkpoint": checkpoint.path, "data_file": str(data_file),
-                        "data_sha256": hashlib.sha256(data_file.read_bytes()).hexdigest()[:12]})
+        mlrun.set_tags({tracking.TAG_BASE_CHECKPOINT: checkpoint.path, tracking.TAG_DATA_FILE: str(data_file),
+                        tracking.TAG_DATA_SHA256: hashlib.sha256(data_file.read_bytes()).hexdigest()[:12]})
         say(f"{len(train_set)} training and {len(heldout)} held-out exchanges from {data_file.name}")
 
         model = finetune.load_base(checkpoint.path, cfg.train)
@@ -126,10 +126,10 @@ def run(cfg: TrainMergeConfig) -> Result:
         del merged
         gc.collect()
         say(f"saved the merged {cfg.merge.save_dtype} checkpoint to {output_dir}")
-        mlrun.set_tags({"adapter": str(adapter_dir)})
+        mlrun.set_tags({tracking.TAG_ADAPTER: str(adapter_dir)})
         model = tracking.register_checkpoint(
             mlrun, output_dir, flatten({"lora": asdict(cfg.lora), "train": asdict(cfg.train)}),
-            {"base_model": cfg.model.name_or_path, tracking.TAG_WEIGHTS: sources.weights_sha256(output_dir)})
+            {tracking.TAG_BASE_MODEL: cfg.model.name_or_path, tracking.TAG_WEIGHTS: sources.weights_sha256(output_dir)})
         merge.add_provenance(output_dir, model)
         mlrun.set_tags({tracking.TAG_LOGGED_MODEL: model["logged_model_id"],
                         tracking.TAG_MODEL_VERSION: f"{model['registered_model']}/{model['model_version']}"})

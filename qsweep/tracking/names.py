@@ -18,6 +18,38 @@ TAG_FINE_TUNE_RUN = "fine_tune_run"
 TAG_LOGGED_MODEL = "logged_model_id"
 TAG_MODEL_VERSION = "model_version"  # <registered model name>/<version>
 
+# What a job run is tagged with (identity.run_tags): what it measured, to filter runs and build the report's rows
+TAG_MODEL = "model"
+TAG_PRECISION = "precision"
+TAG_QUANT_TYPE = "quant_type"  # int4 only: nf4 or fp4
+TAG_COMPILE = "compile"  # true when generation.compile
+TAG_DEVICE = "device"
+TAG_BACKEND = "backend"
+TAG_RUNTIME = "runtime"  # the runtime and its weight format, e.g. "transformers float16"
+TAG_WEIGHTS_KIND = "weights"  # random or pretrained
+TAG_MAX_NEW_TOKENS = "max_new_tokens"
+TAG_BATCH_SIZE = "batch_size"
+TAG_PROMPT_TOKENS = "prompt_tokens"  # a number, or "text" for the text prompts
+TAG_SETTING = "setting"  # the label shown in the UI, e.g. "CPU INT4 FP4 compiled"
+# What it found (results.record)
+TAG_PRECISION_CHECK = "precision_check"
+TAG_CONVERSION = "conversion"  # made or reused: the backend's files from the checkpoint
+TAG_QUALITY = "quality"  # measured or not_applicable
+TAG_DEGENERATE_REASON = "degenerate_reason"
+TAG_QUALITY_REFERENCE = "quality_reference"
+TAG_QUALITY_SCORES = "quality_scores"
+# A fine-tune run (train_merge) and the model it logged
+TAG_BASE_CHECKPOINT = "base_checkpoint"
+TAG_BASE_MODEL = "base_model"
+TAG_DATA_FILE = "data_file"
+TAG_DATA_SHA256 = "data_sha256"
+TAG_ADAPTER = "adapter"
+
+# Params: a job run's config flattened (config.flatten); the ones qsweep reads back
+PARAM_QUANT_TYPE = "precision.quant_type"
+PARAM_QUANTIZATION = "precision.quantization"
+PARAM_COMPILE = "generation.compile"
+
 KIND_JOB, KIND_SWEEP, KIND_TRAIN = "job", "sweep", "train_merge"
 
 # Artifacts of a job run (the report and reproduce read them back).
