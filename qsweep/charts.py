@@ -1,6 +1,6 @@
 """PNG charts of one model's runs (matplotlib, Agg backend: no display needed).
 
-Per model: tokens/s by setting with the lengths side by side (the seed's "128 vs 256" chart), latency,
+Per model: tokens/s by setting with the lengths side by side (the T4 notebook's "128 vs 256" chart), latency,
 peak memory, and quality against speed (one point per setting).
 """
 

@@ -37,7 +37,7 @@ class SpeedMetrics:
     latency_s: float  # median end-to-end generate
     latency_p90_s: float
     latency_iqr_s: float
-    tokens_per_s: float  # new tokens of one sequence / median latency (the seed's definition)
+    tokens_per_s: float  # new tokens of one sequence / median latency (the T4 notebook's definition)
     throughput_tokens_per_s: float  # batch_size x new tokens / median latency: what the machine delivers
     prefill_tokens_per_s: float  # prompt tokens of the whole batch / TTFT, median over samples
     decode_tokens_per_s: float  # per sequence: tokens after the first / time after the first, median

@@ -30,7 +30,7 @@ def compose_cfg(*overrides: str, hydra_config: bool = False):
         return compose(config_name="config", overrides=list(overrides), return_hydra_config=hydra_config)
 
 
-SEED_PROMPTS = list(compose_cfg("generation=restaurant").generation.prompts)  # seed 000's dialogue
+RESTAURANT_PROMPTS = list(compose_cfg("generation=restaurant").generation.prompts)  # the fine-tune's dialogue
 
 
 def compose_run(*overrides: str):

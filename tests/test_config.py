@@ -52,8 +52,8 @@ def test_setting_sets_device_and_precision():
     assert (cfg.device.name, cfg.precision.name, cfg.precision.quant_type) == ("cpu", "int4", "nf4")
 
 
-def test_seed_grid_is_the_seed_sweep():
-    cfg = compose_cfg("experiment=seed-grid", hydra_config=True)
+def test_the_t4_notebook_grid_preset_is_its_sweep():
+    cfg = compose_cfg("experiment=t4-notebook-grid", hydra_config=True)
     assert dict(cfg.hydra.sweeper.params) == {
         "model": "gpt2,distilgpt2", "setting": "cpu-fp32,cuda-fp16,cuda-int8,cuda-int4",
         "generation.max_new_tokens": "128,256"}

@@ -23,6 +23,8 @@ PINNED = {
     "setting=cuda-int8": "f3b020a0fd4c",
     "experiment=cpu-precisions": "9b6121b94e3c", "experiment=seed-cpu-vs-gpu": "ccaf744802f7",
     "experiment=seed-grid": "9b6121b94e3c",
+    # renamed by what they compare; the old names above stay as aliases and keep their runs' hashes
+    "experiment=t4-notebook-grid": "9b6121b94e3c", "experiment=finetune-cpu-vs-gpu": "ccaf744802f7",
     "backend=transformers": "9b6121b94e3c",  # the default backend: every earlier run was measured on it
 }
 # Options added later hash as the settings they stand for, or are new measurements with a hash of their own.

@@ -1,4 +1,4 @@
-"""Reports: seed-style tables, CPU-vs-GPU comparison, charts; a report of a real tiny sweep checked
+"""Reports: the T4 notebook's tables, CPU-vs-GPU comparison, charts; a report of a real tiny sweep checked
 against its runs; and the MLflow UI on that store, opened in headless Chromium."""
 
 import json
@@ -66,7 +66,7 @@ def number(text):
     return parts[0], (parts[1] if len(parts) > 1 else None)
 
 
-SEED_JOBS = [job("cpu", "fp32", 256, **speed(8.754, iqr=0.2, tokens=256)),
+T4_JOBS = [job("cpu", "fp32", 256, **speed(8.754, iqr=0.2, tokens=256)),
              job("cuda", "int4", 128, **speed(0.797, tokens=128, peak_vram_gb=0.42)),
              job("cpu", "fp32", 128, **speed(7.244, iqr=0.1)),
              job("cuda", "fp16", 128, **speed(1.167, tokens=128, peak_vram_gb=0.17)),
@@ -75,7 +75,7 @@ SEED_JOBS = [job("cpu", "fp32", 256, **speed(8.754, iqr=0.2, tokens=256)),
 
 
 def test_the_table_has_the_seeds_columns_order_and_numbers():
-    text = report.summary(SEED_JOBS)
+    text = report.summary(T4_JOBS)
     (table, failures) = tables(text)
     assert table["headers"][:5] == ["Setting", "Max New Tokens", "Latency (s)", "Tokens/sec", "VRAM (GB)"]
     assert [(r["Setting"], r["Max New Tokens"]) for r in table["rows"]] == [
@@ -88,7 +88,7 @@ def test_the_table_has_the_seeds_columns_order_and_numbers():
                                  "Error": "ConfigError: device=cuda but CUDA is not available here"}]
     assert text.endswith("5 of 6 jobs finished, 1 failed.")
     running = job("cpu", "int4", 8, status="RUNNING")
-    assert count_line(SEED_JOBS + [running]) == "5 of 7 jobs finished, 1 failed, 1 running."
+    assert count_line(T4_JOBS + [running]) == "5 of 7 jobs finished, 1 failed, 1 running."
 
 
 def test_one_sample_has_no_spread():
@@ -106,11 +106,11 @@ def test_quality_columns_appear_when_measured_and_degenerate_runs_are_flagged():
     rows = {r["Setting"]: r for r in table["rows"]}
     assert rows["CPU FP32"]["Perplexity"] == "12.50" and rows["CPU FP32"]["Degenerate output"] == "no"
     assert rows["CPU FP16 ⚠"]["Degenerate output"] == "yes: empty output"
-    assert "Perplexity" not in tables(report.summary(SEED_JOBS))[0]["headers"]
+    assert "Perplexity" not in tables(report.summary(T4_JOBS))[0]["headers"]
 
 
 def test_cpu_vs_gpu_compares_every_setting_of_a_model_measured_on_both():
-    rows = report_rows.rows_by_model(SEED_JOBS)["m"]
+    rows = report_rows.rows_by_model(T4_JOBS)["m"]
     samples = {r.job.run_id: f"out {r.setting}" for r in rows}
     (table,) = tables(cpu_vs_gpu.cpu_vs_gpu(rows, samples, {}))
     assert table["headers"] == ["Feature", "CPU FP32", "GPU FP16", "GPU INT4"]
@@ -124,7 +124,7 @@ def test_cpu_vs_gpu_compares_every_setting_of_a_model_measured_on_both():
     assert speed_256["GPU FP16"] == f"{256 / 1.707:.2f} ({(256 / 1.707) / (256 / 8.754):.2f}x)"
     assert by_feature["Hardware"]["GPU INT4"] == "GPU"  # no environment.json given
     assert by_feature["Response output"]["GPU FP16"] == "out GPU FP16"
-    cpu_only = report_rows.rows_by_model([j for j in SEED_JOBS if j.tags.get("device") == "cpu"])["m"]
+    cpu_only = report_rows.rows_by_model([j for j in T4_JOBS if j.tags.get("device") == "cpu"])["m"]
     assert cpu_vs_gpu.cpu_vs_gpu(cpu_only, {}, {}) is None
 
 
@@ -133,7 +133,7 @@ H200_HOST = {"cpu": "Intel(R) Xeon(R) Processor", "torch_threads": 16, "cuda_ava
 
 
 def test_a_cpu_run_on_a_gpu_machine_names_the_cpu_and_the_header_names_each_device_once(monkeypatch):
-    rows = report_rows.rows_by_model(SEED_JOBS)["m"]
+    rows = report_rows.rows_by_model(T4_JOBS)["m"]
     hardware = {r.job.run_id: cpu_vs_gpu.hardware_text(H200_HOST, r.device) for r in rows}
     (table,) = tables(cpu_vs_gpu.cpu_vs_gpu(rows, {}, hardware))
     row = next(r for r in table["rows"] if r["Feature"] == "Hardware")
@@ -207,7 +207,7 @@ def assert_png(path: Path):
 
 
 def test_charts_are_pngs_and_quality_against_speed_needs_a_quality_metric(tmp_path):
-    rows = report_rows.rows_by_model(SEED_JOBS)["m"]
+    rows = report_rows.rows_by_model(T4_JOBS)["m"]
     made = charts.model_charts("m", rows, tmp_path)
     assert [c.path.name for c in made] == ["m_tokens_per_s.png", "m_latency_s.png", "m_memory.png"]
     for chart in made:

@@ -41,7 +41,7 @@ def test_throughput_and_prefill_arithmetic():
     assert all(len(b) == 4 for b in runtime.batches) and len(runtime.batches) == 2 * 2
     assert speed.timed_samples == 4 and speed.new_tokens == 8
     assert speed.throughput_tokens_per_s == pytest.approx(4 * 8 / speed.latency_s)
-    assert speed.tokens_per_s == pytest.approx(8 / speed.latency_s)  # per sequence: the seed's definition
+    assert speed.tokens_per_s == pytest.approx(8 / speed.latency_s)  # per sequence: the T4 notebook's definition
     assert speed.prefill_tokens_per_s > 0 and [o.prompt_ids for o in outputs] == ids
 
 

@@ -9,7 +9,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from mlflow import MlflowClient
 
-from conftest import ROOT, SEED_PROMPTS, Sweep, compose_cfg, compose_run, fine_tune, make_tiny_gemma
+from conftest import ROOT, RESTAURANT_PROMPTS, Sweep, compose_cfg, compose_run, fine_tune, make_tiny_gemma
 from qsweep import models, sources
 from qsweep.config import PROJECT_ROOT, ConfigError
 from train_merge import data, finetune, merge, pipeline
@@ -78,7 +78,7 @@ def test_saved_checkpoint_loads_through_the_sweeps_loader(tiny):
     loaded = models.load(compose_run("model=gemma-3-270m-ft", f"model.name_or_path={out}", "device=cpu",
                                      "precision=bf16"))
     assert loaded.precision.weight_dtypes.keys() == {"bfloat16"} and loaded.tokenizer is not None
-    ids = loaded.tokenizer(SEED_PROMPTS[0], return_tensors="pt").input_ids
+    ids = loaded.tokenizer(RESTAURANT_PROMPTS[0], return_tensors="pt").input_ids
     assert loaded.model.generate(ids, max_new_tokens=4, do_sample=False).shape[1] == ids.shape[1] + 4
 
 
@@ -90,7 +90,7 @@ def test_the_run_records_what_the_issue_asks(tiny):
         assert key in run.data.metrics, key
     assert run.data.params["lora.r"] == "8" and run.data.params["train.lr"] == "0.01"
     samples = json.loads(Path(MlflowClient(uri).download_artifacts(run.info.run_id, "samples.json")).read_text())
-    assert [s["prompt"] for s in samples] == SEED_PROMPTS and all("before" in s and "after" in s for s in samples)
+    assert [s["prompt"] for s in samples] == RESTAURANT_PROMPTS and all("before" in s and "after" in s for s in samples)
 
 
 def test_the_checkpoint_is_an_mlflow_model_made_by_its_fine_tune_run(tiny):
@@ -187,7 +187,7 @@ def test_shipped_data_set_has_a_fixed_held_out_split_without_the_seed_prompts():
     assert 300 <= len(dialogues.train) + len(dialogues.heldout) <= 600
     assert 0.08 <= len(dialogues.heldout) / (len(dialogues.train) + len(dialogues.heldout)) <= 0.12
     customers = {e.customer for e in dialogues.train} | {e.customer for e in dialogues.heldout}
-    assert not customers & set(SEED_PROMPTS)
+    assert not customers & set(RESTAURANT_PROMPTS)
     assert not {e.customer for e in dialogues.train} & {e.customer for e in dialogues.heldout}
     # no held-out reply is learned word for word: the held-out loss measures what was not seen
     assert not {e.waiter.lower() for e in dialogues.train} & {e.waiter.lower() for e in dialogues.heldout}
@@ -199,7 +199,7 @@ def test_default_config_fine_tunes_the_embedded_gemma_into_models():
     cfg = validate(compose_train_merge("train.device=cpu"))
     assert cfg.model.name_or_path == "bundled:gemma-3-270m"
     assert cfg.merge.output_dir == str(PROJECT_ROOT / "models" / "gemma-3-270m-ft")
-    assert cfg.eval.prompts == SEED_PROMPTS
+    assert cfg.eval.prompts == RESTAURANT_PROMPTS
 
 
 @pytest.mark.parametrize("override, message", [
@@ -261,8 +261,8 @@ def test_fine_tuned_model_before_it_exists_says_how_to_make_it(tmp_path):
         sources.resolve(cfg.model, tmp_path)
 
 
-def test_seed_preset_compares_the_fine_tuned_model_on_cpu_and_gpu():
-    cfg = compose_cfg("experiment=seed-cpu-vs-gpu", hydra_config=True)
+def test_the_finetune_preset_compares_the_fine_tuned_model_on_cpu_and_gpu():
+    cfg = compose_cfg("experiment=finetune-cpu-vs-gpu", hydra_config=True)
     assert cfg.model.name == "gemma-3-270m-ft"
     assert dict(cfg.hydra.sweeper.params) == {"setting": "cpu-fp32,cuda-bf16,cuda-int8,cuda-int4"}
-    assert list(cfg.generation.prompts) == SEED_PROMPTS
+    assert list(cfg.generation.prompts) == RESTAURANT_PROMPTS
