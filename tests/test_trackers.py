@@ -92,7 +92,7 @@ def test_an_unreadable_rapl_file_records_no_energy_metric_and_says_why(tmp_path,
     result = measure(energy.EnergyTracker("cpu", powercap=root))
     assert all(value is None for value in result.metrics().values())
     assert result.tags == {TAG_ENERGY_UNAVAILABLE: f"RAPL counter unreadable: {blocked}: Permission denied "
-                                                   "(energy_uj is readable by root only since Linux 5.10)"}
+                                                   "(RAPL counters are readable by root only since Linux 5.10)"}
 
 
 def test_no_powercap_tree_records_no_energy_metric(tmp_path):
@@ -145,6 +145,22 @@ def test_nvml_energy_over_the_timed_generations(fake_nvml):
     assert result.energy_per_token_j == pytest.approx(0.04) and result.tokens_per_joule == pytest.approx(200 / 12)
     assert result.idle_power_w == 75.0 and result.power_limit_w == 700.0
     assert result.tags == {TAG_ENERGY_SOURCE: "nvml"}
+
+
+def test_a_gpu_without_power_readings_still_gives_its_energy(fake_nvml, monkeypatch):
+    import pynvml
+
+    def not_supported(handle):
+        raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
+
+    monkeypatch.setattr(pynvml, "nvmlDeviceGetPowerUsage", not_supported)
+    monkeypatch.setattr(pynvml, "nvmlDeviceGetEnforcedPowerLimit", not_supported)
+
+    def burn():
+        fake_nvml.energy_mj += 3_000
+
+    result = measure(energy.EnergyTracker("cuda"), during=burn)
+    assert result.energy_j == pytest.approx(3.0) and result.idle_power_w is None and result.power_limit_w is None
 
 
 def test_nvml_without_an_energy_counter_or_a_driver_says_why(fake_nvml, monkeypatch):

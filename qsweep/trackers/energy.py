@@ -61,15 +61,21 @@ class NvmlCounter:
     def joules(self, start: int, end: int) -> float:
         return (end - start) / 1e3
 
-    def idle_power_w(self) -> float:
+    def idle_power_w(self) -> Optional[float]:
         samples = []
         for _ in range(4):  # NVML's power reading is itself an average over a short window
-            samples.append(self.pynvml.nvmlDeviceGetPowerUsage(self.handle) / 1e3)
+            samples.append(self._watts(self.pynvml.nvmlDeviceGetPowerUsage))
             time.sleep(IDLE_S / 4)
-        return statistics.median(samples)
+        return None if None in samples else statistics.median(samples)
 
     def power_limit_w(self) -> Optional[float]:
-        return self.pynvml.nvmlDeviceGetEnforcedPowerLimit(self.handle) / 1e3
+        return self._watts(self.pynvml.nvmlDeviceGetEnforcedPowerLimit)
+
+    def _watts(self, reading) -> Optional[float]:
+        try:
+            return reading(self.handle) / 1e3
+        except self.pynvml.NVMLError:  # not every GPU reports its power: the energy figures stand without it
+            return None
 
 
 class RaplCounter:
@@ -114,8 +120,8 @@ def _read_int(file: Path) -> int:
     try:
         return int(file.read_text())
     except OSError as err:
-        raise Unavailable(f"RAPL counter unreadable: {file}: {err.strerror or err} (energy_uj is readable by "
-                          "root only since Linux 5.10)")
+        raise Unavailable(f"RAPL counter unreadable: {file}: {err.strerror or err} (RAPL counters are readable "
+                          "by root only since Linux 5.10)")
 
 
 class EnergyTracker(Tracker):
