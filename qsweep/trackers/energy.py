@@ -44,11 +44,12 @@ class NvmlCounter:
     """The GPU's total energy since the driver loaded, in millijoules (Volta and newer)."""
 
     def __init__(self):
-        import pynvml
-
-        self.pynvml, self.handle = pynvml, nvml_handle()
+        self.handle = nvml_handle()
         if self.handle is None:
             raise Unavailable("NVML unavailable: no NVIDIA driver library, or nvidia-ml-py not installed")
+        import pynvml
+
+        self.pynvml = pynvml
         try:
             self.read()
         except pynvml.NVMLError as err:
