@@ -1,7 +1,7 @@
 """Is qsweep's timed generation as fast as each runtime's own generation call?
 
 Same loaded model, same threads, same prompt, one process: rounds alternate qsweep's measure.generate_timed
-(fixed-length greedy, the first-token clock and the exact-length check, inside the memory tracker as in a
+(fixed-length greedy, the first-token clock and the exact-length check, inside the job's trackers as in a
 job) with the library's own call of the same length: transformers' bare `model.generate`, llama-cpp-python's
 `create_completion` (EOS banned, greedy), CTranslate2's bare `generate_batch`. Prints one JSON line per
 setting: median tokens/s of each, their ratio (target >= 0.97) and the spread of the per-round ratios.
@@ -24,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hydra import compose, initialize_config_dir  # noqa: E402
 
-from qsweep import backends, measure, prompts, sources  # noqa: E402
+from qsweep import backends, measure, prompts, sources, trackers  # noqa: E402
 from qsweep.config import register_schemas, validate  # noqa: E402
 from qsweep.environment import on_this_machine  # noqa: E402
 
@@ -86,8 +86,9 @@ def main():
         with torch.inference_mode():
             library(), measure.generate_timed(runtime, ids, gen, "cpu")  # warm-up, both paths
             for _ in range(args.rounds):
-                with measure.MemoryTracker("cpu").track():  # as in a job
-                    qsweep_rates.append(measure.generate_timed(runtime, ids, gen, "cpu")[0].tokens_per_s)
+                tracked = trackers.Trackers("cpu")
+                with tracked.track():  # as in a job
+                    qsweep_rates.append(measure.generate_timed(runtime, ids, gen, "cpu", tracked.timed)[0].tokens_per_s)
                 start = time.perf_counter()
                 made = library()
                 library_rates.append(made / (time.perf_counter() - start))

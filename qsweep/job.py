@@ -16,7 +16,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from qsweep import (backends, console, environment, identity, measure, prompts, quality, results, sources,
-                    tracking, worker)
+                    trackers, tracking, worker)
 from qsweep.config import ConfigError, RunConfig, TrackingConfig, config_hash, flatten, to_yaml
 
 
@@ -103,13 +103,14 @@ def measure_job(cfg: RunConfig) -> results.JobResult:
     # Done already by prepare_files (isolated); inline, a first conversion happens here, untimed.
     checkpoint = sources.resolve(cfg.model, Path(cfg.paths.cache_dir).expanduser())
     files = backend.prepare(cfg, checkpoint)
-    memory = measure.MemoryTracker(cfg.device.name)
-    with memory.track():
+    tracked = trackers.Trackers(cfg.device.name)  # every registered tracker this device supports
+    with tracked.track():
         runtime = backend.load(cfg, checkpoint, files)
         prompt_ids, prompt_texts = prompts.encode(cfg.generation, runtime.tokenizer, runtime.vocab_size,
                                                   cfg.model.seed)
         measure.check_context(prompt_ids, cfg.generation.max_new_tokens, runtime.context_length)
-        speed, generations = measure.generate_timed(runtime, prompt_ids, cfg.generation, cfg.device.name)
+        speed, generations = measure.generate_timed(runtime, prompt_ids, cfg.generation, cfg.device.name,
+                                                     tracked.timed)
     texts = results.texts(prompt_texts, generations, runtime.tokenizer)
     judged = None  # quality: after the timed and memory-tracked region, so it cannot change their figures
     try:
@@ -120,7 +121,7 @@ def measure_job(cfg: RunConfig) -> results.JobResult:
         runtime.close()
     return results.JobResult(
         load=results.LoadMetrics(runtime.load_time_s, runtime.footprint_gb, files.conversion_time_s),
-        speed=speed, memory=memory.metrics(), precision=runtime.precision, texts=texts,
+        speed=speed, tracked=tracked.results(), precision=runtime.precision, texts=texts,
         environment=environment.collect(), quality=judged,
         conversion=None if files.conversion_time_s is None else "made" if files.converted_now else "reused")
 

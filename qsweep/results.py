@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
-from qsweep import measure, quality
+from qsweep import measure, quality, trackers
 from qsweep.backends import PrecisionCheck
 from qsweep.config import RunConfig
 from qsweep.tracking import (CONFIG_FILE, CONTEXT_EVAL, CONTEXT_PROMPTS, ENVIRONMENT_FILE, GENERATIONS_FILE,
@@ -29,12 +29,12 @@ class LoadMetrics:
 class JobResult:
     load: LoadMetrics
     speed: measure.SpeedMetrics
-    memory: measure.MemoryMetrics
     precision: PrecisionCheck
     texts: List[dict]  # per prompt: prompt, output, prompt_ids, output_ids (+ fp32_output, fp32_output_ids)
     environment: dict
     quality: Optional[quality.QualityResult] = None  # None: not applicable (random weights, no tokenizer)
     conversion: Optional[str] = None  # made (by this job) or reused; None: the backend loads the checkpoint
+    tracked: List[trackers.Result] = field(default_factory=list)  # one per tracker the job ran (memory, energy, ...)
 
 
 def texts(prompts: List[str], generations: List[measure.Generation], tokenizer) -> List[dict]:
@@ -80,7 +80,8 @@ def generation_table(result: JobResult) -> Dict[str, list]:
 
 
 def record(run: RunWriter, result: JobResult) -> None:
-    run.log_metrics(result.load, result.speed, result.memory)
+    run.log_metrics(result.load, result.speed, *(tracked.metrics() for tracked in result.tracked))
+    run.set_tags({name: value for tracked in result.tracked for name, value in tracked.tags.items()})
     run.set_tags({TAG_PRECISION_CHECK: result.precision.summary})
     if result.conversion:
         run.set_tags({TAG_CONVERSION: result.conversion})

@@ -159,13 +159,14 @@ def job(name, status="FINISHED", device="cuda", precision="fp16", model="gpt2", 
                      {"device": device, "precision": precision, "model": model, "qsweep.kind": "job"})
 
 
-GOOD = dict(ttft_s=0.01, latency_s=1.0, peak_vram_gb=0.3, gpu_mem_used_gb=1.2)
+GOOD = dict(ttft_s=0.01, latency_s=1.0, peak_vram_gb=0.3, gpu_mem_used_gb=1.2, idle_power_w=75.0,
+            avg_power_w=140.0, power_limit_w=700.0)
 
 
 def good_jobs():
-    return [job("gpt2-fp16", precision="fp16", model_footprint_gb=0.25, **GOOD),
-            job("gpt2-int8", precision="int8", model_footprint_gb=0.17, **GOOD),
-            job("gpt2-int4", precision="int4", model_footprint_gb=0.13, **GOOD),
+    return [job("gpt2-fp16", precision="fp16", model_footprint_gb=0.25, energy_per_output_token_j=0.9, **GOOD),
+            job("gpt2-int8", precision="int8", model_footprint_gb=0.17, energy_per_output_token_j=3.0, **GOOD),
+            job("gpt2-int4", precision="int4", model_footprint_gb=0.13, energy_per_output_token_j=1.35, **GOOD),
             job("gpt2-fp32-cpu", device="cpu", precision="fp32", ttft_s=0.05, latency_s=4.0, model_footprint_gb=0.5)]
 
 
@@ -227,3 +228,29 @@ def test_fp16_degenerate_note():
     run.tags["degenerate_reason"] = "non_finite_logits"
     assert "degenerate=1 (non_finite_logits)" in checks.fp16_note([run])
     assert "no fp16 CUDA run" in checks.fp16_note(good_jobs())
+
+
+def test_energy_missing_on_cuda_fails_with_its_reason():
+    check = checks.energy_measured(good_jobs())
+    assert check.ok and check.detail == "3/3 finished CUDA jobs"  # the CPU job is not judged
+    unmeasured = job("gpt2-fp16-short", ttft_s=0.01, latency_s=0.1)
+    unmeasured.tags["energy_unavailable"] = "the timed generations lasted 0.20 s, under the 0.5 s ..."
+    check = checks.energy_measured(good_jobs() + [unmeasured])
+    assert not check.ok and "gpt2-fp16-short (the timed generations lasted 0.20 s" in check.detail
+
+
+def test_average_power_must_lie_between_idle_and_the_limit():
+    assert checks.power_within_limits(good_jobs()).ok
+    for avg in (50.0, 900.0):  # below idle (75 W, less 5 %), above the 700 W limit
+        check = checks.power_within_limits(good_jobs() + [job("odd", **{**GOOD, "avg_power_w": avg})])
+        assert not check.ok and f"odd: idle_power_w 75 / avg_power_w {avg:.0f} / power_limit_w 700" in check.detail
+    assert checks.power_within_limits(good_jobs() + [job("near-idle", **{**GOOD, "avg_power_w": 72.0})]).ok
+    assert not checks.power_within_limits([job("cpu", device="cpu", **GOOD)]).ok  # nothing on CUDA to judge
+
+
+def test_joules_per_token_int4_vs_fp16_are_reported_per_model():
+    check = checks.energy_by_precision(good_jobs())
+    assert check.ok and check.detail == "gpt2: fp16 0.9000, int8 3.0000, int4 1.3500 (int4/fp16 1.50x)"
+    only_fp16 = [r for r in good_jobs() if r.tags["precision"] != "int4"]
+    check = checks.energy_by_precision(only_fp16)
+    assert not check.ok and check.detail == "gpt2: fp16 0.9000, int8 3.0000"

@@ -1,4 +1,4 @@
-"""Timed generation does fixed work and its figures are consistent; memory and context checks."""
+"""Timed generation does fixed work and its figures are consistent; the memory tracker; context checks."""
 
 import mmap
 import time
@@ -9,6 +9,7 @@ import torch
 
 from conftest import compose_run, transformers_runtime
 from qsweep import measure, prompts
+from qsweep.trackers import memory
 
 
 @pytest.fixture(scope="module")
@@ -73,33 +74,33 @@ def touched_block(size: int = 256 * 1024 * 1024) -> mmap.mmap:
 
 
 def test_memory_tracker_sees_a_transient_allocation_exactly_on_linux():
-    baseline_gb = psutil.Process().memory_info().rss / measure.GB
-    tracker = measure.MemoryTracker("cpu", interval_s=10)  # a poller would never sample in time
+    baseline_gb = psutil.Process().memory_info().rss / memory.GB
+    tracker = memory.MemoryTracker("cpu", interval_s=10)  # a poller would never sample in time
     with tracker.track():
         touched_block().close()  # 256 MiB, touched, freed at once
-    memory = tracker.metrics()
-    assert 0.24 < memory.peak_rss_gb - baseline_gb < 0.4 and memory.peak_vram_gb is None
+    peak = tracker.result()
+    assert 0.24 < peak.peak_rss_gb - baseline_gb < 0.4 and peak.peak_vram_gb is None
 
 
 def test_memory_tracker_polls_where_the_kernel_keeps_no_peak(monkeypatch):
-    monkeypatch.setattr(measure, "_reset_kernel_peak_rss", lambda: False)  # e.g. macOS
-    baseline_gb = psutil.Process().memory_info().rss / measure.GB
-    tracker = measure.MemoryTracker("cpu", interval_s=0.01)
+    monkeypatch.setattr(memory, "_reset_kernel_peak_rss", lambda: False)  # e.g. macOS
+    baseline_gb = psutil.Process().memory_info().rss / memory.GB
+    tracker = memory.MemoryTracker("cpu", interval_s=0.01)
     with tracker.track():
         block = touched_block()
         time.sleep(0.1)  # long enough for the poller to see it
         block.close()
-    assert tracker.metrics().peak_rss_gb - baseline_gb > 0.2
+    assert tracker.result().peak_rss_gb - baseline_gb > 0.2
 
 
 def test_a_peak_before_the_region_does_not_count():
     block = torch.ones(256 * 1024 * 1024, dtype=torch.uint8)
     del block  # the process's lifetime peak is now 256 MiB above its RSS
-    baseline_gb = psutil.Process().memory_info().rss / measure.GB
-    tracker = measure.MemoryTracker("cpu")
+    baseline_gb = psutil.Process().memory_info().rss / memory.GB
+    tracker = memory.MemoryTracker("cpu")
     with tracker.track():
         pass
-    assert tracker.metrics().peak_rss_gb - baseline_gb < 0.05
+    assert tracker.result().peak_rss_gb - baseline_gb < 0.05
 
 
 @pytest.mark.slow

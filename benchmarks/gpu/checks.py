@@ -6,6 +6,10 @@
 - every finished CUDA job: peak_vram_gb (torch's allocations) <= gpu_mem_used_gb (NVML, the whole device);
 - per model on CUDA: weight footprint int4 < int8 < fp16 (model_footprint_gb);
 - every finished CUDA job's environment.json records gpu_name, driver and cuda;
+- every finished CUDA job: energy per output token > 0 (NVML's counter), else the energy_unavailable reason;
+- its average power between its idle power (less 5 %: both are NVML readings) and the GPU's power limit;
+- per model on CUDA: J per output token of fp16, int8 and int4 side by side (int4 / fp16), so the first lent
+  GPU answers what a token costs at each precision;
 - no run (job, sweep, fine-tune) left RUNNING;
 - and, to read, which jobs failed and why, and whether fp16 came out degenerate on CUDA.
 
@@ -26,6 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 FOOTPRINT_ORDER = ("int4", "int8", "fp16")  # smallest first
 ENV_KEYS = ("gpu_name", "driver", "cuda")
+ENERGY_ORDER = ("fp16", "int8", "int4")
+IDLE_TOLERANCE = 0.95  # idle power is a power reading before the job; the average comes from the energy counter
 
 
 @dataclass
@@ -109,6 +115,49 @@ def environment_recorded(jobs, environment: Callable[[str], Optional[dict]]) -> 
                     if not bad else f"; missing in {', '.join(bad[:6])}"))
 
 
+def energy_measured(jobs) -> Check:
+    cuda = _cuda(_finished(jobs))
+    bad = [r for r in cuda if not r.metrics.get("energy_per_output_token_j", 0) > 0]
+    if not cuda:
+        return Check("energy per output token > 0", False, "no finished CUDA job")
+    return Check("energy per output token > 0", not bad, f"{len(cuda) - len(bad)}/{len(cuda)} finished CUDA jobs"
+                 + ("; none in " + "; ".join(f"{r.name} ({r.tags.get('energy_unavailable', 'no energy metric')})"
+                                              for r in bad[:6]) if bad else ""))
+
+
+def power_within_limits(jobs) -> Check:
+    keys = ("idle_power_w", "avg_power_w", "power_limit_w")
+    rows = [r for r in _cuda(_finished(jobs)) if all(k in r.metrics for k in keys)]
+    if not rows:
+        return Check("idle <= average power <= limit", False, "no finished CUDA job has " + ", ".join(keys))
+    bad = [r for r in rows if not IDLE_TOLERANCE * r.metrics["idle_power_w"] <= r.metrics["avg_power_w"]
+           <= r.metrics["power_limit_w"]]
+    seen = [r.metrics["avg_power_w"] for r in rows]
+    detail = (f"{len(rows) - len(bad)}/{len(rows)} CUDA jobs with energy; average {min(seen):.0f}-{max(seen):.0f} W, "
+              f"idle {statistics.median(r.metrics['idle_power_w'] for r in rows):.0f} W (median), limit "
+              f"{rows[0].metrics['power_limit_w']:.0f} W")
+    return Check("idle <= average power <= limit", not bad, detail + "".join(
+        f"; {r.name}: {' / '.join(f'{k} {r.metrics[k]:.0f}' for k in keys)}" for r in bad[:6]))
+
+
+def energy_by_precision(jobs) -> Check:
+    """J per output token of fp16, int8, int4 per model on CUDA (median over its runs); passes when some model
+    has both int4 and fp16."""
+    joules: Dict[str, Dict[str, List[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in _cuda(_finished(jobs)):
+        if r.tags.get("precision") in ENERGY_ORDER and "energy_per_output_token_j" in r.metrics:
+            joules[r.tags.get("model", r.name)][r.tags["precision"]].append(r.metrics["energy_per_output_token_j"])
+    lines, compared = [], False
+    for model, by_precision in sorted(joules.items()):
+        median = {p: statistics.median(v) for p, v in by_precision.items()}
+        text = ", ".join(f"{p} {median[p]:.4f}" for p in ENERGY_ORDER if p in median)
+        if "int4" in median and "fp16" in median:
+            compared, text = True, text + f" (int4/fp16 {median['int4'] / median['fp16']:.2f}x)"
+        lines.append(f"{model}: {text}")
+    return Check("J per output token, int4 vs fp16", compared,
+                 "; ".join(lines) or "no finished CUDA job of fp16, int8 or int4 has energy_per_output_token_j")
+
+
 def none_running(runs) -> Check:
     running = [r for r in runs if r.status == "RUNNING"]
     return Check("no run left RUNNING", not running,
@@ -135,7 +184,8 @@ def fp16_note(jobs) -> str:
 
 def run_checks(jobs, all_runs, environment) -> List[Check]:
     return [ttft_below_latency(jobs), vram_within_device_memory(jobs), footprint_order(jobs),
-            environment_recorded(jobs, environment), none_running(all_runs), jobs_finished(jobs)]
+            environment_recorded(jobs, environment), energy_measured(jobs), power_within_limits(jobs),
+            energy_by_precision(jobs), none_running(all_runs), jobs_finished(jobs)]
 
 
 def main(argv=None) -> int:

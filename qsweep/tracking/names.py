@@ -65,3 +65,7 @@ SKIPPED_FILE = "skipped_jobs.json"
 
 # Dataset inputs of a job run (mlflow.data.context of each)
 CONTEXT_PROMPTS, CONTEXT_EVAL = "prompts", "evaluation"
+
+# Energy (qsweep/trackers/energy.py): which counter measured it, or why no energy metric was recorded.
+TAG_ENERGY_SOURCE = "energy_source"  # nvml, or rapl and its domains
+TAG_ENERGY_UNAVAILABLE = "energy_unavailable"  # the reason, one line

@@ -1,0 +1,55 @@
+"""What a job measures besides its output, one module per quantity (latency, memory, energy), each a
+Tracker with a typed Result whose fields are the metric names.
+
+A new quantity is one module and one line in REGISTRY (or `register` at run time): the job runs every
+registered tracker its device supports around the same region and records each result's fields as
+metrics and its tags as tags. Latency is the measurement contract itself: measure.generate_timed
+feeds a LatencyTracker on every device, so it is not in the registry."""
+
+from __future__ import annotations
+
+from contextlib import ExitStack, contextmanager
+from typing import Iterator, List, Type
+
+from qsweep.trackers import energy, memory
+from qsweep.trackers.base import Result, Tracker, Work  # noqa: F401  (the seam: what a tracker module uses)
+
+REGISTRY: List[Type[Tracker]] = [memory.MemoryTracker, energy.EnergyTracker]
+
+
+def register(tracker: Type[Tracker]) -> Type[Tracker]:
+    """Run `tracker` in every job on the devices it supports (jobs started after this call)."""
+    if tracker not in REGISTRY:
+        REGISTRY.append(tracker)
+    return tracker
+
+
+class Trackers:
+    """The registered trackers that support one device, entered and read together."""
+
+    def __init__(self, device: str):
+        self.running = [tracker(device) for tracker in REGISTRY if device in tracker.devices]
+
+    @contextmanager
+    def track(self) -> Iterator["Trackers"]:
+        with ExitStack() as stack:
+            for tracker in self.running:
+                stack.enter_context(tracker.track())
+            yield self
+
+    @contextmanager
+    def timed(self) -> Iterator[Work]:
+        work = Work()
+        with ExitStack() as stack:
+            for tracker in self.running:
+                stack.enter_context(tracker.timed(work))
+            yield work
+
+    def results(self) -> List[Result]:
+        return [tracker.result() for tracker in self.running]
+
+
+@contextmanager
+def untracked() -> Iterator[Work]:
+    """A timed region that no tracker watches (measure.generate_timed called on its own)."""
+    yield Work()
