@@ -33,3 +33,6 @@ SKIPPED_FILE = "skipped_jobs.json"
 
 # Dataset inputs of a job run (mlflow.data.context of each)
 CONTEXT_PROMPTS, CONTEXT_EVAL = "prompts", "evaluation"
+
+# Settings this machine only emulates (emulation.py): on a job run, why; absent when native or unknown
+TAG_EMULATED = "qsweep.emulated"
