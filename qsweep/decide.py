@@ -7,8 +7,7 @@ Ties: two speeds tie when their interquartile ranges overlap, taking each as med
 centred on the median, an approximation: the samples are not reported one by one). A tie is equal speed:
 neither setting is faster.
 
-The front is computed per model, device, batch size, new tokens and prompt length (like with like: a
-CPU's RSS is not a GPU's VRAM, and 128 tokens are not 256). A setting is beaten when another is at least
+The front is computed per model, device, batch size, new tokens and prompt length (SHAPE). A setting is beaten when another is at least
 as good on all three of speed, KL and memory and strictly better on one; the front is the settings
 nobody beats. Degenerate runs (broken output) are never on the front: their speed is that of garbage.
 """
@@ -16,6 +15,7 @@ nobody beats. Degenerate runs (broken output) are never on the front: their spee
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 from typing import Dict, Iterable, List, Optional, Set, Tuple
 
@@ -105,7 +105,7 @@ def candidates(rows: Iterable) -> List[Candidate]:
 
 
 def by_throughput(cands: List[Candidate]) -> bool:
-    """Speed is throughput when the model's runs vary the batch size (or batch), else decode tokens/s."""
+    """Speed is throughput when some of the model's runs batch several sequences, else decode tokens/s."""
     return any(c.batch_size != 1 for c in cands)
 
 
@@ -113,23 +113,26 @@ def speed_name(throughput: bool) -> str:
     return "throughput tokens/s" if throughput else "decode tokens/s"
 
 
-def groups(cands: List[Candidate]) -> Dict[str, List[Candidate]]:
-    """Like-with-like groups, named by the model and whatever varies among its runs."""
+# What makes runs alike (a CPU's RSS is not a GPU's VRAM, 128 tokens are not 256): the front compares runs
+# equal in all of these; a recommendation treats the device and batch size as choices (recommend.py).
+SHAPE = (lambda c: c.device, lambda c: f"batch {c.batch_size}", lambda c: f"{c.max_new_tokens} new tokens",
+         lambda c: f"prompt {c.prompt_tokens}")
+
+
+def groups(cands: List[Candidate], keys=SHAPE) -> Dict[str, List[Candidate]]:
+    """Per model, the runs equal in every key, named by the model and the keys that vary among its runs."""
     out: Dict[str, List[Candidate]] = {}
     for model in dict.fromkeys(c.model for c in cands):
         mine = [c for c in cands if c.model == model]
-        parts = [(n, f) for n, f in (("device", lambda c: c.device), ("batch", lambda c: f"batch {c.batch_size}"),
-                                    ("new", lambda c: f"{c.max_new_tokens} new tokens"),
-                                    ("prompt", lambda c: f"prompt {c.prompt_tokens}"))
-                 if len({f(c) for c in mine}) > 1]
+        varying = [key for key in keys if len({key(c) for c in mine}) > 1]
         for c in mine:
-            out.setdefault(", ".join([model, *(f(c) for _, f in parts)]), []).append(c)
+            out.setdefault(", ".join([model, *(key(c) for key in varying)]), []).append(c)
     return out
 
 
 def memory_steps(c: Candidate) -> int:
-    """Peak memory in MEMORY_RESOLUTION_GB steps: what memory comparisons compare."""
-    return round(c.memory_gb / MEMORY_RESOLUTION_GB)
+    """Peak memory in MEMORY_RESOLUTION_GB steps: what memory comparisons compare (no figure: the worst)."""
+    return round(c.memory_gb / MEMORY_RESOLUTION_GB) if math.isfinite(c.memory_gb) else sys.maxsize
 
 
 def better(a: Candidate, b: Candidate, throughput: bool) -> List[str]:

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Optional
+from typing import Iterable, List, Optional
 
-from qsweep.decide import Candidate, by_throughput, candidates, memory_steps, speed_name
+from qsweep.decide import SHAPE, Candidate, by_throughput, candidates, groups, memory_steps, speed_name
 
 DEFAULT_MAX_KL = 0.01  # the report's default: llama.cpp's Q5_K_M-like closeness to the full model (issue 22)
 
@@ -42,18 +42,6 @@ class Recommendation:
     notes: List[str] = field(default_factory=list)  # why: caps not applied, emulated, ties, what no run meets
 
 
-def _workloads(cands: List[Candidate]) -> Dict[str, List[Candidate]]:
-    """Per model, and per new tokens and prompt length when they vary: one recommendation each."""
-    out: Dict[str, List[Candidate]] = {}
-    for model in dict.fromkeys(c.model for c in cands):
-        mine = [c for c in cands if c.model == model]
-        vary = [f for f in (lambda c: f"{c.max_new_tokens} new tokens", lambda c: f"prompt {c.prompt_tokens}")
-                if len({f(c) for c in mine}) > 1]
-        for c in mine:
-            out.setdefault(", ".join([model, *(f(c) for f in vary)]), []).append(c)
-    return out
-
-
 def _figures(c: Candidate, throughput: bool) -> str:
     kl = f"KL vs fp32 {c.kl:.4f}" if math.isfinite(c.kl) else "no KL figure"
     return (f"{c.speed(throughput).text()} {speed_name(throughput)}, {kl}, peak {c.memory_kind} "
@@ -80,7 +68,13 @@ def _unmet(pool: List[Candidate], limits: Constraints) -> str:
         best = min(pool, key=lambda c: c.memory_gb)
         missing.append(f"no run peaks at <= {limits.max_memory_gb:g} GB (the least: {best.memory_gb:.2f} GB "
                        f"{best.memory_kind}, {best.label()})")
-    return "; ".join(missing) or "some runs meet each constraint, but none meets them all"
+    if missing:
+        return "; ".join(missing)
+    alone = [(f"KL vs fp32 <= {limits.max_kl:g}", [c for c in pool if c.quality() <= limits.max_kl]),
+             (f"peak memory <= {limits.max_memory_gb:g} GB", [c for c in pool if c.memory_gb <= limits.max_memory_gb])]
+    return "each cap alone is met (" + "; ".join(
+        f"{cap} by " + (", ".join(c.label() for c in met) if len(met) <= 3 else f"{len(met)} runs")
+        for cap, met in alone) + "), but no run meets both"
 
 
 def recommend_one(title: str, cands: List[Candidate], limits: Constraints, throughput: bool) -> Recommendation:
@@ -102,7 +96,7 @@ def recommend_one(title: str, cands: List[Candidate], limits: Constraints, throu
         limits = Constraints(None, limits.max_memory_gb)
     meets = [c for c in pool if _excess(c, limits) <= 1]
     if not meets:
-        rec.notes.append("nothing meets the constraints: " + _unmet(pool, limits))
+        rec.notes.append("no setting meets the constraints: " + _unmet(pool, limits))
         rec.closest = min(pool, key=lambda c: (_excess(c, limits), -c.speed(throughput).median))
         return rec
     ranked = sorted(meets, key=lambda c: (bool(c.emulated), -c.speed(throughput).median))
@@ -123,9 +117,10 @@ def recommend_one(title: str, cands: List[Candidate], limits: Constraints, throu
 
 
 def recommend(cands: List[Candidate], limits: Constraints) -> List[Recommendation]:
-    """One recommendation per model (and workload); speed as decide.by_throughput says for the model."""
+    """One recommendation per model, and per new tokens and prompt length when its runs vary them; speed as
+    decide.by_throughput says for the model."""
     return [recommend_one(title, group, limits, by_throughput([c for c in cands if c.model == group[0].model]))
-            for title, group in _workloads(cands).items()]
+            for title, group in groups(cands, SHAPE[2:]).items()]
 
 
 def render(recs: List[Recommendation], limits: Constraints, store_option: str = "") -> str:
