@@ -21,7 +21,10 @@ from typing import Dict, Iterable, List, Optional, Set, Tuple
 
 from qsweep.tracking.names import TAG_EMULATED
 
-MEMORY_RESOLUTION_GB = 0.01  # memory within this counts as equal: RSS moves by a few MB from run to run
+# Figures this close count as equal (the report's decimals): RSS moves by a few MB from run to run, and KL
+# differences below 1e-4 nats (fp32 in another runtime: about 1e-7) are rounding, not quality.
+MEMORY_RESOLUTION_GB = 0.01
+KL_RESOLUTION = 1e-4
 DEGENERATE = "degenerate_output"
 
 
@@ -130,20 +133,29 @@ def groups(cands: List[Candidate], keys=SHAPE) -> Dict[str, List[Candidate]]:
     return out
 
 
+def _steps(value: float, resolution: float) -> int:
+    return round(value / resolution) if math.isfinite(value) else sys.maxsize  # no figure: the worst
+
+
 def memory_steps(c: Candidate) -> int:
-    """Peak memory in MEMORY_RESOLUTION_GB steps: what memory comparisons compare (no figure: the worst)."""
-    return round(c.memory_gb / MEMORY_RESOLUTION_GB) if math.isfinite(c.memory_gb) else sys.maxsize
+    """Peak memory in MEMORY_RESOLUTION_GB steps: what memory comparisons compare."""
+    return _steps(c.memory_gb, MEMORY_RESOLUTION_GB)
+
+
+def kl_steps(c: Candidate) -> int:
+    """KL in KL_RESOLUTION steps: what quality comparisons compare."""
+    return _steps(c.kl, KL_RESOLUTION)
 
 
 def better(a: Candidate, b: Candidate, throughput: bool) -> List[str]:
     """How a beats b ("faster", "lower KL", "less memory"), or [] when it does not: at least as good on
     all three (a speed tie is as good) and strictly better on one."""
     sa, sb = a.speed(throughput), b.speed(throughput)
-    ma, mb = memory_steps(a), memory_steps(b)
-    if sb.faster(sa) or a.quality() > b.quality() or ma > mb:
+    (ka, kb), (ma, mb) = (kl_steps(a), kl_steps(b)), (memory_steps(a), memory_steps(b))
+    if sb.faster(sa) or ka > kb or ma > mb:
         return []
-    return [why for why, strictly in (("faster", sa.faster(sb)), ("lower KL", a.quality() < b.quality()),
-                                      ("less memory", ma < mb)) if strictly]
+    return [why for why, strictly in (("faster", sa.faster(sb)), ("lower KL", ka < kb), ("less memory", ma < mb))
+            if strictly]
 
 
 @dataclass(frozen=True)

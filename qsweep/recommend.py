@@ -12,7 +12,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Iterable, List, Optional
 
-from qsweep.decide import SHAPE, Candidate, by_throughput, candidates, groups, memory_steps, speed_name
+from qsweep.decide import (KL_RESOLUTION, MEMORY_RESOLUTION_GB, SHAPE, Candidate, by_throughput, candidates, groups,
+                           kl_steps, memory_steps, speed_name)
 
 DEFAULT_MAX_KL = 0.01  # the report's default: llama.cpp's Q5_K_M-like closeness to the full model (issue 22)
 
@@ -48,13 +49,16 @@ def _figures(c: Candidate, throughput: bool) -> str:
             f"{c.memory_gb:.2f} GB, config_hash {c.config_hash}")
 
 
-def _excess(c: Candidate, limits: Constraints) -> float:
-    """How far a run is from the caps: the largest ratio of figure to cap (<= 1 meets them all)."""
+def _excess(c: Candidate, limits: Constraints, rounded: bool = False) -> float:
+    """How far a run is from the caps: the largest ratio of figure to cap (<= 1 meets them all); rounded:
+    of the figures as decide compares them (equal within its resolutions)."""
+    kl = kl_steps(c) * KL_RESOLUTION if rounded else c.quality()
+    memory = memory_steps(c) * MEMORY_RESOLUTION_GB if rounded else c.memory_gb
     ratios = []
     if limits.max_kl is not None:  # a cap of 0 is met by fp32 itself (0 / 0 counts as 0)
-        ratios.append(c.quality() / limits.max_kl if limits.max_kl else 0.0 if c.quality() == 0 else math.inf)
+        ratios.append(kl / limits.max_kl if limits.max_kl else 0.0 if kl == 0 else math.inf)
     if limits.max_memory_gb is not None:
-        ratios.append(c.memory_gb / limits.max_memory_gb)
+        ratios.append(memory / limits.max_memory_gb)
     return max(ratios, default=0.0)
 
 
@@ -82,7 +86,9 @@ def recommend_one(title: str, cands: List[Candidate], limits: Constraints, throu
     pool = [c for c in cands if (limits.batch_size is None or c.batch_size == limits.batch_size)
             and (limits.device is None or c.device == limits.device)]
     if not pool:
-        rec.notes.append(f"no finished run with {limits.text()} (measured: "
+        wanted = " ".join(([f"at batch {limits.batch_size}"] if limits.batch_size is not None else [])
+                          + ([f"on {limits.device}"] if limits.device else []))
+        rec.notes.append(f"no finished run {wanted} (measured: "
                          + ", ".join(sorted({f"batch {c.batch_size} on {c.device}" for c in cands})) + ")")
         return rec
     broken = [c for c in pool if c.degenerate]
@@ -97,10 +103,13 @@ def recommend_one(title: str, cands: List[Candidate], limits: Constraints, throu
     meets = [c for c in pool if _excess(c, limits) <= 1]
     if not meets:
         rec.notes.append("no setting meets the constraints: " + _unmet(pool, limits))
-        rec.closest = min(pool, key=lambda c: (_excess(c, limits), -c.speed(throughput).median))
+        rec.closest = min(pool, key=lambda c: (_excess(c, limits, rounded=True), bool(c.emulated),
+                                               -c.speed(throughput).median))
         return rec
     ranked = sorted(meets, key=lambda c: (bool(c.emulated), -c.speed(throughput).median))
     rec.pick, rec.runner_up = ranked[0], (ranked[1] if len(ranked) > 1 else None)
+    if rec.runner_up is None:
+        rec.notes.append("no runner-up: the only setting that meets the constraints")
     faster = [c for c in ranked if c.emulated and c.speed(throughput).faster(rec.pick.speed(throughput))]
     if rec.pick.emulated:
         rec.notes.append(f"only settings this machine emulates meet the constraints: {rec.pick.emulated}")
@@ -109,7 +118,7 @@ def recommend_one(title: str, cands: List[Candidate], limits: Constraints, throu
                          f"({faster[0].emulated}): not picked")
     second = rec.runner_up
     if second and second.speed(throughput).ties(rec.pick.speed(throughput)):
-        wins = [w for w, yes in (("lower KL", second.quality() < rec.pick.quality()),
+        wins = [w for w, yes in (("lower KL", kl_steps(second) < kl_steps(rec.pick)),
                                  ("less memory", memory_steps(second) < memory_steps(rec.pick))) if yes]
         rec.notes.append("the runner-up ties on speed (their interquartile ranges overlap)"
                          + (f" and has {' and '.join(wins)}: consider it" if wins else ""))
