@@ -7,9 +7,10 @@ Ties: two speeds tie when their interquartile ranges overlap, taking each as med
 centred on the median, an approximation: the samples are not reported one by one). A tie is equal speed:
 neither setting is faster.
 
-The front is computed per model, device, batch size, new tokens and prompt length (SHAPE). A setting is beaten when another is at least
-as good on all three of speed, KL and memory and strictly better on one; the front is the settings
-nobody beats. Degenerate runs (broken output) are never on the front: their speed is that of garbage.
+The front is computed per model, device, batch size, new tokens and prompt length (SHAPE). A setting
+is beaten when another is at least as good on all three of speed, KL and memory and strictly better on
+one; the front is the settings nobody beats. Degenerate runs (broken output) are never on the front:
+their speed is that of garbage.
 """
 
 from __future__ import annotations
@@ -221,12 +222,12 @@ def front_section(rows: Iterable) -> Tuple[str, Set[str]]:
         parts += [f"### Settings worth deploying: {name}", "",
                   f"The front: settings not beaten on {speed_name(throughput)}, KL vs FP32 and peak memory "
                   "(a speed tie, overlapping interquartile ranges, counts as equal); the beaten ones after."
-                  + ("" if has_kl else " No KL figure (random weights): speed and memory only.") + "", "",
+                  + ("" if has_kl else " No KL figure (random weights): speed and memory only."), "",
                   markdown_table(["Setting", speed_name(throughput), "KL vs FP32", "Peak memory (GB)",
                                   "config_hash", "Front"], body, ["<", ">", ">", ">", "<", "<"]), ""]
         emulated = {r.candidate.setting: r.candidate.emulated for r in ranked if r.candidate.emulated}
-        parts += ["Emulated on this machine: " + "; ".join(f"{s}: {why}" for s, why in emulated.items()) + ".", ""
-                  ] if emulated else []
+        parts += ["Emulated by the machine that measured it: "
+                  + "; ".join(f"{s}: {why}" for s, why in emulated.items()) + ".", ""] if emulated else []
     return "\n".join(parts), members
 
 

@@ -112,9 +112,10 @@ def recommend_one(title: str, cands: List[Candidate], limits: Constraints, throu
         rec.notes.append("no runner-up: the only setting that meets the constraints")
     faster = [c for c in ranked if c.emulated and c.speed(throughput).faster(rec.pick.speed(throughput))]
     if rec.pick.emulated:
-        rec.notes.append(f"only settings this machine emulates meet the constraints: {rec.pick.emulated}")
+        rec.notes.append("only settings emulated by the CPU that measured them meet the constraints: "
+                         + rec.pick.emulated)
     elif faster:
-        rec.notes.append(f"{faster[0].label()} measured faster but this machine only emulates it "
+        rec.notes.append(f"{faster[0].label()} measured faster, but its CPU only emulates it "
                          f"({faster[0].emulated}): not picked")
     second = rec.runner_up
     if second and second.speed(throughput).ties(rec.pick.speed(throughput)):
