@@ -71,7 +71,63 @@ def _reproduce(args: argparse.Namespace) -> int:
     return 0 if result.new.status == "FINISHED" else 1
 
 
+def _recommend_jobs(args: argparse.Namespace):
+    """The store and the runs `recommend` chooses from, as `report` selects them (--sweep, --experiment, else
+    the latest sweep), and what they are; None (after saying why) when there are none."""
+    from qsweep import console, report, tracking
+    from qsweep.config import TrackingConfig
+
+    if args.sweep:
+        store = tracking.open_for_reading(tracking.store_uri(TrackingConfig(uri=args.tracking_uri)))
+        parent = tracking.get_run(store, args.sweep)
+        store = dataclasses.replace(store, experiment_id=parent.experiment_id)
+    else:
+        store = tracking.open_store(TrackingConfig(uri=args.tracking_uri, experiment=args.experiment or "qsweep"),
+                                    create=False)
+        parent = None if args.experiment else tracking.latest_sweep(store)
+        if parent is None and not args.experiment:
+            console.refuse(f"no sweep in experiment 'qsweep' of {store.uri}; run `python run.py -m ...` first, or "
+                           "pick runs with --sweep / --experiment", prefix="qsweep recommend")
+            return None
+    jobs = (_sweep_jobs(store, parent.run_id) if parent
+            else report.latest_per_config(tracking.find_jobs(store)))
+    source = f"sweep {parent.name}" if parent else f"experiment {args.experiment}"
+    if not jobs:
+        console.refuse(f"no job runs in {source}", prefix="qsweep recommend")
+        return None
+    return store, jobs, source
+
+
+def _at_least(low: float, kind=float):
+    """An argparse type: a number no lower than `low` (a cap below it would make no sense)."""
+    def parse(text: str):
+        value = kind(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{text} is below {low}: give {low} or more")
+        return value
+    return parse
+
+
+def _recommend(args: argparse.Namespace) -> int:
+    from qsweep import console, recommend, report, report_rows, tracking
+    from qsweep.config import TrackingConfig
+
+    selected = _recommend_jobs(args)
+    if selected is None:
+        return 2
+    store, jobs, source = selected
+    limits = recommend.Constraints(args.max_kl, args.max_memory_gb, args.batch_size, args.device)
+    recs = recommend.recommend(recommend.candidates(r for rows in report_rows.rows_by_model(jobs).values()
+                                                    for r in rows), limits)
+    default_store = store.uri == tracking.store_uri(TrackingConfig())
+    console.say(f"{source}, {limits.text()}:\n" + recommend.render(
+        recs, limits, "" if default_store else f" --tracking-uri {store.uri}"), prefix="qsweep recommend")
+    return 0 if recs and all(rec.pick for rec in recs) else 1
+
+
 def main(argv: Optional[List[str]] = None) -> int:
+    from qsweep.recommend import DEFAULT_MAX_KL
+
     parser = argparse.ArgumentParser(prog="qsweep", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -98,6 +154,24 @@ def main(argv: Optional[List[str]] = None) -> int:
     again.add_argument("--allow-new-hash", action="store_true",
                        help="run even when today's code hashes the recorded config differently")
     again.set_defaults(func=_reproduce)
+
+    pick = commands.add_parser("recommend", help="per model, the fastest setting that meets quality and memory caps",
+                               description="Per model: the fastest setting (decode tokens/s; throughput when the runs "
+                               "vary the batch size) meeting the caps, the command that measures it again, and the "
+                               "runner-up; ties, emulated and degenerate settings said. Exit 1 when some model has "
+                               "no setting meeting the caps. Default: the latest sweep in the store.")
+    pick.add_argument("--sweep", metavar="RUN_ID", help="the sweep's parent run id (default: the latest sweep)")
+    pick.add_argument("--experiment", help="every job run of this MLflow experiment (the newest run per "
+                      "config_hash) instead of one sweep")
+    pick.add_argument("--tracking-uri", help="the MLflow store (default: $MLFLOW_TRACKING_URI, else mlruns/)")
+    pick.add_argument("--max-kl", type=_at_least(0.0), default=DEFAULT_MAX_KL,
+                      help=f"highest KL vs fp32 in nats (default {DEFAULT_MAX_KL:g}; not applied to a model "
+                           "without KL figures, i.e. random weights)")
+    pick.add_argument("--max-memory-gb", type=_at_least(0.0),
+                      help="highest peak memory, GiB: VRAM on cuda, RSS on the CPU")
+    pick.add_argument("--batch-size", type=_at_least(1, int), help="only runs at this batch size")
+    pick.add_argument("--device", choices=("cpu", "cuda"), help="only runs on this device")
+    pick.set_defaults(func=_recommend)
 
     args = parser.parse_args(argv)
     from qsweep import signals

@@ -15,8 +15,8 @@ from typing import Optional
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from qsweep import (backends, console, environment, identity, measure, prompts, quality, results, sources,
-                    trackers, tracking, worker)
+from qsweep import (backends, console, emulation, environment, identity, measure, prompts, quality, results,
+                    sources, trackers, tracking, worker)
 from qsweep.config import ConfigError, RunConfig, TrackingConfig, config_hash, flatten, to_yaml
 
 
@@ -24,7 +24,7 @@ def run_job(cfg: RunConfig, tags: Optional[dict] = None) -> tracking.RunRecord:
     """Measure one configuration (device already resolved) into one run, tagged with `tags` on top."""
     store, name, run_id = tracking.open_store(cfg.tracking), identity.run_name(cfg), None
     try:
-        run_tags = {**identity.run_tags(cfg), **(tags or {})}
+        run_tags = {**identity.run_tags(cfg), **emulation.check(cfg), **(tags or {})}  # says when emulated
         with tracking.job_run(store, name, run_tags, _sweep_run()) as run:
             run_id = run.run_id
             run.log_params(flatten(dataclasses.asdict(cfg)))

@@ -69,3 +69,5 @@ CONTEXT_PROMPTS, CONTEXT_EVAL = "prompts", "evaluation"
 # Energy (qsweep/trackers/energy.py): which counter measured it, or why no energy metric was recorded.
 TAG_ENERGY_SOURCE = "energy_source"  # nvml, or rapl and its domains
 TAG_ENERGY_UNAVAILABLE = "energy_unavailable"  # the reason, one line
+# Settings this machine only emulates (emulation.py): on a job run, why; absent when native or unknown
+TAG_EMULATED = "qsweep.emulated"

@@ -1,0 +1,240 @@
+"""The settings worth deploying: the Pareto front of speed, KL vs fp32 and peak memory.
+
+Pure logic on the report's rows (report.Row: a RunRecord with its model, setting, device, precision and
+shape): no MLflow, no torch. recommend.py picks one setting under constraints from the same candidates.
+
+Ties: two speeds tie when their interquartile ranges overlap, taking each as median ± IQR/2 (the IQR
+centred on the median, an approximation: the samples are not reported one by one). A tie is equal speed:
+neither setting is faster.
+
+The front is computed per model, device, batch size, new tokens and prompt length (SHAPE). A setting
+is beaten when another is at least as good on all three of speed, KL and memory and strictly better on
+one; the front is the settings nobody beats. Degenerate runs (broken output) are never on the front:
+their speed is that of garbage.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass
+from typing import Dict, Iterable, List, Optional, Set, Tuple
+
+from qsweep.report_rows import DEGENERATE
+from qsweep.tables import markdown_table
+from qsweep.tracking.names import TAG_DEGENERATE_REASON, TAG_EMULATED
+
+# Figures this close count as equal (the report's decimals): RSS moves by a few MB from run to run, and KL
+# differences below 1e-4 nats (fp32 in another runtime: about 1e-7) are rounding, not quality.
+MEMORY_RESOLUTION_GB = 0.01
+KL_RESOLUTION = 1e-4
+
+
+@dataclass(frozen=True)
+class Speed:
+    median: float
+    iqr: float
+
+    def ties(self, other: "Speed") -> bool:
+        """The interquartile ranges (median ± IQR/2) overlap."""
+        return (self.median - self.iqr / 2 <= other.median + other.iqr / 2
+                and other.median - other.iqr / 2 <= self.median + self.iqr / 2)
+
+    def faster(self, other: "Speed") -> bool:
+        return self.median > other.median and not self.ties(other)
+
+    def text(self) -> str:
+        return f"{self.median:.2f}" + (f" ± {self.iqr / 2:.2f}" if self.iqr else "")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One finished run as a decision sees it. kl is NaN when the run has no KL figure (random weights);
+    memory is peak VRAM on cuda, peak RSS elsewhere (memory_kind says which)."""
+    model: str
+    setting: str
+    device: str
+    backend: str
+    precision: str
+    batch_size: int
+    max_new_tokens: int
+    prompt_tokens: str
+    decode: Speed  # decode_tokens_per_s per sequence, with its IQR
+    throughput: Speed  # throughput_tokens_per_s; spread from the latency's (latency_iqr_s / latency_s)
+    kl: float
+    memory_gb: float
+    memory_kind: str  # "VRAM" or "RSS"
+    config_hash: str
+    run_id: str
+    emulated: str = ""  # why this machine only emulates the setting (the run's TAG_EMULATED), else ""
+    degenerate: str = ""  # the degenerate_reason of a broken output, else ""
+
+    def speed(self, throughput: bool) -> Speed:
+        return self.throughput if throughput else self.decode
+
+    def quality(self) -> float:
+        """KL for comparing: a run without a KL figure counts as the worst."""
+        return self.kl if math.isfinite(self.kl) else math.inf
+
+    def label(self, batch: bool = False) -> str:
+        return (self.setting + (f", batch {self.batch_size}" if batch else "")
+                + (" (emulated)" if self.emulated else "") + (" ⚠ degenerate" if self.degenerate else ""))
+
+
+def _metric(metrics: dict, name: str) -> float:
+    value = metrics.get(name)
+    return math.nan if value is None else float(value)
+
+
+def candidate(row) -> Optional[Candidate]:
+    """A report.Row as a Candidate; None when the run has no decode speed to compare."""
+    m, tags = row.metrics, row.job.tags
+    decode = _metric(m, "decode_tokens_per_s")
+    if not math.isfinite(decode):
+        return None
+    latency, throughput = _metric(m, "latency_s"), _metric(m, "throughput_tokens_per_s")
+    relative = _metric(m, "latency_iqr_s") / latency if latency > 0 else 0.0
+    spread = lambda x: x if math.isfinite(x) and m.get("timed_samples", 0) > 1 else 0.0  # noqa: E731
+    on_gpu = row.device == "cuda" and math.isfinite(_metric(m, "peak_vram_gb"))
+    return Candidate(
+        row.model, row.setting, row.device, row.backend, row.precision, row.batch_size,
+        row.max_new_tokens, str(row.prompt_tokens), Speed(decode, spread(_metric(m, "decode_tokens_per_s_iqr"))),
+        Speed(throughput, spread(throughput * relative)), _metric(m, "kl_div_vs_fp32"),
+        _metric(m, "peak_vram_gb" if on_gpu else "peak_rss_gb"), "VRAM" if on_gpu else "RSS",
+        row.job.config_hash or "-", row.job.run_id, tags.get(TAG_EMULATED, ""),
+        tags.get(TAG_DEGENERATE_REASON, "?") if m.get(DEGENERATE) == 1 else "")
+
+
+def candidates(rows: Iterable) -> List[Candidate]:
+    return [c for c in map(candidate, rows) if c is not None]
+
+
+def by_throughput(cands: List[Candidate]) -> bool:
+    """Speed is throughput when some of the model's runs batch several sequences, else decode tokens/s."""
+    return any(c.batch_size != 1 for c in cands)
+
+
+def speed_name(throughput: bool) -> str:
+    return "throughput tokens/s" if throughput else "decode tokens/s"
+
+
+# What makes runs alike (a CPU's RSS is not a GPU's VRAM, 128 tokens are not 256): the front compares runs
+# equal in all of these; a recommendation treats the device and batch size as choices (recommend.py).
+SHAPE = (lambda c: c.device, lambda c: f"batch {c.batch_size}", lambda c: f"{c.max_new_tokens} new tokens",
+         lambda c: f"prompt {c.prompt_tokens}")
+
+
+def groups(cands: List[Candidate], keys=SHAPE) -> Dict[str, List[Candidate]]:
+    """Per model, the runs equal in every key, named by the model and the keys that vary among its runs."""
+    out: Dict[str, List[Candidate]] = {}
+    for model in dict.fromkeys(c.model for c in cands):
+        mine = [c for c in cands if c.model == model]
+        varying = [key for key in keys if len({key(c) for c in mine}) > 1]
+        for c in mine:
+            out.setdefault(", ".join([model, *(key(c) for key in varying)]), []).append(c)
+    return out
+
+
+def _steps(value: float, resolution: float) -> int:
+    return round(value / resolution) if math.isfinite(value) else sys.maxsize  # no figure: the worst
+
+
+def memory_steps(c: Candidate) -> int:
+    """Peak memory in MEMORY_RESOLUTION_GB steps: what memory comparisons compare."""
+    return _steps(c.memory_gb, MEMORY_RESOLUTION_GB)
+
+
+def kl_steps(c: Candidate) -> int:
+    """KL in KL_RESOLUTION steps: what quality comparisons compare."""
+    return _steps(c.kl, KL_RESOLUTION)
+
+
+def better(a: Candidate, b: Candidate, throughput: bool) -> List[str]:
+    """How a beats b ("faster", "lower KL", "less memory"), or [] when it does not: at least as good on
+    all three (a speed tie is as good) and strictly better on one."""
+    sa, sb = a.speed(throughput), b.speed(throughput)
+    (ka, kb), (ma, mb) = (kl_steps(a), kl_steps(b)), (memory_steps(a), memory_steps(b))
+    if sb.faster(sa) or ka > kb or ma > mb:
+        return []
+    return [why for why, strictly in (("faster", sa.faster(sb)), ("lower KL", ka < kb), ("less memory", ma < mb))
+            if strictly]
+
+
+@dataclass(frozen=True)
+class Ranked:
+    candidate: Candidate
+    beaten_by: Optional[Candidate] = None
+    why: str = ""  # "faster, lower KL" when beaten; "degenerate output" for a broken run; "" on the front
+
+    @property
+    def on_front(self) -> bool:
+        return not self.why
+
+
+def _beaten(c: Candidate, fine: List[Candidate], throughput: bool) -> Ranked:
+    beaters = [(b, why) for b in fine if b is not c for why in [better(b, c, throughput)] if why]
+    if not beaters:
+        return Ranked(c)
+    unbeaten = [(b, why) for b, why in beaters if not any(better(x, b, throughput) for x in fine)]
+    b, why = max(unbeaten or beaters, key=lambda bw: bw[0].speed(throughput).median)
+    return Ranked(c, b, ", ".join(why))
+
+
+def front(cands: List[Candidate], throughput: bool) -> List[Ranked]:
+    """One group's settings: the front (fastest first), then the beaten ones, each with the setting that
+    beats it (a front member when one does), then the degenerate ones."""
+    fine = [c for c in cands if not c.degenerate]
+    ranked = sorted((_beaten(c, fine, throughput) for c in fine),
+                    key=lambda r: (not r.on_front, -r.candidate.speed(throughput).median))
+    return ranked + [Ranked(c, None, f"degenerate output ({c.degenerate}): never on the front")
+                     for c in cands if c.degenerate]
+
+
+def fronts(rows: Iterable) -> Dict[str, Tuple[bool, List[Ranked]]]:
+    """Per group name: whether speed is throughput, and its settings ranked by front()."""
+    cands, out = candidates(rows), {}
+    for name, group in groups(cands).items():
+        throughput = by_throughput([c for c in cands if c.model == group[0].model])
+        out[name] = throughput, front(group, throughput)
+    return out
+
+
+def _status(r: Ranked, ranked: List[Ranked], throughput: bool) -> str:
+    if not r.on_front:
+        return f"beaten by {r.beaten_by.label()}: {r.why}" if r.beaten_by else r.why
+    speed = r.candidate.speed(throughput)
+    ties = [o.candidate.label() for o in ranked
+            if o.on_front and o is not r and o.candidate.speed(throughput).ties(speed)]
+    return "front" + (f" (speed ties {', '.join(ties)})" if ties else "")
+
+
+def front_section(rows: Iterable) -> Tuple[str, Set[str]]:
+    """The report's section: per group, the front first, then the settings it beats; and the run ids
+    on a front."""
+
+    parts, members = [], set()
+    for name, (throughput, ranked) in fronts(rows).items():
+        members |= {r.candidate.run_id for r in ranked if r.on_front}
+        has_kl = any(math.isfinite(r.candidate.kl) for r in ranked)
+        body = [[c.label(), c.speed(throughput).text(), f"{c.kl:.4f}" if math.isfinite(c.kl) else "–",
+                 f"{c.memory_gb:.2f} {c.memory_kind}", c.config_hash, _status(r, ranked, throughput)]
+                for r in ranked for c in [r.candidate]]
+        parts += [f"### Settings worth deploying: {name}", "",
+                  f"The front: settings not beaten on {speed_name(throughput)}, KL vs FP32 and peak memory "
+                  "(a speed tie, overlapping interquartile ranges, counts as equal); the beaten ones after."
+                  + ("" if has_kl else " No KL figure (random weights): speed and memory only."), "",
+                  markdown_table(["Setting", speed_name(throughput), "KL vs FP32", "Peak memory (GB)",
+                                  "config_hash", "Front"], body, ["<", ">", ">", ">", "<", "<"]), ""]
+        emulated = {r.candidate.setting: r.candidate.emulated for r in ranked if r.candidate.emulated}
+        parts += ["Emulated by the machine that measured it: "
+                  + "; ".join(f"{s}: {why}" for s, why in emulated.items()) + ".", ""] if emulated else []
+    return "\n".join(parts), members
+
+
+def front_points(rows: Iterable, x_metric: str, y_metric: str) -> List[Tuple[float, float]]:
+    """(x, y) of the front members among `rows` (the chart's points), in x order: what a chart draws as
+    the front. A member may look beaten on a two-axis chart when it wins on memory."""
+    rows = list(rows)
+    members = {r.candidate.run_id for _, ranked in fronts(rows).values() for r in ranked if r.on_front}
+    return sorted((row.metrics[x_metric], row.metrics[y_metric]) for row in rows
+                  if row.job.run_id in members and x_metric in row.metrics and y_metric in row.metrics)
