@@ -12,6 +12,8 @@ from tokenizers import models as tok_models
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from qsweep import quality
+from qsweep.quality import outputs, scoring
+from qsweep.quality.cache import TOP_K
 
 QUALITY_METRICS = {f.name for f in dataclasses.fields(quality.QualityMetrics)}
 
@@ -88,7 +90,7 @@ def test_perplexity_of_a_known_tiny_case_by_hand():
     # Two predictions over a 4-token vocabulary: p(target) = 1/4, then 1/8.
     # perplexity = exp(-(ln 1/4 + ln 1/8) / 2) = sqrt(32)
     probs = torch.tensor([[0.5, 0.25, 0.125, 0.125], [0.25, 0.5, 0.125, 0.125], [0.25] * 4])
-    scores = quality.score_text(FixedLogits(probs.log()), [[0, 1, 2]])
+    scores = scoring.score_text(FixedLogits(probs.log()), [[0, 1, 2]])
     assert scores.positions == 2 and not scores.non_finite
     assert scores.perplexity == pytest.approx(math.sqrt(32), rel=1e-6)
 
@@ -97,15 +99,15 @@ def test_a_model_with_uniform_predictions_has_the_vocabulary_size_as_perplexity(
     model = build_model(tokenizer)
     with torch.no_grad():
         model.lm_head.weight.zero_()  # all logits 0: every token has probability 1/V
-    scores = quality.score_text(ModelRuntime(model), windows)
+    scores = scoring.score_text(ModelRuntime(model), windows)
     assert scores.perplexity == pytest.approx(len(tokenizer), rel=1e-5)
     assert scores.positions == sum(len(w) - 1 for w in windows)
 
 
 def test_kl_of_identical_models_is_zero_and_top1_agrees_everywhere(tokenizer, windows):
     model = build_model(tokenizer)
-    reference = quality.as_reference(quality.score_text(ModelRuntime(model), windows, keep_top_k=quality.TOP_K))
-    scores = quality.score_text(ModelRuntime(build_model(tokenizer)), windows, reference=reference)  # same seed, same weights
+    reference = scoring.as_reference(scoring.score_text(ModelRuntime(model), windows, keep_top_k=TOP_K))
+    scores = scoring.score_text(ModelRuntime(build_model(tokenizer)), windows, reference=reference)  # same seed, same weights
     assert scores.kl_sum / scores.positions == pytest.approx(0.0, abs=1e-7)
     assert scores.top1_same == scores.positions
 
@@ -120,24 +122,24 @@ def test_topk_kl_of_a_different_model_is_positive_and_a_lower_bound_of_the_exact
     with torch.no_grad():
         for p in other.parameters():
             p.add_(0.02 * torch.randn_like(p))  # a "quantization error"
-    reference = quality.as_reference(quality.score_text(ModelRuntime(fp32), windows, keep_top_k=quality.TOP_K))
-    scores = quality.score_text(ModelRuntime(other), windows, reference=reference)
+    reference = scoring.as_reference(scoring.score_text(ModelRuntime(fp32), windows, keep_top_k=TOP_K))
+    scores = scoring.score_text(ModelRuntime(other), windows, reference=reference)
     approx = scores.kl_sum / scores.positions
     p, q = full_log_probs(fp32, windows), full_log_probs(other, windows)
     exact = (p.exp() * (p - q)).sum(-1).mean().item()
     assert 0 < approx <= exact + 1e-6
     # with k = the whole vocabulary the approximation is exact
-    whole = quality.as_reference(quality.score_text(ModelRuntime(fp32), windows, keep_top_k=len(tokenizer)))
-    exact_scores = quality.score_text(ModelRuntime(other), windows, reference=whole)
+    whole = scoring.as_reference(scoring.score_text(ModelRuntime(fp32), windows, keep_top_k=len(tokenizer)))
+    exact_scores = scoring.score_text(ModelRuntime(other), windows, reference=whole)
     assert exact_scores.kl_sum / exact_scores.positions == pytest.approx(exact, rel=1e-4)
     assert 0 < scores.top1_same < scores.positions
     # the stored sizes stay sane: k entries per position, whatever the vocabulary
-    assert reference.top_ids.shape == (scores.positions, quality.TOP_K)
+    assert reference.top_ids.shape == (scores.positions, TOP_K)
 
 
 def test_non_finite_logits_are_seen():
     logits = torch.tensor([[0.0, float("nan"), 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
-    scores = quality.score_text(FixedLogits(logits), [[0, 1, 2]])
+    scores = scoring.score_text(FixedLogits(logits), [[0, 1, 2]])
     assert scores.non_finite and math.isnan(scores.perplexity)
 
 
@@ -156,17 +158,17 @@ def test_non_finite_logits_are_seen():
     (["", "y"], [[0] * 16, [7] * 16], True, ["non_finite_logits", "empty_output", "repetition_loop"]),
 ])
 def test_degenerate_detector_on_crafted_outputs(texts, ids, non_finite, expected):
-    assert quality.degenerate_reasons(texts, ids, non_finite, special_ids=[0, 1, 2]) == expected
+    assert outputs.degenerate_reasons(texts, ids, non_finite, special_ids=[0, 1, 2]) == expected
 
 
 def test_special_tokens_are_not_a_loop():
-    assert quality.degenerate_reasons(["hello"], [[5, 6, 7, 8, 9, 10, 11, 12] + [0] * 120], False, [0]) == []
+    assert outputs.degenerate_reasons(["hello"], [[5, 6, 7, 8, 9, 10, 11, 12] + [0] * 120], False, [0]) == []
 
 
 def test_output_match_counts_up_to_the_first_difference():
     ref = [[1, 2, 3, 4], [5, 6, 7, 8]]
-    assert quality.output_match(ref, ref) == 1.0
-    assert quality.output_match([[1, 2, 9, 4], [9, 6, 7, 8]], ref) == pytest.approx((0.5 + 0.0) / 2)
+    assert outputs.output_match(ref, ref) == 1.0
+    assert outputs.output_match([[1, 2, 9, 4], [9, 6, 7, 8]], ref) == pytest.approx((0.5 + 0.0) / 2)
 
 
 # ------------------------------------------------------------------------------------------ whole runs
