@@ -137,6 +137,43 @@ def test_topk_kl_of_a_different_model_is_positive_and_a_lower_bound_of_the_exact
     assert reference.top_ids.shape == (scores.positions, TOP_K)
 
 
+def test_kl_percentiles_of_a_hand_computed_example():
+    # sorted: 0.0 0.1 0.2 0.3 0.4, ranks 0..4; quantile q sits at rank q * 4, linear between neighbours:
+    # median: rank 2 -> 0.2; p99: rank 3.96 -> 0.3 + 0.96 * 0.1 = 0.396; p99.9: rank 3.996 -> 0.3996; max 0.4
+    spread = scoring.kl_distribution(torch.tensor([0.4, 0.0, 0.1, 0.3, 0.2]))
+    assert spread == pytest.approx({"median": 0.2, "p99": 0.396, "p999": 0.3996, "max": 0.4}, abs=1e-7)
+    # an even count: the median is halfway between the middle two; a NaN position makes every figure NaN
+    assert scoring.kl_distribution(torch.tensor([0.0, 1.0, 3.0, 10.0]))["median"] == pytest.approx(2.0)
+    assert all(math.isnan(v) for v in scoring.kl_distribution(torch.tensor([0.1, float("nan")])).values())
+
+
+def test_distribution_delta_p_and_perplexity_ratio_by_hand():
+    # Vocabulary of 2, window [0, 0, 1]: two positions, targets 0 then 1. fp32 predicts (0.8, 0.2) at both;
+    # the run predicts (0.8, 0.2), then (0.6, 0.4). k = 2 is the whole vocabulary, so the KL is exact:
+    #   KL_1 = 0; KL_2 = 0.8 ln(0.8/0.6) + 0.2 ln(0.2/0.4) = 0.230146 - 0.138629 = 0.091516
+    #   median of (0, 0.091516) = 0.045758; p99 = 0.99 * 0.091516 = 0.090601; max = 0.091516
+    #   delta-p of fp32's top token (0): 0, then 0.6 - 0.8 = -0.2; RMS = sqrt(0.04 / 2) = 0.141421
+    #   ln(PPL_run / PPL_fp32) = mean NLL difference = ((-ln 0.8 + ln 0.8) + (-ln 0.4 + ln 0.2)) / 2 = -ln(2) / 2
+    fp32 = torch.tensor([[0.8, 0.2], [0.8, 0.2], [0.5, 0.5]]).log()
+    run = torch.tensor([[0.8, 0.2], [0.6, 0.4], [0.5, 0.5]]).log()
+    window = [[0, 0, 1]]
+    reference = scoring.as_reference(scoring.score_text(FixedLogits(fp32), window, keep_top_k=2))
+
+    def against_fp32(logits):
+        return scoring.TextQuality.against_reference(scoring.score_text(FixedLogits(logits), window, reference))
+
+    got = against_fp32(run)
+    kl_2 = 0.8 * math.log(0.8 / 0.6) + 0.2 * math.log(0.2 / 0.4)
+    assert kl_2 == pytest.approx(0.091516, abs=1e-6)
+    assert got.kl_div == pytest.approx(kl_2 / 2, rel=1e-5)
+    assert (got.kl_div_median, got.kl_div_p99, got.kl_div_max) == pytest.approx((kl_2 / 2, 0.99 * kl_2, kl_2), rel=1e-5)
+    assert got.rms_delta_p == pytest.approx(0.141421, rel=1e-5)
+    assert got.ln_ppl_ratio == pytest.approx(-math.log(2) / 2, rel=1e-5)
+    assert got.top1_agreement == 1.0  # 0.6 > 0.4: the run's top token is still fp32's
+    # against itself every figure is what an fp32 job records for itself: 0 (and top-1 agreement 1)
+    assert against_fp32(fp32) == scoring.TextQuality.of_reference(scoring.score_text(FixedLogits(fp32), window))
+
+
 def test_non_finite_logits_are_seen():
     logits = torch.tensor([[0.0, float("nan"), 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
     scores = scoring.score_text(FixedLogits(logits), [[0, 1, 2]])
@@ -208,6 +245,12 @@ def test_real_weight_runs_record_quality_and_reuse_the_fp32_reference(sweep, che
     assert fp32.metrics["kl_div_vs_fp32"] == 0 and fp32.metrics["top1_agreement_vs_fp32"] == 1
     assert fp32.metrics["output_match_vs_fp32"] == 1
     assert bf16.metrics["kl_div_vs_fp32"] > 0 and bf16.metrics["perplexity"] > 1
+    spread = [bf16.metrics[f"kl_div_{q}_vs_fp32"] for q in ("median", "p99", "p999", "max")]
+    assert spread == sorted(spread) and spread[-1] >= bf16.metrics["kl_div_vs_fp32"] > 0
+    assert bf16.metrics["rms_delta_p_vs_fp32"] > 0
+    for metric in ("kl_div_median_vs_fp32", "kl_div_p99_vs_fp32", "kl_div_p999_vs_fp32", "kl_div_max_vs_fp32",
+                   "rms_delta_p_vs_fp32", "ln_ppl_ratio_vs_fp32"):
+        assert fp32.metrics[metric] == 0, metric
     texts = json.loads(open(sweep.client().download_artifacts(runs["bf16"].info.run_id, "generations.json")).read())
     assert all("fp32_output" in t and len(t["fp32_output_ids"]) == 16 for t in texts)
     assert "**fp32:**" in open(sweep.client().download_artifacts(runs["bf16"].info.run_id, "generations.md")).read()

@@ -19,7 +19,9 @@ from qsweep.quality.scoring import TextQuality, TextReference
 from qsweep.staging import write_file
 
 TOP_K = 64  # reference log-probabilities kept per position
-FORMAT = 1  # bump when the stored reference changes meaning: every key changes, so old files are left unread
+# Bump when what is stored changes meaning: every key changes, so files of an older format are never read
+# (they are rebuilt). 2: the text reference holds fp32's NLL per position, the scores the KL distribution.
+FORMAT = 2
 
 
 def _key(*parts) -> str:
@@ -61,12 +63,12 @@ def _save_tensors(tensors: dict, path: Path, metadata: dict) -> None:
 
 def load_text_reference(path: Path) -> TextReference:
     data = load_file(str(path))
-    return TextReference(data["top_logprobs"], data["top_ids"].long(), data["log_rest"])
+    return TextReference(data["top_logprobs"], data["top_ids"].long(), data["log_rest"], data["nll"])
 
 
 def save_text_reference(ref: TextReference, path: Path, metadata: dict) -> None:
-    _save_tensors({"top_logprobs": ref.top_logprobs, "top_ids": ref.top_ids.int(), "log_rest": ref.log_rest},
-                  path, metadata)
+    _save_tensors({"top_logprobs": ref.top_logprobs, "top_ids": ref.top_ids.int(), "log_rest": ref.log_rest,
+                   "nll": ref.nll}, path, metadata)
 
 
 def load_greedy(path: Path) -> List[List[int]]:

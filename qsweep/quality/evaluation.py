@@ -26,7 +26,13 @@ class QualityMetrics:
     """Names are the MLflow metric names. NaN: could not be computed (see degenerate_reason)."""
     perplexity: float
     kl_div_vs_fp32: float  # mean over positions, nats, top-k approximation (package docstring)
+    kl_div_median_vs_fp32: float  # the distribution of the per-position KL: median,
+    kl_div_p99_vs_fp32: float  # 99th percentile,
+    kl_div_p999_vs_fp32: float  # 99.9th percentile,
+    kl_div_max_vs_fp32: float  # and worst position
     top1_agreement_vs_fp32: float  # share of positions whose most likely token is fp32's
+    rms_delta_p_vs_fp32: float  # RMS over positions of the change in probability of fp32's most likely token
+    ln_ppl_ratio_vs_fp32: float  # ln(perplexity / fp32's perplexity), over the same positions
     output_match_vs_fp32: float  # share of generated tokens equal to fp32's, up to the first difference
     degenerate_output: int  # 1: empty output, non-finite logits or a repetition loop
     quality_time_s: float
@@ -87,7 +93,12 @@ def evaluate(cfg: RunConfig, runtime: Runtime, checkpoint: Checkpoint, generatio
     reasons = degenerate_reasons(texts, outputs, setting.non_finite, special)
     metrics = QualityMetrics(
         perplexity=_finite_or_nan(setting.perplexity), kl_div_vs_fp32=_finite_or_nan(setting.kl_div),
-        top1_agreement_vs_fp32=setting.top1_agreement, output_match_vs_fp32=output_match(outputs, fp32_outputs),
+        kl_div_median_vs_fp32=_finite_or_nan(setting.kl_div_median),
+        kl_div_p99_vs_fp32=_finite_or_nan(setting.kl_div_p99),
+        kl_div_p999_vs_fp32=_finite_or_nan(setting.kl_div_p999), kl_div_max_vs_fp32=_finite_or_nan(setting.kl_div_max),
+        top1_agreement_vs_fp32=setting.top1_agreement, rms_delta_p_vs_fp32=_finite_or_nan(setting.rms_delta_p),
+        ln_ppl_ratio_vs_fp32=_finite_or_nan(setting.ln_ppl_ratio),
+        output_match_vs_fp32=output_match(outputs, fp32_outputs),
         degenerate_output=int(bool(reasons)), quality_time_s=time.perf_counter() - start)
     scores_origin = "reused" if stored else "measured"
     details = {"eval_positions": setting.positions, "windows": len(windows), "window": window, "top_k": TOP_K,
