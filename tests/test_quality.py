@@ -186,8 +186,14 @@ def test_non_finite_logits_are_seen():
     (["fine", " \n\t"], [list(range(10, 138)), [5, 6] * 2], False, ["empty_output"]),
     (["x", "y"], [list(range(10, 138)), list(range(20, 40)) + [7] * 108], False, ["repetition_loop"]),  # 1-token
     (["x", "y"], [list(range(10, 138)), list(range(20, 60)) + [7, 8] * 44], False, ["repetition_loop"]),  # 2-gram
-    # sentence-level repetition (the base Gemma's "I'm sorry to hear that ..." again and again) is not a loop
-    (["x", "y"], [list(range(10, 138)), (list(range(50, 62)) * 11)[:128]], False, []),
+    # sentence-level repetition (the base Gemma's "I'm sorry to hear that ..." again and again)
+    (["x", "y"], [list(range(10, 138)), (list(range(50, 62)) * 11)[:128]], False, ["sentence_loop"]),
+    # a 20-token sentence three times in a row over half the output: flagged; said twice: not
+    (["x", "y"], [list(range(10, 138)), list(range(200, 260)) + list(range(50, 70)) * 3], False, ["sentence_loop"]),
+    (["x", "y"], [list(range(10, 138)), list(range(200, 288)) + list(range(50, 70)) * 2], False, []),
+    # both kinds, in different outputs, in a fixed order
+    (["x", "y"], [(list(range(50, 62)) * 11)[:128], list(range(20, 40)) + [7] * 108], False,
+     ["repetition_loop", "sentence_loop"]),
     # a loop over less than half of the output is not flagged
     (["x", "y"], [list(range(10, 138)), list(range(20, 100)) + [7] * 48], False, []),
     # a short output cannot be called a loop
@@ -196,6 +202,23 @@ def test_non_finite_logits_are_seen():
 ])
 def test_degenerate_detector_on_crafted_outputs(texts, ids, non_finite, expected):
     assert outputs.degenerate_reasons(texts, ids, non_finite, special_ids=[0, 1, 2]) == expected
+
+
+def test_a_sentence_repeated_over_and_over_is_a_sentence_loop(tokenizer):
+    text = ("Thank you for asking. I am sorry to hear that you did not like the food. "
+            + "I am sorry to hear that you did not like the food. " * 6)
+    ids = tokenizer(text).input_ids  # BOS first, as a generation's special tokens
+    assert outputs.degenerate_reasons([text], [ids], False, tokenizer.all_special_ids) == ["sentence_loop"]
+    n, covered = outputs.repetition_loop(ids)
+    assert covered < len(ids) / 2  # what the n-gram check alone missed
+
+
+def test_normal_text_with_repeated_words_is_not_a_loop(tokenizer):
+    text = ("The kitchen opens at noon. The kitchen closes at ten, and the bar stays open until midnight. "
+            "We serve the biryani on Fridays, and the biryani sells out by eight. Ask the waiter: the waiter "
+            "knows the specials, and the specials change every day. Thank you, thank you very much.")
+    ids = tokenizer(text).input_ids
+    assert outputs.degenerate_reasons([text], [ids], False, tokenizer.all_special_ids) == []
 
 
 def test_special_tokens_are_not_a_loop():

@@ -34,7 +34,7 @@ class QualityMetrics:
     rms_delta_p_vs_fp32: float  # RMS over positions of the change in probability of fp32's most likely token
     ln_ppl_ratio_vs_fp32: float  # ln(perplexity / fp32's perplexity), over the same positions
     output_match_vs_fp32: float  # share of generated tokens equal to fp32's, up to the first difference
-    degenerate_output: int  # 1: empty output, non-finite logits or a repetition loop
+    degenerate_output: int  # 1: empty output, non-finite logits, an n-gram or a sentence loop
     quality_time_s: float
 
 
