@@ -2,8 +2,8 @@
 divergence (top-k approximation, see the package's docstring) with its distribution over positions, the
 top-1 agreement, the RMS change of fp32's top token's probability and the log perplexity ratio.
 
-The distribution follows llama.cpp's `llama-perplexity --kl-divergence` (PR #5076, #6936): a mean KL hides
-the few positions where a quantized model goes wrong, its high percentiles and maximum show them."""
+A mean KL hides the few positions where a quantized model goes wrong: its high percentiles and maximum
+show them (the figures quantization tools report, with RMS delta-p, for the same reason)."""
 
 from __future__ import annotations
 
