@@ -19,6 +19,9 @@ from qsweep.quality.text import WINDOW, eval_text, eval_windows
 from qsweep.sources import Checkpoint
 
 NOT_APPLICABLE = "not_applicable"
+# The figures of TextQuality that compare with fp32, each recorded as the metric <name>_vs_fp32
+VS_FP32 = ("kl_div", "kl_div_median", "kl_div_p99", "kl_div_p999", "kl_div_max", "top1_agreement", "rms_delta_p",
+           "ln_ppl_ratio")
 
 
 @dataclass
@@ -92,12 +95,8 @@ def evaluate(cfg: RunConfig, runtime: Runtime, checkpoint: Checkpoint, generatio
     special = set(getattr(tokenizer, "all_special_ids", []))
     reasons = degenerate_reasons(texts, outputs, setting.non_finite, special)
     metrics = QualityMetrics(
-        perplexity=_finite_or_nan(setting.perplexity), kl_div_vs_fp32=_finite_or_nan(setting.kl_div),
-        kl_div_median_vs_fp32=_finite_or_nan(setting.kl_div_median),
-        kl_div_p99_vs_fp32=_finite_or_nan(setting.kl_div_p99),
-        kl_div_p999_vs_fp32=_finite_or_nan(setting.kl_div_p999), kl_div_max_vs_fp32=_finite_or_nan(setting.kl_div_max),
-        top1_agreement_vs_fp32=setting.top1_agreement, rms_delta_p_vs_fp32=_finite_or_nan(setting.rms_delta_p),
-        ln_ppl_ratio_vs_fp32=_finite_or_nan(setting.ln_ppl_ratio),
+        perplexity=_finite_or_nan(setting.perplexity),
+        **{f"{name}_vs_fp32": _finite_or_nan(getattr(setting, name)) for name in VS_FP32},
         output_match_vs_fp32=output_match(outputs, fp32_outputs),
         degenerate_output=int(bool(reasons)), quality_time_s=time.perf_counter() - start)
     scores_origin = "reused" if stored else "measured"
