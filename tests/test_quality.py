@@ -12,6 +12,8 @@ from tokenizers import models as tok_models
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from qsweep import quality
+from qsweep.quality import outputs, scoring
+from qsweep.quality.cache import TOP_K
 
 QUALITY_METRICS = {f.name for f in dataclasses.fields(quality.QualityMetrics)}
 
@@ -88,7 +90,7 @@ def test_perplexity_of_a_known_tiny_case_by_hand():
     # Two predictions over a 4-token vocabulary: p(target) = 1/4, then 1/8.
     # perplexity = exp(-(ln 1/4 + ln 1/8) / 2) = sqrt(32)
     probs = torch.tensor([[0.5, 0.25, 0.125, 0.125], [0.25, 0.5, 0.125, 0.125], [0.25] * 4])
-    scores = quality.score_text(FixedLogits(probs.log()), [[0, 1, 2]])
+    scores = scoring.score_text(FixedLogits(probs.log()), [[0, 1, 2]])
     assert scores.positions == 2 and not scores.non_finite
     assert scores.perplexity == pytest.approx(math.sqrt(32), rel=1e-6)
 
@@ -97,15 +99,15 @@ def test_a_model_with_uniform_predictions_has_the_vocabulary_size_as_perplexity(
     model = build_model(tokenizer)
     with torch.no_grad():
         model.lm_head.weight.zero_()  # all logits 0: every token has probability 1/V
-    scores = quality.score_text(ModelRuntime(model), windows)
+    scores = scoring.score_text(ModelRuntime(model), windows)
     assert scores.perplexity == pytest.approx(len(tokenizer), rel=1e-5)
     assert scores.positions == sum(len(w) - 1 for w in windows)
 
 
 def test_kl_of_identical_models_is_zero_and_top1_agrees_everywhere(tokenizer, windows):
     model = build_model(tokenizer)
-    reference = quality.as_reference(quality.score_text(ModelRuntime(model), windows, keep_top_k=quality.TOP_K))
-    scores = quality.score_text(ModelRuntime(build_model(tokenizer)), windows, reference=reference)  # same seed, same weights
+    reference = scoring.as_reference(scoring.score_text(ModelRuntime(model), windows, keep_top_k=TOP_K))
+    scores = scoring.score_text(ModelRuntime(build_model(tokenizer)), windows, reference=reference)  # same seed, same weights
     assert scores.kl_sum / scores.positions == pytest.approx(0.0, abs=1e-7)
     assert scores.top1_same == scores.positions
 
@@ -120,24 +122,61 @@ def test_topk_kl_of_a_different_model_is_positive_and_a_lower_bound_of_the_exact
     with torch.no_grad():
         for p in other.parameters():
             p.add_(0.02 * torch.randn_like(p))  # a "quantization error"
-    reference = quality.as_reference(quality.score_text(ModelRuntime(fp32), windows, keep_top_k=quality.TOP_K))
-    scores = quality.score_text(ModelRuntime(other), windows, reference=reference)
+    reference = scoring.as_reference(scoring.score_text(ModelRuntime(fp32), windows, keep_top_k=TOP_K))
+    scores = scoring.score_text(ModelRuntime(other), windows, reference=reference)
     approx = scores.kl_sum / scores.positions
     p, q = full_log_probs(fp32, windows), full_log_probs(other, windows)
     exact = (p.exp() * (p - q)).sum(-1).mean().item()
     assert 0 < approx <= exact + 1e-6
     # with k = the whole vocabulary the approximation is exact
-    whole = quality.as_reference(quality.score_text(ModelRuntime(fp32), windows, keep_top_k=len(tokenizer)))
-    exact_scores = quality.score_text(ModelRuntime(other), windows, reference=whole)
+    whole = scoring.as_reference(scoring.score_text(ModelRuntime(fp32), windows, keep_top_k=len(tokenizer)))
+    exact_scores = scoring.score_text(ModelRuntime(other), windows, reference=whole)
     assert exact_scores.kl_sum / exact_scores.positions == pytest.approx(exact, rel=1e-4)
     assert 0 < scores.top1_same < scores.positions
     # the stored sizes stay sane: k entries per position, whatever the vocabulary
-    assert reference.top_ids.shape == (scores.positions, quality.TOP_K)
+    assert reference.top_ids.shape == (scores.positions, TOP_K)
+
+
+def test_kl_percentiles_of_a_hand_computed_example():
+    # sorted: 0.0 0.1 0.2 0.3 0.4, ranks 0..4; quantile q sits at rank q * 4, linear between neighbours:
+    # median: rank 2 -> 0.2; p99: rank 3.96 -> 0.3 + 0.96 * 0.1 = 0.396; p99.9: rank 3.996 -> 0.3996; max 0.4
+    spread = scoring.kl_distribution(torch.tensor([0.4, 0.0, 0.1, 0.3, 0.2]))
+    assert spread == pytest.approx({"median": 0.2, "p99": 0.396, "p999": 0.3996, "max": 0.4}, abs=1e-7)
+    # an even count: the median is halfway between the middle two; a NaN position makes every figure NaN
+    assert scoring.kl_distribution(torch.tensor([0.0, 1.0, 3.0, 10.0]))["median"] == pytest.approx(2.0)
+    assert all(math.isnan(v) for v in scoring.kl_distribution(torch.tensor([0.1, float("nan")])).values())
+
+
+def test_distribution_delta_p_and_perplexity_ratio_by_hand():
+    # Vocabulary of 2, window [0, 0, 1]: two positions, targets 0 then 1. fp32 predicts (0.8, 0.2) at both;
+    # the run predicts (0.8, 0.2), then (0.6, 0.4). k = 2 is the whole vocabulary, so the KL is exact:
+    #   KL_1 = 0; KL_2 = 0.8 ln(0.8/0.6) + 0.2 ln(0.2/0.4) = 0.230146 - 0.138629 = 0.091516
+    #   median of (0, 0.091516) = 0.045758; p99 = 0.99 * 0.091516 = 0.090601; max = 0.091516
+    #   delta-p of fp32's top token (0): 0, then 0.6 - 0.8 = -0.2; RMS = sqrt(0.04 / 2) = 0.141421
+    #   ln(PPL_run / PPL_fp32) = mean NLL difference = ((-ln 0.8 + ln 0.8) + (-ln 0.4 + ln 0.2)) / 2 = -ln(2) / 2
+    fp32 = torch.tensor([[0.8, 0.2], [0.8, 0.2], [0.5, 0.5]]).log()
+    run = torch.tensor([[0.8, 0.2], [0.6, 0.4], [0.5, 0.5]]).log()
+    window = [[0, 0, 1]]
+    reference = scoring.as_reference(scoring.score_text(FixedLogits(fp32), window, keep_top_k=2))
+
+    def against_fp32(logits):
+        return scoring.TextQuality.against_reference(scoring.score_text(FixedLogits(logits), window, reference))
+
+    got = against_fp32(run)
+    kl_2 = 0.8 * math.log(0.8 / 0.6) + 0.2 * math.log(0.2 / 0.4)
+    assert kl_2 == pytest.approx(0.091516, abs=1e-6)
+    assert got.kl_div == pytest.approx(kl_2 / 2, rel=1e-5)
+    assert (got.kl_div_median, got.kl_div_p99, got.kl_div_max) == pytest.approx((kl_2 / 2, 0.99 * kl_2, kl_2), rel=1e-5)
+    assert got.rms_delta_p == pytest.approx(0.141421, rel=1e-5)
+    assert got.ln_ppl_ratio == pytest.approx(-math.log(2) / 2, rel=1e-5)
+    assert got.top1_agreement == 1.0  # 0.6 > 0.4: the run's top token is still fp32's
+    # against itself every figure is what an fp32 job records for itself: 0 (and top-1 agreement 1)
+    assert against_fp32(fp32) == scoring.TextQuality.of_reference(scoring.score_text(FixedLogits(fp32), window))
 
 
 def test_non_finite_logits_are_seen():
     logits = torch.tensor([[0.0, float("nan"), 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
-    scores = quality.score_text(FixedLogits(logits), [[0, 1, 2]])
+    scores = scoring.score_text(FixedLogits(logits), [[0, 1, 2]])
     assert scores.non_finite and math.isnan(scores.perplexity)
 
 
@@ -147,8 +186,14 @@ def test_non_finite_logits_are_seen():
     (["fine", " \n\t"], [list(range(10, 138)), [5, 6] * 2], False, ["empty_output"]),
     (["x", "y"], [list(range(10, 138)), list(range(20, 40)) + [7] * 108], False, ["repetition_loop"]),  # 1-token
     (["x", "y"], [list(range(10, 138)), list(range(20, 60)) + [7, 8] * 44], False, ["repetition_loop"]),  # 2-gram
-    # sentence-level repetition (the base Gemma's "I'm sorry to hear that ..." again and again) is not a loop
-    (["x", "y"], [list(range(10, 138)), (list(range(50, 62)) * 11)[:128]], False, []),
+    # sentence-level repetition (the base Gemma's "I'm sorry to hear that ..." again and again)
+    (["x", "y"], [list(range(10, 138)), (list(range(50, 62)) * 11)[:128]], False, ["sentence_loop"]),
+    # a 20-token sentence three times in a row over half the output: flagged; said twice: not
+    (["x", "y"], [list(range(10, 138)), list(range(200, 260)) + list(range(50, 70)) * 3], False, ["sentence_loop"]),
+    (["x", "y"], [list(range(10, 138)), list(range(200, 288)) + list(range(50, 70)) * 2], False, []),
+    # both kinds, in different outputs, in a fixed order
+    (["x", "y"], [(list(range(50, 62)) * 11)[:128], list(range(20, 40)) + [7] * 108], False,
+     ["repetition_loop", "sentence_loop"]),
     # a loop over less than half of the output is not flagged
     (["x", "y"], [list(range(10, 138)), list(range(20, 100)) + [7] * 48], False, []),
     # a short output cannot be called a loop
@@ -156,17 +201,34 @@ def test_non_finite_logits_are_seen():
     (["", "y"], [[0] * 16, [7] * 16], True, ["non_finite_logits", "empty_output", "repetition_loop"]),
 ])
 def test_degenerate_detector_on_crafted_outputs(texts, ids, non_finite, expected):
-    assert quality.degenerate_reasons(texts, ids, non_finite, special_ids=[0, 1, 2]) == expected
+    assert outputs.degenerate_reasons(texts, ids, non_finite, special_ids=[0, 1, 2]) == expected
+
+
+def test_a_sentence_repeated_over_and_over_is_a_sentence_loop(tokenizer):
+    text = ("Thank you for asking. I am sorry to hear that you did not like the food. "
+            + "I am sorry to hear that you did not like the food. " * 6)
+    ids = tokenizer(text).input_ids  # BOS first, as a generation's special tokens
+    assert outputs.degenerate_reasons([text], [ids], False, tokenizer.all_special_ids) == ["sentence_loop"]
+    n, covered = outputs.repetition_loop(ids)
+    assert covered < len(ids) / 2  # what the n-gram check alone missed
+
+
+def test_normal_text_with_repeated_words_is_not_a_loop(tokenizer):
+    text = ("The kitchen opens at noon. The kitchen closes at ten, and the bar stays open until midnight. "
+            "We serve the biryani on Fridays, and the biryani sells out by eight. Ask the waiter: the waiter "
+            "knows the specials, and the specials change every day. Thank you, thank you very much.")
+    ids = tokenizer(text).input_ids
+    assert outputs.degenerate_reasons([text], [ids], False, tokenizer.all_special_ids) == []
 
 
 def test_special_tokens_are_not_a_loop():
-    assert quality.degenerate_reasons(["hello"], [[5, 6, 7, 8, 9, 10, 11, 12] + [0] * 120], False, [0]) == []
+    assert outputs.degenerate_reasons(["hello"], [[5, 6, 7, 8, 9, 10, 11, 12] + [0] * 120], False, [0]) == []
 
 
 def test_output_match_counts_up_to_the_first_difference():
     ref = [[1, 2, 3, 4], [5, 6, 7, 8]]
-    assert quality.output_match(ref, ref) == 1.0
-    assert quality.output_match([[1, 2, 9, 4], [9, 6, 7, 8]], ref) == pytest.approx((0.5 + 0.0) / 2)
+    assert outputs.output_match(ref, ref) == 1.0
+    assert outputs.output_match([[1, 2, 9, 4], [9, 6, 7, 8]], ref) == pytest.approx((0.5 + 0.0) / 2)
 
 
 # ------------------------------------------------------------------------------------------ whole runs
@@ -206,6 +268,12 @@ def test_real_weight_runs_record_quality_and_reuse_the_fp32_reference(sweep, che
     assert fp32.metrics["kl_div_vs_fp32"] == 0 and fp32.metrics["top1_agreement_vs_fp32"] == 1
     assert fp32.metrics["output_match_vs_fp32"] == 1
     assert bf16.metrics["kl_div_vs_fp32"] > 0 and bf16.metrics["perplexity"] > 1
+    spread = [bf16.metrics[f"kl_div_{q}_vs_fp32"] for q in ("median", "p99", "p999", "max")]
+    assert spread == sorted(spread) and spread[-1] >= bf16.metrics["kl_div_vs_fp32"] > 0
+    assert bf16.metrics["rms_delta_p_vs_fp32"] > 0
+    for metric in ("kl_div_median_vs_fp32", "kl_div_p99_vs_fp32", "kl_div_p999_vs_fp32", "kl_div_max_vs_fp32",
+                   "rms_delta_p_vs_fp32", "ln_ppl_ratio_vs_fp32"):
+        assert fp32.metrics[metric] == 0, metric
     texts = json.loads(open(sweep.client().download_artifacts(runs["bf16"].info.run_id, "generations.json")).read())
     assert all("fp32_output" in t and len(t["fp32_output_ids"]) == 16 for t in texts)
     assert "**fp32:**" in open(sweep.client().download_artifacts(runs["bf16"].info.run_id, "generations.md")).read()
