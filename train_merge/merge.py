@@ -16,7 +16,7 @@ from typing import List
 
 import torch
 
-from qsweep.models import DTYPES, from_pretrained
+from qsweep.backends.transformers.loader import DTYPES, from_pretrained
 from train_merge import data
 
 
