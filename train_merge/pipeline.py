@@ -153,7 +153,7 @@ def run(cfg: TrainMergeConfig) -> Result:
         mlrun.log_json(samples, "samples.json")
         mlrun.log_text("\n\n".join(f"### {s['prompt']}\n**before:** {s['before']}\n\n**after:** {s['after']}"
                                    for s in samples), "samples.md")
-        mlrun.log_json(provenance, "train_merge.json")
+        mlrun.log_json(provenance, sources.PROVENANCE_FILE)
         return Result(mlrun.run_id, str(output_dir), loss_before, loss_after, loss_merged, diff,
                       trained.first_loss, trained.last_loss, trained.steps, trained.train_time_s, total,
                       replies_before, replies_after)
