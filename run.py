@@ -30,7 +30,7 @@ def main(raw: DictConfig):
         raise SystemExit(2)
     # In a multirun the callback summarizes the sweep at its end; a single run reports itself.
     if HydraConfig.get().mode != RunMode.MULTIRUN:
-        print("\n" + report.summary([job]), flush=True)
+        console.show(report.summary([job]))
         console.say(tracking.run_page(tracking.store_uri(OmegaConf.to_object(raw.tracking)), job.experiment_id,
                                       job.run_id))
         if job.status not in ("FINISHED", "SKIPPED"):
@@ -41,5 +41,5 @@ if __name__ == "__main__":
     try:
         main()
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: runs are already closed as KILLED
-        print("qsweep: interrupted; finished runs are kept", file=sys.stderr)
+        console.interrupted("finished runs are kept")
         sys.exit(130)

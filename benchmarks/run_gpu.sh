@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every CUDA path of qsweep in one call of the device machine (docs/gpu/README-section.md):
+# Every CUDA path of qsweep in one call of the device machine (README.md, section "Measuring on a GPU"):
 #
 #   bash benchmarks/run_gpu.sh [all|seed|gemma|compile|finetune|ct2 ...]   on the device machine, from the project
 #                                 root, with carry [".gpukit"] (build it first: benchmarks/gpu/gpu-wheels.sh)

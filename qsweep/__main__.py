@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
+from qsweep import console
+
 
 def _sweep_jobs(store, sweep_run_id: str) -> list:
     """What the sweep's summary showed: the earlier runs its skipped jobs stand for, then the jobs it ran."""
@@ -38,12 +40,12 @@ def _report(args: argparse.Namespace) -> int:
         else:
             parent = tracking.latest_sweep(store)
             if parent is None:
-                print(f"qsweep report: error: no sweep in experiment 'qsweep' of {store.uri}; run `python run.py -m "
-                      "...` first, or pick runs with --sweep / --experiment / --filter", file=sys.stderr)
+                console.refuse(f"no sweep in experiment 'qsweep' of {store.uri}; run `python run.py -m ...` first, "
+                               "or pick runs with --sweep / --experiment / --filter", prefix="qsweep report")
                 return 2
             jobs, source = _sweep_jobs(store, parent.run_id), f"sweep {parent.name}"
     if not jobs:
-        print(f"qsweep report: error: no job runs in {source}", file=sys.stderr)
+        console.refuse(f"no job runs in {source}", prefix="qsweep report")
         return 2
     if parent:
         overrides = parent.tags.get(tracking.TAG_SWEEP_OVERRIDES)
@@ -52,9 +54,10 @@ def _report(args: argparse.Namespace) -> int:
 
     out = Path(args.out) if args.out else Path("reports") / slug(parent.name if parent else source)
     path = report.write_report(store, jobs, out, source, parent and parent.run_id, log=not args.no_log)
-    print(report.summary(jobs))
-    print(f"\nqsweep report: {path} and {len(list(out.glob('*.png')))} charts"
-          + (f"; logged to run {parent.run_id} (artifacts report/)" if parent and not args.no_log else ""))
+    console.show(report.summary(jobs), gap=False)
+    console.say(f"{path} and {len(list(out.glob('*.png')))} charts"
+                + (f"; logged to run {parent.run_id} (artifacts report/)" if parent and not args.no_log else ""),
+                prefix="qsweep report", gap=True)
     return 0
 
 
@@ -65,9 +68,9 @@ def _reproduce(args: argparse.Namespace) -> int:
         result = reproduce.reproduce(args.hash, args.tracking_uri, args.experiment, args.run_id,
                                      args.allow_new_hash)
     except reproduce.ReproduceError as err:
-        print(f"qsweep reproduce: error: {err}", file=sys.stderr, flush=True)
+        console.refuse(str(err), prefix="qsweep reproduce")
         return 1
-    print("\n" + result.report, flush=True)
+    console.show(result.report)
     return 0 if result.new.status == "FINISHED" else 1
 
 
@@ -181,10 +184,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         return args.func(args)
     except StoreUnavailable as err:  # no such store, experiment or run: one line
-        print(f"qsweep {args.command}: error: {' '.join(str(err).split())}", file=sys.stderr)
+        console.refuse(" ".join(str(err).split()), prefix=f"qsweep {args.command}")
         return 1
     except KeyboardInterrupt:
-        print(f"qsweep {args.command}: interrupted; a run being measured was ended as KILLED", file=sys.stderr)
+        console.interrupted("a run being measured was ended as KILLED", prefix=f"qsweep {args.command}")
         return 130
 
 

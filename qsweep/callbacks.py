@@ -55,7 +55,7 @@ class SweepCallback(Callback):
         jobs = self._close_interrupted_jobs()
         if jobs:
             tracking.end_sweep(self.store, self.sweep_run_id, "KILLED")
-            print("\nqsweep: sweep interrupted\n" + report.summary(jobs), flush=True)
+            console.show("qsweep: sweep interrupted\n" + report.summary(jobs))
             console.say((f"{self.total_jobs - len(jobs)} of {self.total_jobs} jobs never started. "
                          if self.total_jobs and self.total_jobs > len(jobs) else "")
                         + "To finish the sweep, run the same command with sweep.skip_completed=true: it measures "
@@ -85,7 +85,7 @@ class SweepCallback(Callback):
         os.environ.pop(tracking.PARENT_RUN_ENV, None)
         table = report.summary(jobs)
         tracking.RunWriter(self.store, self.sweep_run_id).describe(table)
-        print("\n" + table, flush=True)
+        console.show(table)
         console.say(f"charts and report.md: {tracking.report_command(self.store, self.sweep_run_id)}")
         console.say(f"the runs in the MLflow UI ({tracking.ui_command(self.store.uri)}): "
                     f"{tracking.runs_url(self.store)}")

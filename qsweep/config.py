@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import importlib
 import json
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, get_args, get_type_hints
+from typing import Any, ClassVar, Dict, List, Optional, get_args, get_type_hints
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+BACKEND_CONF = PROJECT_ROOT / "conf" / "backend"
+TARGET = "_target_"  # the key of a backend's YAML that names its options class
 # ${qsweep.root:} = this project's folder, for checkpoints the project makes (models/...). Registered on
 # import: every config that names such a checkpoint, composed or recorded with a run, resolves it.
 ROOT_REFERENCE = "${qsweep.root:}"
@@ -120,19 +123,57 @@ class GenerationConfig:
 
 @dataclass
 class BackendConfig:
-    """The inference runtime; each maps the precision group to its own formats (qsweep/backends/)."""
+    """The inference runtime. A backend is one module (in qsweep/backends/, or anywhere importable) with a
+    subclass of this that holds its own options and its `name`; the backend's YAML in conf/backend/ names
+    that class as `_target_`. An option left null follows the precision group (and is not hashed)."""
+    _target_: Optional[str] = None  # "module.Class" of the backend's options; set to the class that checked them
     name: str = "transformers"
-    gguf_type: Optional[str] = None  # llama-cpp: a GGUF type instead of the precision's (Q4_0, Q5_K_M, ...)
-    compute_type: Optional[str] = None  # ctranslate2: a compute type instead of the precision's (int16, ...)
+
+    registry: ClassVar[Dict[str, type]] = {}  # backend name -> its class, as each backend module is imported
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        BackendConfig.registry[cls.name] = cls
 
     def __post_init__(self) -> None:
-        # every public module of qsweep/backends/ is a backend (helpers start with _)
-        backends = sorted(p.stem.replace("_", "-") for p in (Path(__file__).parent / "backends").glob("[!_]*.py"))
-        one_of(self.name, tuple(backends), "backend.name")
-        require(self.gguf_type is None or self.name == "llama-cpp",
-                f"backend.gguf_type is for backend=llama-cpp, not {self.name}")
-        require(self.compute_type is None or self.name == "ctranslate2",
-                f"backend.compute_type is for backend=ctranslate2, not {self.name}")
+        backend = type(self)
+        require(self.name == backend.name, f"backend.name={self.name} is not the name of {backend.__name__} "
+                f"({backend.name}): choose the backend with backend=<option>, not backend.name")
+        if backend is not BackendConfig:
+            self._target_ = f"{backend.__module__}.{backend.__qualname__}"
+
+
+def backend_class(options: Dict[str, Any]) -> type:
+    """The options class of a backend section: the one its `_target_` names, else (configs recorded before
+    backends owned their options) the one registered under its name or named by its YAML."""
+    name, target = options.get("name", BackendConfig.name), options.get(TARGET)
+    if target is None:
+        if name in BackendConfig.registry:
+            return BackendConfig.registry[name]
+        known = sorted(p.stem for p in BACKEND_CONF.glob("*.yaml"))
+        one_of(name, tuple(known), "backend.name")
+        target = OmegaConf.load(BACKEND_CONF / f"{name}.yaml")[TARGET]
+    module, _, attribute = target.rpartition(".")
+    try:
+        found = getattr(importlib.import_module(module), attribute)
+    except (ImportError, AttributeError) as err:
+        raise ConfigError(f"backend._target_={target} cannot be imported ({err}): name the options class of a "
+                          "backend module, as module.Class") from None
+    require(isinstance(found, type) and issubclass(found, BackendConfig),
+            f"backend._target_={target} is not a backend's options class (a subclass of qsweep.config.BackendConfig)")
+    return found
+
+
+def _backend_options(options: Dict[str, Any]) -> Dict[str, Any]:
+    """A backend section without the options of other backends that configs recorded while the schema held
+    every backend's options carry, unset (null)."""
+    own = {f.name for f in fields(backend_class(options))}
+    return {key: value for key, value in options.items() if key in own or value is not None}
+
+
+def _backends_with(key: str) -> List[str]:
+    """The options of conf/backend/ that have `key` (for the error that names the right backend)."""
+    return sorted(p.stem for p in BACKEND_CONF.glob("*.yaml") if key in (OmegaConf.load(p) or {}))
 
 
 @dataclass
@@ -181,7 +222,9 @@ class RunConfig:
 
 
 def register_schemas() -> None:
-    ConfigStore.instance().store(name="qsweep_schema", node=RunConfig)
+    schema = OmegaConf.structured(RunConfig)
+    OmegaConf.set_struct(schema.backend, False)  # each backend has its own keys: validate() checks them
+    ConfigStore.instance().store(name="qsweep_schema", node=schema)
 
 
 def validate(cfg: DictConfig, schema: type = RunConfig):
@@ -189,23 +232,33 @@ def validate(cfg: DictConfig, schema: type = RunConfig):
     Values only: whether this machine can run it (a GPU) is checked where the job runs."""
     plain = OmegaConf.to_container(cfg, resolve=True)
     plain.pop("hydra", None)
+    classes = {}  # the backend section's own class, which the schema (any backend) cannot know
     try:
-        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), plain))
+        if any(f.name == "backend" for f in fields(schema)):
+            plain["backend"] = _backend_options(plain.get("backend") or {})
+            classes["backend"] = backend_class(plain["backend"])
+        layers = [OmegaConf.structured(schema), *({k: OmegaConf.structured(c)} for k, c in classes.items())]
+        return OmegaConf.to_object(OmegaConf.merge(*layers, plain))
     except ConfigError:
         raise
     except Exception as err:  # OmegaConf type/key errors: their first line, and the key when it does not name it
         key = getattr(err, "full_key", None)
         first = str(err).splitlines()[0]
-        hint = _did_you_mean(schema, key) if isinstance(err, ConfigKeyError) and key else ""
+        owners = _backends_with(key.removeprefix("backend.")) if isinstance(err, ConfigKeyError) and key and \
+            key.startswith("backend.") else []
+        if owners:  # another backend's option
+            raise ConfigError(f"{key} is for backend={' or '.join(owners)}, not {plain['backend'].get('name')}") from None
+        hint = _did_you_mean(schema, key, classes) if isinstance(err, ConfigKeyError) and key else ""
         raise ConfigError((f"{key}: {first}" if key and key not in first else first) + hint) from None
 
 
-def _did_you_mean(schema: type, full_key: str) -> str:
-    """'; did you mean generation.max_new_tokens?' for a misspelled key, from the schema's own keys."""
+def _did_you_mean(schema: type, full_key: str, classes: Dict[str, type]) -> str:
+    """'; did you mean generation.max_new_tokens?' for a misspelled key, from the schema's own keys (and the
+    backend's, from its class)."""
     parent, _, leaf = full_key.rpartition(".")
     node: Any = schema
     for part in parent.split(".") if parent else []:
-        node = get_type_hints(node).get(part) if is_dataclass(node) else None
+        node = classes.get(part) or (get_type_hints(node).get(part) if is_dataclass(node) else None)
         node = next((t for t in get_args(node) if is_dataclass(t)), node)  # Optional[X] -> X
     keys = [f.name for f in fields(node)] if is_dataclass(node) else []
     close = difflib.get_close_matches(leaf, keys, n=1)
@@ -223,12 +276,14 @@ def portable(path: str) -> str:
 
 # Fields added after the first stores were written: hashed only where they differ from their default, so
 # every config that existed before keeps its config_hash (tests/test_hash_pins.py).
-LATER_FIELDS = {"backend": asdict(BackendConfig()), "generation": {"prompt_tokens": None}}
+LATER_FIELDS = {"backend": {"name": BackendConfig.name}, "generation": {"prompt_tokens": None}}
 
 
 def hashed_fields(cfg: RunConfig) -> dict:
     fields = {section: asdict(getattr(cfg, section)) for section in HASHED_SECTIONS}
     fields["model"].pop("missing_hint")  # advice in an error message, not what is measured
+    # where the backend's code is, not what is measured; and its options only where set (null: the precision's)
+    fields["backend"] = {k: v for k, v in fields["backend"].items() if k != TARGET and v is not None}
     fields["model"]["name_or_path"] = portable(cfg.model.name_or_path)
     for section, default in LATER_FIELDS.items():
         for key, value in default.items():

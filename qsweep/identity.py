@@ -64,9 +64,9 @@ def fine_tune_tags(cfg: RunConfig) -> dict:
     """For a checkpoint made by train_merge (its train_merge.json): the fine-tune's run, and the logged model
     and registered model version it became."""
     folder = sources.local_folder(cfg.model) if cfg.model.weights == "pretrained" else None
-    if folder is None or not (folder / "train_merge.json").is_file():
+    if folder is None or not (folder / sources.PROVENANCE_FILE).is_file():
         return {}
-    made = json.loads((folder / "train_merge.json").read_text())
+    made = json.loads((folder / sources.PROVENANCE_FILE).read_text())
     tags = {TAG_FINE_TUNE_RUN: made["mlflow_run_id"]}
     if "logged_model_id" in made:  # checkpoints made before train_merge registered them have none
         tags.update({TAG_LOGGED_MODEL: made["logged_model_id"],

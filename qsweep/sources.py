@@ -9,19 +9,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
 
-from filelock import FileLock
-
 from qsweep.config import ModelConfig
+from qsweep.staging import build_once
 
 BUNDLED_PREFIX = "bundled:"
 BUNDLED_MODELS = ("gemma-3-270m",)
 WEIGHT_FILES = ("*.safetensors", "*.bin")
+PROVENANCE_FILE = "train_merge.json"  # in a checkpoint train_merge made: its run and model (also its artifact)
 
 
 class ModelUnavailable(RuntimeError):
@@ -187,19 +185,3 @@ def _convert_gemma_gguf(folder: Path) -> None:
     steps.update()
     steps.close()
 
-
-def build_once(target: Path, build, marker: str = "config.json") -> None:
-    """build(staging folder), renamed to `target` when done, under a file lock: parallel jobs never see
-    half a checkpoint, and it is made once. `marker` is the file that says it is complete."""
-    if (target / marker).is_file():
-        return
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(target) + ".lock"):
-        if (target / marker).is_file():  # another job built it while we waited
-            return
-        staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
-        try:
-            build(staging)
-            staging.rename(target)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)

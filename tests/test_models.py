@@ -5,13 +5,15 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from conftest import compose_run
-from qsweep import models, sources
-from qsweep.models import PrecisionNotApplied, verify_precision
+from qsweep import sources
+from qsweep.backends.transformers import loader
+from qsweep.backends import PrecisionNotApplied
+from qsweep.backends.transformers.loader import verify_precision
 
 
 @pytest.fixture(scope="module")
 def tiny_fp32():
-    return models.load(compose_run("model=tiny-gpt2", "device=cpu", "precision=fp32"))
+    return loader.load(compose_run("model=tiny-gpt2", "device=cpu", "precision=fp32"))
 
 
 def test_random_weights_are_built_once_and_reused(tmp_path):
@@ -40,13 +42,13 @@ def test_fp32_load_reports_what_it_found(tiny_fp32):
 
 @pytest.mark.parametrize("precision, field", [("int8", "linear_8bit"), ("int4", "linear_4bit")])
 def test_quantized_loads_have_quantized_linears(precision, field):
-    loaded = models.load(compose_run("model=tiny-gpt2", "device=cpu", f"precision={precision}"))
+    loaded = loader.load(compose_run("model=tiny-gpt2", "device=cpu", f"precision={precision}"))
     assert getattr(loaded.precision, field) == 2 * 4  # 2 blocks x (qkv, proj, fc, fc-proj)
     assert loaded.precision.linear_full == 1  # the tied lm_head stays full precision
 
 
 def test_fp4_is_selectable():
-    loaded = models.load(compose_run("model=tiny-gpt2", "device=cpu", "precision=int4", "precision.quant_type=fp4"))
+    loaded = loader.load(compose_run("model=tiny-gpt2", "device=cpu", "precision=int4", "precision.quant_type=fp4"))
     assert loaded.precision.quant_type == "fp4"
 
 

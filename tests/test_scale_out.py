@@ -121,7 +121,7 @@ def test_parallel_jobs_logging_the_same_prompts_all_record_them(mlflow_server):
     (experiment, name, digest) lets one insert win; every run must still end up with the dataset."""
     from qsweep.config import TrackingConfig
     from qsweep.tracking.runs import RunWriter
-    from qsweep.tracking.store import open_store
+    from qsweep.tracking import open_store
 
     store = open_store(TrackingConfig(uri=mlflow_server))
     writers = [RunWriter(store, store.client.create_run(store.experiment_id).info.run_id) for _ in range(8)]

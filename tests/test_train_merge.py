@@ -10,7 +10,8 @@ from hydra import compose, initialize_config_dir
 from mlflow import MlflowClient
 
 from conftest import ROOT, RESTAURANT_PROMPTS, Sweep, compose_cfg, compose_run, fine_tune, make_tiny_gemma
-from qsweep import models, sources
+from qsweep import sources
+from qsweep.backends.transformers import loader
 from qsweep.config import PROJECT_ROOT, ConfigError
 from train_merge import data, finetune, merge, pipeline
 from train_merge.config import register_schemas, validate
@@ -75,7 +76,7 @@ def test_saved_checkpoint_loads_through_the_sweeps_loader(tiny):
         "config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
         "train_merge.json"]
     assert json.loads((out / "train_merge.json").read_text())["mlflow_run_id"] == run.info.run_id
-    loaded = models.load(compose_run("model=gemma-3-270m-ft", f"model.name_or_path={out}", "device=cpu",
+    loaded = loader.load(compose_run("model=gemma-3-270m-ft", f"model.name_or_path={out}", "device=cpu",
                                      "precision=bf16"))
     assert loaded.precision.weight_dtypes.keys() == {"bfloat16"} and loaded.tokenizer is not None
     ids = loaded.tokenizer(RESTAURANT_PROMPTS[0], return_tensors="pt").input_ids
@@ -227,7 +228,7 @@ def test_qlora_merges_into_a_fresh_unquantized_base(tiny, tmp_path):
     assert result.heldout_loss_after < result.heldout_loss_before and result.merge_max_abs_diff < 1e-4
     config = json.loads((out / "config.json").read_text())
     assert "quantization_config" not in config and config["dtype"] == "bfloat16"
-    loaded = models.load(compose_run("model=gemma-3-270m-ft", f"model.name_or_path={out}", "device=cpu",
+    loaded = loader.load(compose_run("model=gemma-3-270m-ft", f"model.name_or_path={out}", "device=cpu",
                                      "precision=bf16"))
     assert loaded.precision.linear_4bit == 0
 

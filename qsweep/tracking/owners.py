@@ -1,4 +1,5 @@
-"""Which process owns a RUNNING run, and closing the runs whose owner died without ending them."""
+"""Which process owns a RUNNING run, and closing the runs whose owner died without ending them: each time
+a store is opened to record in."""
 
 from __future__ import annotations
 
@@ -9,8 +10,18 @@ from typing import List, Optional
 import psutil
 
 from qsweep import console
+from qsweep.config import TrackingConfig
 from qsweep.tracking.names import TAG_ERROR, TAG_OWNER
-from qsweep.tracking.store import Store
+from qsweep.tracking.store import Store, connect
+
+
+def open_store(tracking: TrackingConfig, create: bool = True) -> Store:
+    """The store and experiment to record in (created on first use unless create=False). Opening it to
+    record also ends the runs that dead processes of this host left RUNNING."""
+    store = connect(tracking, create)
+    if create:
+        close_orphans(store)
+    return store
 
 
 def host_id() -> str:

@@ -79,11 +79,9 @@ def _artifact_location(uri: str):
     return (Path(uri[len("sqlite:///"):]).parent / "artifacts").as_uri() if uri.startswith("sqlite:///") else None
 
 
-def open_store(tracking: TrackingConfig, create: bool = True) -> Store:
-    """The store and experiment to record in (created on first use unless create=False). Opening it to
-    record also ends the runs that dead processes of this host left RUNNING."""
-    from qsweep.tracking.owners import close_orphans
-
+def connect(tracking: TrackingConfig, create: bool = True) -> Store:
+    """The store and experiment (created on first use unless create=False); owners.open_store is the one
+    that records in it."""
     uri = store_uri(tracking)
     try:
         client = _client(uri, create, "give its tracking URI (tracking.uri or MLFLOW_TRACKING_URI)")
@@ -99,10 +97,7 @@ def open_store(tracking: TrackingConfig, create: bool = True) -> Store:
     except Exception as err:
         raise StoreUnavailable(f"cannot open the MLflow store {uri}: {first_line(err)}; "
                                "check tracking.uri (or MLFLOW_TRACKING_URI)") from None
-    store = Store(client, experiment_id, uri)
-    if create:
-        close_orphans(store)
-    return store
+    return Store(client, experiment_id, uri)
 
 
 def open_for_reading(uri: str) -> Store:

@@ -1,4 +1,5 @@
-"""Load a checkpoint at a precision on a device, and check that the precision really took effect."""
+"""The one transformers loader (the sweep, the fine-tune and the merge): a checkpoint at a precision on a
+device, and the check that the precision really took effect."""
 
 from __future__ import annotations
 
@@ -42,18 +43,20 @@ class LoadedModel:
     precision: PrecisionReport
 
 
-def quantization_config(precision: PrecisionConfig):
+def quantization_config(quantization: str, dtype: str, quant_type: str = PrecisionConfig.quant_type,
+                        double_quant: bool = PrecisionConfig.double_quant):
+    """bitsandbytes' config for int8 / int4 (computing in `dtype`), None for "none": the sweep's precisions
+    and the fine-tune's QLoRA base alike."""
     from transformers import BitsAndBytesConfig
 
-    if precision.quantization != "none":
+    if quantization != "none":
         import bitsandbytes  # noqa: F401  (initialised here, outside any timed region)
 
-    if precision.quantization == "int8":
+    if quantization == "int8":
         return BitsAndBytesConfig(load_in_8bit=True)
-    if precision.quantization == "int4":
-        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=precision.quant_type,
-                                  bnb_4bit_use_double_quant=precision.double_quant,
-                                  bnb_4bit_compute_dtype=DTYPES[precision.dtype])
+    if quantization == "int4":
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant_type,
+                                  bnb_4bit_use_double_quant=double_quant, bnb_4bit_compute_dtype=DTYPES[dtype])
     return None
 
 
@@ -82,7 +85,8 @@ def load(cfg: RunConfig, checkpoint: Optional[Checkpoint] = None) -> LoadedModel
 
     checkpoint = checkpoint or resolve(cfg.model, Path(cfg.paths.cache_dir).expanduser())
     device = cfg.device.name
-    quantization = quantization_config(cfg.precision)
+    p = cfg.precision
+    quantization = quantization_config(p.quantization, p.dtype, p.quant_type, p.double_quant)
     # Read config.json and import the modeling code first: in a fresh worker that is seconds of Python
     # imports, which would otherwise be counted as loading time.
     try:
@@ -99,10 +103,6 @@ def load(cfg: RunConfig, checkpoint: Optional[Checkpoint] = None) -> LoadedModel
     load_time_s = time.perf_counter() - start
     tokenizer = AutoTokenizer.from_pretrained(checkpoint.tokenizer_path) if checkpoint.tokenizer_path else None
     return LoadedModel(model, tokenizer, checkpoint, load_time_s, verify_precision(model, cfg.precision))
-
-
-def context_length(text_config) -> Optional[int]:
-    return getattr(text_config, "max_position_embeddings", None) or getattr(text_config, "n_positions", None)
 
 
 def describe_precision(report: PrecisionReport) -> str:

@@ -4,7 +4,7 @@ fp32 reference of the quality metrics is made with."""
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Callable, List
 
 import torch
@@ -12,10 +12,16 @@ from transformers import CompileConfig
 from transformers import GenerationConfig as HFGenerationConfig
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from qsweep import models
-from qsweep.backends import Files, PrecisionCheck, Runtime
-from qsweep.config import RunConfig
+from qsweep.backends import Files, PrecisionCheck, Runtime, context_length
+from qsweep.backends.transformers import loader
+from qsweep.config import BackendConfig, RunConfig
 from qsweep.sources import Checkpoint
+
+
+@dataclass
+class TransformersConfig(BackendConfig):
+    """No options of its own: the precision group says everything (dtype, bitsandbytes int8/int4)."""
+    name: str = "transformers"
 
 
 def label(cfg: RunConfig) -> str:
@@ -26,7 +32,7 @@ def label(cfg: RunConfig) -> str:
 
 def check(cfg: RunConfig) -> None:
     """Everything transformers cannot run is refused by the schema (compile with bitsandbytes) or fails at
-    load with its own one-line error (models.explain_*)."""
+    load with its own one-line error (loader.explain_*)."""
 
 
 def prepare(cfg: RunConfig, checkpoint: Checkpoint) -> Files:
@@ -34,7 +40,7 @@ def prepare(cfg: RunConfig, checkpoint: Checkpoint) -> Files:
 
 
 def load(cfg: RunConfig, checkpoint: Checkpoint, files: Files) -> "TransformersRuntime":
-    return TransformersRuntime(models.load(cfg, checkpoint), cfg)
+    return TransformersRuntime(loader.load(cfg, checkpoint), cfg)
 
 
 class FirstTokenClock(LogitsProcessor):
@@ -51,17 +57,17 @@ class FirstTokenClock(LogitsProcessor):
 
 
 class TransformersRuntime(Runtime):
-    def __init__(self, loaded: models.LoadedModel, cfg: RunConfig):
+    def __init__(self, loaded: loader.LoadedModel, cfg: RunConfig):
         self.model, self.tokenizer, self.load_time_s = loaded.model, loaded.tokenizer, loaded.load_time_s
         text_config = self.model.config.get_text_config()
         self.vocab_size = text_config.vocab_size
-        self.context_length = models.context_length(text_config)
+        self.context_length = context_length(text_config)
         self.footprint_gb = self.model.get_memory_footprint() / 1024**3
-        self.precision = PrecisionCheck(models.describe_precision(loaded.precision), asdict(loaded.precision))
+        self.precision = PrecisionCheck(loader.describe_precision(loaded.precision), asdict(loaded.precision))
         self.is_fp32_reference = cfg.precision.quantization == "none" and cfg.precision.dtype == "float32"
         self.compile = cfg.generation.compile
         self.device = cfg.device.name
-        self.explain = lambda err: models.explain_backend_error(err, cfg.precision, cfg.device.name)
+        self.explain = lambda err: loader.explain_backend_error(err, cfg.precision, cfg.device.name)
 
     def _generation_config(self, max_new_tokens: int) -> HFGenerationConfig:
         # Built from scratch so a checkpoint's own sampling defaults cannot change the work done.
