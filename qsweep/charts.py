@@ -15,6 +15,8 @@ from typing import Dict, List, Optional
 
 import matplotlib
 
+from qsweep.tracking.names import TAG_EMULATED
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 
@@ -211,7 +213,8 @@ def _scatter(model, rows, out_dir, other: Axis, quality: Axis, quality_on_y: boo
     palette = plt.get_cmap("tab10").colors if crowded else POINT_COLORS
     for i, (setting, row) in enumerate(points.items()):
         x, y = row.metrics[x_axis.metric], row.metrics[y_axis.metric]
-        label = setting + (" (degenerate)" if row.degenerate else "")
+        label = setting + (" (emulated)" if row.job.tags.get(TAG_EMULATED) else "") + (
+            " (degenerate)" if row.degenerate else "")
         ax.scatter([x], [y], s=60, color=DEGENERATE_COLOR if row.degenerate else palette[i % len(palette)],
                    marker="X" if row.degenerate else "os^D"[i // len(palette) % 4], zorder=3, label=label)
         if not crowded:

@@ -354,7 +354,13 @@ def test_report_of_a_tiny_sweep_matches_its_runs(tiny_sweep):
     finished = [r for r in jobs if r.info.status == "FINISHED"]
     assert len(jobs) == 6 and len(finished) == 4
 
-    main, *_ = tables(text)
+    front_4, front_8, main, *_ = tables(text)  # per length: the settings worth deploying, then every setting
+    for n, front in ((4, front_4), (8, front_8)):
+        assert f"### Settings worth deploying: tiny-gpt2, {n} new tokens" in text
+        assert {r["Setting"] for r in front["rows"]} == {"CPU FP32", "CPU BF16"}
+        assert any(r["Front"].startswith("front") for r in front["rows"])
+    assert "J/token" not in main["headers"]  # no energy counter on this VM: the T4 notebook's columns alone
+    assert text.rstrip().splitlines()[-1].startswith("  - ") and "## Recommendation" in text  # it ends with it
     rows = {(r["Setting"], int(r["Max New Tokens"])): r for r in main["rows"]}
     assert set(rows) == {(s, n) for s in ("CPU FP32", "CPU BF16") for n in (4, 8)}
     for run in finished:
