@@ -112,8 +112,7 @@ def _at_least(low: float, kind=float):
 
 
 def _recommend(args: argparse.Namespace) -> int:
-    from qsweep import console, recommend, report, report_rows, tracking
-    from qsweep.config import TrackingConfig
+    from qsweep import console, recommend, report, report_rows
 
     selected = _recommend_jobs(args)
     if selected is None:
@@ -122,9 +121,8 @@ def _recommend(args: argparse.Namespace) -> int:
     limits = recommend.Constraints(args.max_kl, args.max_memory_gb, args.batch_size, args.device)
     recs = recommend.recommend(recommend.candidates(r for rows in report_rows.rows_by_model(jobs).values()
                                                     for r in rows), limits)
-    default_store = store.uri == tracking.store_uri(TrackingConfig())
-    console.say(f"{source}, {limits.text()}:\n" + recommend.render(
-        recs, limits, "" if default_store else f" --tracking-uri {store.uri}"), prefix="qsweep recommend")
+    console.say(f"{source}, {limits.text()}:\n" + recommend.render(recs, limits, report.store_option(store.uri)),
+                prefix="qsweep recommend")
     return 0 if recs and all(rec.pick for rec in recs) else 1
 
 

@@ -1,7 +1,8 @@
 """PNG charts of one model's runs (matplotlib, Agg backend: no display needed).
 
 Per model: tokens/s by setting with the lengths side by side (the T4 notebook's "128 vs 256" chart), latency,
-peak memory, and quality against speed (one point per setting).
+peak memory, quality against speed (one point per setting) with the front of decide.py drawn through it, and
+each tracker metric that declares a chart (energy's J per output token) against quality.
 """
 
 from __future__ import annotations
@@ -10,9 +11,11 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import matplotlib
+
+from qsweep.tracking.names import TAG_EMULATED
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
@@ -40,8 +43,12 @@ def model_charts(model: str, rows, out_dir: Path) -> List[Chart]:
               _grouped_bars(model, rows, out_dir, "latency_s", "latency_iqr_s", "Latency (s)",
                             "latency by setting, median with the interquartile range (lower is faster)"),
               _memory(model, rows, out_dir)]
-    quality = _quality_vs_speed(model, rows, out_dir)
-    return charts + ([quality] if quality else [])
+    from qsweep import trackers  # the trackers' results declare which of their metrics get a chart
+
+    made = [_quality_vs_speed(model, rows, out_dir)]
+    made += [_against_quality(model, rows, out_dir, metric, column)
+             for metric, column in trackers.report_columns().items() if column.chart]
+    return charts + [chart for chart in made if chart]
 
 
 def _settings(rows) -> List[str]:
@@ -134,46 +141,106 @@ def _memory(model, rows, out_dir) -> Chart:
                        "(RSS includes the Python and torch runtime)")
 
 
-def _quality_vs_speed(model, rows, out_dir):
-    """KL vs FP32 (else perplexity) against tokens/s, one point per setting at its longest length."""
-    metric, label = next(((m, l) for m, l in (("kl_div_vs_fp32", "KL divergence vs FP32 (lower is closer)"),
-                                              ("perplexity", "perplexity (lower is better)"))
-                          if any(m in r.metrics for r in rows)), (None, None))
-    if metric is None:
+KL = "kl_div_vs_fp32"
+QUALITY_AXES = ((KL, "KL divergence vs FP32 (lower is closer)"), ("perplexity", "perplexity (lower is better)"))
+
+
+@dataclass
+class Axis:
+    metric: str
+    label: str
+    unit: str = ""  # after a figure in the text, e.g. "tok/s"
+
+
+def _quality_vs_speed(model, rows, out_dir) -> Optional[Chart]:
+    """KL vs FP32 (else perplexity) against decide's speed (decode tokens/s, or throughput when the batch
+    varies), one point per setting at its longest length, and the front through decide's front members."""
+    from qsweep import decide
+
+    quality = next((Axis(m, label) for m, label in QUALITY_AXES if any(m in r.metrics for r in rows)), None)
+    if quality is None:
         return None
+    throughput = decide.by_throughput(decide.candidates(rows))
+    speed = Axis(decide.speed_metric(throughput), f"{decide.speed_name(throughput)} (higher is faster)", "tok/s")
+    fronts = (lambda points: _fronts(rows, points, speed.metric)) if quality.metric == KL else None
+    return _scatter(model, rows, out_dir, speed, quality, True, "quality_vs_speed", "quality vs speed",
+                    f"{model}: {quality.metric} against {decide.speed_name(throughput)}, one point per setting (its "
+                    "longest length); the best settings sit bottom right"
+                    + ("; the line is the front of speed, KL and peak memory (decide), so a point on it may look "
+                       "beaten on these two axes because it wins on memory" if fronts else ""), fronts)
+
+
+def _fronts(rows, points: Dict[str, object], x_metric: str) -> Dict[str, List[tuple]]:
+    """The front at each shape (device, batch, new tokens, prompt) the plotted points were measured at,
+    from all of that shape's rows: {legend label: [(x, y)]}."""
+    from qsweep.decide import SHAPE, front_points
+
+    def shape(row):
+        return tuple(key(row) for key in SHAPE)  # a report Row has the attributes SHAPE reads
+
+    shapes = list(dict.fromkeys(shape(row) for row in points.values()))
+    varying = [i for i in range(len(SHAPE)) if len({s[i] for s in shapes}) > 1]
+    return {"front" + (f" ({', '.join(s[i] for i in varying)})" if varying else ""):
+            front_points([r for r in rows if shape(r) == s], x_metric, KL) for s in shapes}
+
+
+def _against_quality(model, rows, out_dir, metric: str, column) -> Optional[Chart]:
+    """A tracker's column that declares a chart (energy's J per output token) against KL vs FP32."""
+    if not any(metric in r.metrics for r in rows) or not any(KL in r.metrics for r in rows):
+        return None
+    axis = Axis(metric, column.chart, column.header)
+    return _scatter(model, rows, out_dir, axis, Axis(KL, QUALITY_AXES[0][1]), False, f"{metric}_vs_quality",
+                    f"{column.header} vs quality",
+                    f"{model}: {metric} against {KL}, one point per setting (its longest length); the best settings "
+                    "sit bottom left", None)
+
+
+def _scatter(model, rows, out_dir, other: Axis, quality: Axis, quality_on_y: bool, name: str, title: str,
+             caption: str, fronts) -> Chart:
+    """One point per setting (its longest length) of a quality metric against another; a broken run without
+    a quality figure is named instead. fronts: points -> {label: [(x, y)]}, lines drawn through them."""
     points, unplotted = {}, {}
     for row in rows:  # sorted by length: the longest length of each setting wins
-        if "tokens_per_s" not in row.metrics:
+        if other.metric not in row.metrics:
             continue
-        if math.isfinite(row.metrics.get(metric, math.nan)):
+        if math.isfinite(row.metrics.get(quality.metric, math.nan)):
             points[row.setting] = row
         elif row.degenerate:  # e.g. NaN logits: no quality figure to place it at
             unplotted[row.setting] = row
+    x_axis, y_axis = (other, quality) if quality_on_y else (quality, other)
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     crowded = len(points) > 6  # labels beside the points would overlap: a legend names them instead
     palette = plt.get_cmap("tab10").colors if crowded else POINT_COLORS
     for i, (setting, row) in enumerate(points.items()):
-        x, y = row.metrics["tokens_per_s"], row.metrics[metric]
-        name = setting + (" (degenerate)" if row.degenerate else "")
+        x, y = row.metrics[x_axis.metric], row.metrics[y_axis.metric]
+        label = setting + (" (emulated)" if row.job.tags.get(TAG_EMULATED) else "") + (
+            " (degenerate)" if row.degenerate else "")
         ax.scatter([x], [y], s=60, color=DEGENERATE_COLOR if row.degenerate else palette[i % len(palette)],
-                   marker="X" if row.degenerate else "os^D"[i // len(palette) % 4], zorder=3, label=name)
+                   marker="X" if row.degenerate else "os^D"[i // len(palette) % 4], zorder=3, label=label)
         if not crowded:
-            ax.annotate(name, (x, y), textcoords="offset points", xytext=(6, 5), fontsize=8)
+            ax.annotate(label, (x, y), textcoords="offset points", xytext=(6, 5), fontsize=8)
+    lines = []
+    for label, front in (fronts(points) if fronts else {}).items():
+        lines += ax.plot([p[0] for p in front], [p[1] for p in front], linestyle="--", color="0.45", zorder=2,
+                         marker="o", markersize=11, markerfacecolor="none", label=label)
     if crowded:
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-        ax.set_yscale("symlog", linthresh=1e-3)  # KL spans 0 to tenths: the small ones apart too
-    ax.set_xlabel("tokens/s (higher is faster)")
-    ax.set_ylabel(label)
-    ax.set_title(f"{model}: quality vs speed")
+        (ax.set_yscale if quality_on_y else ax.set_xscale)("symlog", linthresh=1e-3)  # KL: the small ones apart too
+    elif lines:
+        ax.legend(handles=lines, fontsize=8, loc="best", frameon=False)
+    ax.set_xlabel(x_axis.label)
+    ax.set_ylabel(y_axis.label)
+    ax.set_title(f"{model}: {title}")
     ax.margins(x=0.25, y=0.2)
-    if not crowded:
-        top = ax.get_ylim()[1]
-        ax.set_ylim(bottom=-0.04 * top)  # KL and perplexity are never negative
+    if not crowded:  # quality figures are never negative
+        if quality_on_y:
+            ax.set_ylim(bottom=-0.04 * ax.get_ylim()[1])
+        else:
+            ax.set_xlim(left=-0.04 * ax.get_xlim()[1])
     ax.grid(alpha=0.3)
     if unplotted:
         ax.text(0.01, 0.98, "not shown, broken output: " + ", ".join(
-                f"{setting} ({row.metrics['tokens_per_s']:.3g} tok/s)" for setting, row in unplotted.items()),
+                f"{setting} ({row.metrics[other.metric]:.3g} {other.unit})" for setting, row in unplotted.items()),
                 transform=ax.transAxes, fontsize=8, va="top", color=DEGENERATE_COLOR)
-    path = _save(fig, out_dir / f"{slug(model)}_quality_vs_speed.png")
-    return Chart(path, f"{model}: {metric} against tokens/s, one point per setting (its longest length); "
-                       "the best settings sit bottom right")
+    path = _save(fig, out_dir / f"{slug(model)}_{name}.png")
+    return Chart(path, caption)

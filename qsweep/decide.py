@@ -86,20 +86,32 @@ def _metric(metrics: dict, name: str) -> float:
     return math.nan if value is None else float(value)
 
 
+def _spread(m: dict, value: float) -> float:
+    """An IQR as a spread: none from a single sample, or when not recorded."""
+    return value if math.isfinite(value) and m.get("timed_samples", 0) > 1 else 0.0
+
+
+def throughput_speed(row) -> Speed:
+    """A report.Row's throughput with its spread: the latency's relative IQR (throughput = batch size x new
+    tokens / latency)."""
+    m = row.metrics
+    latency, value = _metric(m, "latency_s"), _metric(m, "throughput_tokens_per_s")
+    relative = _metric(m, "latency_iqr_s") / latency if latency > 0 else 0.0
+    return Speed(value, _spread(m, value * relative))
+
+
 def candidate(row) -> Optional[Candidate]:
     """A report.Row as a Candidate; None when the run has no decode speed to compare."""
     m, tags = row.metrics, row.job.tags
     decode = _metric(m, "decode_tokens_per_s")
     if not math.isfinite(decode):
         return None
-    latency, throughput = _metric(m, "latency_s"), _metric(m, "throughput_tokens_per_s")
-    relative = _metric(m, "latency_iqr_s") / latency if latency > 0 else 0.0
-    spread = lambda x: x if math.isfinite(x) and m.get("timed_samples", 0) > 1 else 0.0  # noqa: E731
     on_gpu = row.device == "cuda" and math.isfinite(_metric(m, "peak_vram_gb"))
     return Candidate(
         row.model, row.setting, row.device, row.backend, row.precision, row.batch_size,
-        row.max_new_tokens, str(row.prompt_tokens), Speed(decode, spread(_metric(m, "decode_tokens_per_s_iqr"))),
-        Speed(throughput, spread(throughput * relative)), _metric(m, "kl_div_vs_fp32"),
+        row.max_new_tokens, str(row.prompt_tokens),
+        Speed(decode, _spread(m, _metric(m, "decode_tokens_per_s_iqr"))), throughput_speed(row),
+        _metric(m, "kl_div_vs_fp32"),
         _metric(m, "peak_vram_gb" if on_gpu else "peak_rss_gb"), "VRAM" if on_gpu else "RSS",
         row.job.config_hash or "-", row.job.run_id, tags.get(TAG_EMULATED, ""),
         tags.get(TAG_DEGENERATE_REASON, "?") if m.get(DEGENERATE) == 1 else "")
@@ -116,6 +128,11 @@ def by_throughput(cands: List[Candidate]) -> bool:
 
 def speed_name(throughput: bool) -> str:
     return "throughput tokens/s" if throughput else "decode tokens/s"
+
+
+def speed_metric(throughput: bool) -> str:
+    """The metric that speed is: what a chart of the front puts on its speed axis."""
+    return "throughput_tokens_per_s" if throughput else "decode_tokens_per_s"
 
 
 # What makes runs alike (a CPU's RSS is not a GPU's VRAM, 128 tokens are not 256): the front compares runs

@@ -154,6 +154,7 @@ def render(recs: List[Recommendation], limits: Constraints, store_option: str = 
 def report_section(rows: Iterable, store_option: str = "") -> str:
     """The report's closing section: the recommendation with the defaults (Constraints())."""
     limits = Constraints()
-    return ("## Recommendation\n\n`python -m qsweep recommend` with its defaults (KL vs fp32 <= "
-            f"{DEFAULT_MAX_KL:g}, no memory cap; options change them):\n\n"
+    return ("## Recommendation\n\nWhat `python -m qsweep recommend` says with its defaults: KL vs fp32 <= "
+            f"{DEFAULT_MAX_KL:g} (about the closeness of llama.cpp's Q5_K_M to its full model), no memory cap, "
+            "any device and batch size (`--max-kl`, `--max-memory-gb`, `--device`, `--batch-size` change them):\n\n"
             + render(recommend(candidates(rows), limits), limits, store_option) + "\n")

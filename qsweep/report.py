@@ -2,7 +2,9 @@
 and report.md with its charts, logged to the sweep's run.
 
 Rows come from report_rows.py, tables from tables.py and cpu_vs_gpu.py, charts from charts.py and
-scaling.py; this module reads the runs' artifacts (through tracking) and puts the pieces in order.
+scaling.py, the front and the closing recommendation from decide.py and recommend.py; this module reads
+the runs' artifacts (through tracking) and puts the pieces in order: per model the settings worth deploying
+first, then every setting measured.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ def _stops_paying(rows: List[Row]) -> str:
 def write_report(store, jobs: List[RunRecord], out_dir: Path, source: str, parent_run_id: Optional[str] = None,
                  log: bool = True) -> Path:
     """report.md, the charts and the CPU-vs-GPU tables into out_dir; logged to the sweep's parent run."""
-    from qsweep import charts, scaling
+    from qsweep import charts, decide, recommend, scaling
 
     out_dir.mkdir(parents=True, exist_ok=True)
     by_model = rows_by_model(jobs)
@@ -59,7 +61,9 @@ def write_report(store, jobs: List[RunRecord], out_dir: Path, source: str, paren
         lines += [f"Measured with {env}.", ""]
     lines += [f"**How to read the tables.** {LEGEND}", ""]
     for model, rows in by_model.items():
-        lines += [f"## {title(model, rows)}", "", model_table(rows) + _stops_paying(rows), ""]
+        front, _ = decide.front_section(rows)
+        lines += [f"## {title(model, rows)}", "", front, f"### Every setting measured: {model}", "",
+                  model_table(rows) + _stops_paying(rows), ""]
         degenerate = [r for r in rows if r.degenerate]
         if degenerate:
             lines += ["⚠ degenerate output (the quality check flagged the generated text): "
@@ -72,11 +76,19 @@ def write_report(store, jobs: List[RunRecord], out_dir: Path, source: str, paren
         lines += [f"## {SKIPPED}", "", skipped, ""]
     lines += [f"## {UNFINISHED}", ""]
     lines += [failures_table(failed), ""] if failed else ["None: every job finished.", ""]
+    lines += [recommend.report_section([r for rows in by_model.values() for r in rows], store_option(store.uri))]
     report = out_dir / "report.md"
     report.write_text("\n".join(lines))
     if log and parent_run_id:
         _log_to_sweep(store, parent_run_id, out_dir, jobs)
     return report
+
+
+def store_option(uri: str) -> str:
+    """What a printed `python -m qsweep ...` command needs to find the store `uri`: nothing for the default."""
+    from qsweep.config import TrackingConfig
+
+    return "" if uri == tracking.store_uri(TrackingConfig()) else f" --tracking-uri {uri}"
 
 
 def _samples_and_comparison(store, model: str, rows: List[Row]) -> List[str]:

@@ -17,43 +17,70 @@ def varies(rows, attribute: str) -> bool:
     return len({getattr(r, attribute) for r in rows}) > 1
 
 
-def _lines(rows, x_attribute: str, metric: str) -> Dict[str, Dict[int, float]]:
-    """setting -> {x: metric}, the rest held fixed at its most common value (the sweep's own)."""
+def _line_rows(rows, x_attribute: str, metric: str) -> Dict[str, Dict[int, object]]:
+    """setting -> {x: its row}, the rest held fixed at its most common value (the sweep's own)."""
     fixed = "prompt_tokens" if x_attribute == "batch_size" else "batch_size"
     common = Counter(getattr(r, fixed) for r in rows).most_common(1)[0][0]
-    lines: Dict[str, Dict[int, float]] = {}
+    lines: Dict[str, Dict[int, object]] = {}
     for row in rows:
         x = getattr(row, x_attribute)
         if getattr(row, fixed) == common and isinstance(x, int) and metric in row.metrics and not row.degenerate:
-            lines.setdefault(row.setting, {})[x] = row.metrics[metric]
+            lines.setdefault(row.setting, {})[x] = row
     return lines
+
+
+def _lines(rows, x_attribute: str, metric: str) -> Dict[str, Dict[int, float]]:
+    """setting -> {x: metric}, as _line_rows picks them."""
+    return {setting: {x: row.metrics[metric] for x, row in line.items()}
+            for setting, line in _line_rows(rows, x_attribute, metric).items()}
 
 
 def stops_paying(rows) -> List[str]:
     """Per quantized setting: from which batch size its throughput is below the best unquantized
-    setting's at the same batch size, on this machine."""
-    lines = _lines(rows, "batch_size", THROUGHPUT)
+    setting's at the same batch size, on this machine. Speeds within each other's spread tie
+    (decide.Speed): neither is faster."""
+    from qsweep.decide import throughput_speed
+
+    lines = {setting: {b: throughput_speed(row) for b, row in line.items()}
+             for setting, line in _line_rows(rows, "batch_size", THROUGHPUT).items()}
     quantized = {r.setting for r in rows if r.job.params.get(PARAM_QUANTIZATION, "none") != "none"}
-    plain = {s: line for s, line in lines.items() if s not in quantized}
-    if not plain:
-        return []
+    plain = [line for s, line in lines.items() if s not in quantized]
     said = []
     for setting in [s for s in lines if s in quantized]:
-        slower = [b for b, speed in sorted(lines[setting].items())
-                  if speed < max((line[b] for line in plain.values() if b in line), default=float("inf"))]
-        batches = sorted(lines[setting])
-        if not slower:
-            said.append(f"{setting}: faster than every unquantized setting at every batch size measured "
-                        f"({', '.join(map(str, batches))})")
-        elif slower == batches:
-            said.append(f"{setting}: slower than the best unquantized setting at every batch size measured "
-                        f"({', '.join(map(str, batches))})")
-        elif slower == batches[batches.index(slower[0]):]:
-            said.append(f"{setting}: slower than the best unquantized setting from batch {slower[0]} on")
-        else:
-            said.append(f"{setting}: slower than the best unquantized setting at batch "
-                        f"{', '.join(map(str, slower))} (of {', '.join(map(str, batches))})")
+        batches = sorted(b for b in lines[setting] if any(b in line for line in plain))
+        slower, tied = [], []
+        for b in batches:
+            mine, others = lines[setting][b], [line[b] for line in plain if b in line]
+            if max(others, key=lambda speed: speed.median).faster(mine):
+                slower.append(b)
+            elif not all(mine.faster(other) for other in others):
+                tied.append(b)
+        if batches:
+            said.append(f"{setting}: " + _verdict(batches, slower, tied))
     return said
+
+
+def _verdict(batches: List[int], slower: List[int], tied: List[int]) -> str:
+    """What stops_paying says of one quantized setting, from the batch sizes where it is slower than the best
+    unquantized setting or ties with it (the others: faster than every unquantized setting)."""
+    def at(which):
+        return f"at batch {', '.join(map(str, which))}"
+
+    every = f"at every batch size measured ({', '.join(map(str, batches))})"
+    faster = [b for b in batches if b not in slower + tied]
+    if faster == batches:
+        return f"faster than every unquantized setting {every}"
+    if slower == batches:
+        return f"slower than the best unquantized setting {every}"
+    if tied == batches:
+        return f"ties with the best unquantized setting {every} (within each other's spread)"
+    tail = bool(slower) and slower == batches[batches.index(slower[0]):]
+    words = ([f"slower than the best unquantized setting from batch {slower[0]} on"] if tail else
+             [f"slower than the best unquantized setting {at(slower)} (of {', '.join(map(str, batches))})"]
+             if slower else [])
+    words += [f"ties with the best unquantized setting {at(tied)} (within each other's spread)"] if tied else []
+    words += [f"faster than every unquantized setting {at(faster)}"] if faster and not tail else []
+    return "; ".join(words)
 
 
 def _line_chart(model, rows, out_dir: Path, x_attribute: str, metric: str, xlabel: str, ylabel: str,

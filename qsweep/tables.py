@@ -63,10 +63,22 @@ def serving(rows: List[Row]) -> bool:
     return any(r.batch_size != 1 or r.prompt_tokens != "text" for r in rows)
 
 
+def tracker_columns() -> tuple:
+    """The columns the registered trackers' results declare (energy's J/token, say), as (header, metric,
+    decimals, None); those the T4 notebook's layout already has (memory) stay where they are."""
+    from qsweep import trackers  # imports torch: only when a table is made
+
+    fixed = {c[1] for c in SPEED_COLUMNS + SERVING_COLUMNS + QUALITY_COLUMNS}
+    return tuple((col.header, metric, col.decimals, None) for metric, col in trackers.report_columns().items()
+                 if metric not in fixed)
+
+
 def columns_for(rows: List[Row]) -> tuple:
+    """The columns of a model's table: the fixed ones, then the trackers' and the quality columns that some
+    run has (none of either: the T4 notebook's columns alone)."""
     present = {k for row in rows for k in row.metrics}
-    quality = tuple(c for c in QUALITY_COLUMNS if c[1] in present)
-    return SPEED_COLUMNS + (SERVING_COLUMNS if serving(rows) else ()) + quality, DEGENERATE in present
+    measured = tuple(c for c in tracker_columns() + QUALITY_COLUMNS if c[1] in present)
+    return SPEED_COLUMNS + (SERVING_COLUMNS if serving(rows) else ()) + measured, DEGENERATE in present
 
 
 def markdown_table(headers: List[str], rows: List[List[str]], align: Optional[List[str]] = None) -> str:

@@ -19,7 +19,7 @@ from mlflow import MlflowClient
 from PIL import Image
 
 from conftest import ROOT, Sweep, fine_tune, make_tiny_gemma, printed_report_args
-from qsweep import charts, cpu_vs_gpu, report, report_rows
+from qsweep import charts, cpu_vs_gpu, decide, recommend, report, report_rows, scaling
 from qsweep.tables import count_line, failures_table
 from qsweep.tracking import RunRecord
 
@@ -230,7 +230,90 @@ def test_charts_never_show_broken_output_as_a_plain_result(tmp_path):
         patch.setattr(charts.plt.Axes, "text", lambda ax, *a, **k: texts.append(a[2]) or real_text(ax, *a, **k))
         made = charts.model_charts("m", rows, tmp_path)
     assert_png(made[-1].path)
-    assert texts == ["not shown, broken output: CPU FP16 (427 tok/s)"]  # NaN KL: no point, but named
+    decode = rows[1].metrics["decode_tokens_per_s"]  # the chart's speed: decide's (decode tokens/s at batch 1)
+    assert texts == [f"not shown, broken output: CPU FP16 ({decode:.3g} tok/s)"]  # NaN KL: no point, but named
+
+
+def deciding_jobs(**extra):
+    """One model at four settings: fp32, bf16 (fastest within KL 0.01), int8 (beaten by bf16 on all three),
+    int4 (its speed ties bf16's, least memory, KL over 0.01); `extra`: more metrics for every run."""
+    figures = {"fp32": (1.40, 0.0, 2.0), "bf16": (0.93, 0.004, 1.2), "int8": (2.80, 0.005, 1.5),
+               "int4": (0.95, 0.02, 1.0)}  # latency (s), KL vs fp32, peak RSS (GB)
+    jobs = []
+    for precision, (latency, kl, rss) in figures.items():
+        metrics = {**speed(latency, iqr=0.05), "kl_div_vs_fp32": kl, **extra}
+        metrics.update(peak_rss_gb=rss, decode_tokens_per_s_iqr=0.1 * metrics["decode_tokens_per_s"])
+        jobs.append(job("cpu", precision, 128, **metrics))
+    return {j.tags["precision"]: j for j in jobs}
+
+
+def test_the_report_lists_the_front_first_and_ends_with_the_recommendation(tmp_path, monkeypatch):
+    monkeypatch.setattr(report.tracking, "read_json", lambda store, run_id, path: None)  # no artifacts
+    jobs = deciding_jobs()
+    store = type("Store", (), {"uri": f"sqlite:///{tmp_path}/m.db"})()
+    text = report.write_report(store, list(jobs.values()), tmp_path, "test", log=False).read_text()
+    assert text.index("## m") < text.index("### Settings worth deploying: m") < text.index(
+        "### Every setting measured: m") < text.index("## Recommendation")
+    front, main, *_ = tables(text)
+    status = {r["Setting"]: r["Front"] for r in front["rows"]}
+    assert list(status) == ["CPU BF16", "CPU INT4", "CPU FP32", "CPU INT8"]  # the front (fastest first), then the rest
+    assert status["CPU BF16"] == status["CPU INT4"].replace("CPU BF16", "CPU INT4") == "front (speed ties CPU INT4)"
+    assert status["CPU INT8"] == "beaten by CPU BF16: faster, lower KL, less memory"
+    assert "J/token" not in main["headers"]  # no run measured energy
+    recommendation = text[text.index("## Recommendation"):]
+    assert f"KL vs fp32 <= {recommend.DEFAULT_MAX_KL:g}" in recommendation and "no memory cap" in recommendation
+    assert re.search(r"pick: CPU BF16: .*config_hash " + jobs["bf16"].config_hash, recommendation)
+    assert f"`python -m qsweep reproduce {jobs['bf16'].config_hash} --tracking-uri {store.uri}`" in recommendation
+    assert "wins on memory" in text and "](m_quality_vs_speed.png)" in text
+    assert_png(tmp_path / "m_quality_vs_speed.png")
+
+
+def test_the_quality_chart_draws_the_front_through_decides_members(tmp_path):
+    rows = report_rows.rows_by_model(list(deciding_jobs().values()))["m"]
+    drawn = []
+    real_plot = charts.plt.Axes.plot
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(charts.plt.Axes, "plot", lambda ax, xs, ys, **k: drawn.append((k["label"], xs, ys))
+                      or real_plot(ax, xs, ys, **k))
+        charts.model_charts("m", rows, tmp_path)
+    members = decide.front_points(rows, "decode_tokens_per_s", "kl_div_vs_fp32")
+    assert len(members) == 3 and drawn == [("front", [x for x, _ in members], [y for _, y in members])]
+
+
+def test_energy_gets_a_column_and_a_chart_only_when_measured(tmp_path):
+    jobs = deciding_jobs(energy_per_output_token_j=0.25)
+    del jobs["int8"].metrics["energy_per_output_token_j"]
+    (main,) = tables(report.summary(list(jobs.values())))
+    cells = {r["Setting"]: r["J/token"] for r in main["rows"]}
+    assert cells == {"CPU FP32": "0.2500", "CPU BF16": "0.2500", "CPU INT8": "–", "CPU INT4": "0.2500"}
+    assert main["headers"].index("J/token") < main["headers"].index("KL vs FP32")
+    rows = report_rows.rows_by_model(list(jobs.values()))["m"]
+    names = [c.path.name for c in charts.model_charts("m", rows, tmp_path)]
+    assert names[-2:] == ["m_quality_vs_speed.png", "m_energy_per_output_token_j_vs_quality.png"]
+    assert_png(tmp_path / names[-1])
+    no_kl = [job("cpu", "fp32", 8, **speed(1.0), energy_per_output_token_j=0.3)]  # random weights: no quality
+    assert [c.path.name for c in charts.model_charts("m", report_rows.rows_by_model(no_kl)["m"], tmp_path)] == [
+        "m_tokens_per_s.png", "m_latency_s.png", "m_memory.png"]
+
+
+def serving_job(precision, batch, throughput, relative_iqr):
+    quantization = "none" if precision == "bf16" else precision
+    return RunRecord(f"{precision}-{batch}", f"m-{precision}-b{batch}", "FINISHED",
+                     {"throughput_tokens_per_s": throughput, "latency_s": 1.0, "latency_iqr_s": relative_iqr,
+                      "timed_samples": 8},
+                     {"model": "m", "device": "cpu", "precision": precision, "max_new_tokens": "64",
+                      "batch_size": str(batch)}, {"precision.quantization": quantization})
+
+
+def test_where_quantization_stops_paying_calls_overlapping_speeds_a_tie():
+    def said(relative_iqr):
+        jobs = [serving_job("bf16", 1, 20, relative_iqr), serving_job("bf16", 4, 70, relative_iqr),
+                serving_job("int8", 1, 21, relative_iqr), serving_job("int8", 4, 50, relative_iqr)]
+        return scaling.stops_paying(report_rows.rows_by_model(jobs)["m"])
+
+    assert said(0.2) == ["CPU INT8: slower than the best unquantized setting from batch 4 on; ties with the best "
+                         "unquantized setting at batch 1 (within each other's spread)"]  # 18-22 and 18.9-23.1
+    assert said(0.0) == ["CPU INT8: slower than the best unquantized setting from batch 4 on"]  # no spread: 21 > 20
 
 
 def test_the_sweep_knows_how_many_jobs_it_will_run():
@@ -271,7 +354,13 @@ def test_report_of_a_tiny_sweep_matches_its_runs(tiny_sweep):
     finished = [r for r in jobs if r.info.status == "FINISHED"]
     assert len(jobs) == 6 and len(finished) == 4
 
-    main, *_ = tables(text)
+    front_4, front_8, main, *_ = tables(text)  # per length: the settings worth deploying, then every setting
+    for n, front in ((4, front_4), (8, front_8)):
+        assert f"### Settings worth deploying: tiny-gpt2, {n} new tokens" in text
+        assert {r["Setting"] for r in front["rows"]} == {"CPU FP32", "CPU BF16"}
+        assert any(r["Front"].startswith("front") for r in front["rows"])
+    assert "J/token" not in main["headers"]  # no energy counter on this VM: the T4 notebook's columns alone
+    assert text.rstrip().splitlines()[-1].startswith("  - ") and "## Recommendation" in text  # it ends with it
     rows = {(r["Setting"], int(r["Max New Tokens"])): r for r in main["rows"]}
     assert set(rows) == {(s, n) for s in ("CPU FP32", "CPU BF16") for n in (4, 8)}
     for run in finished:

@@ -4,13 +4,13 @@ either (a VM like this one) but a tag saying why."""
 
 import re
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import pytest
 
 from conftest import compose_run
-from qsweep import job, trackers
+from qsweep import charts, job, report, report_rows, trackers
 from qsweep.trackers import energy
 from qsweep.tracking import TAG_ENERGY_SOURCE, TAG_ENERGY_UNAVAILABLE
 
@@ -177,13 +177,14 @@ def test_nvml_without_an_energy_counter_or_a_driver_says_why(fake_nvml, monkeypa
 
 @dataclass
 class ToyMetrics(trackers.Result):
-    toy_output_tokens: float
+    toy_output_tokens: float = field(metadata=trackers.column("Toy tokens", 1, chart="toy tokens (a test's)"))
     toy_region_s: float
 
 
 class ToyTracker(trackers.Tracker):
     """A new quantity: this class and its registration, nothing else."""
     devices = ("cpu",)
+    result_type = ToyMetrics
 
     def track(self):
         self.began = time.perf_counter()
@@ -217,6 +218,25 @@ def test_a_registered_tracker_s_fields_become_metrics_of_the_run(tiny_run):
     assert record.metrics["toy_output_tokens"] == outputs and record.metrics["toy_region_s"] > 0
     assert record.tags["toy_tracker"] == "ran"
     assert record.metrics["peak_rss_gb"] > 0  # the memory tracker runs on the same seam
+
+
+def test_a_registered_tracker_s_declared_fields_become_report_columns_and_charts(tiny_run, monkeypatch, tmp_path):
+    record, _ = tiny_run
+
+    def main_table():
+        header, _, first = report.summary([record]).splitlines()[2:5]
+        return dict(zip(*([c.strip() for c in line.strip("|").split("|")] for line in (header, first))))
+
+    assert "Toy tokens" not in main_table()  # not registered (the fixture's registration has ended)
+    monkeypatch.setattr(trackers, "REGISTRY", list(trackers.REGISTRY))
+    trackers.register(ToyTracker)
+    table = main_table()
+    assert table["Toy tokens"] == f"{record.metrics['toy_output_tokens']:.1f}"  # declared: header, decimals
+    assert "toy_region_s" not in str(table) and "J/token" not in table  # undeclared; no energy on this VM
+    judged = replace(record, metrics={**record.metrics, "kl_div_vs_fp32": 0.0})  # a quality figure to chart against
+    made = charts.model_charts("tiny-gpt2", report_rows.rows_by_model([judged])["tiny-gpt2"], tmp_path)
+    assert made[-1].path.name == "tiny-gpt2_toy_output_tokens_vs_quality.png"
+    assert made[-1].path.read_bytes()[:4] == b"\x89PNG"
 
 
 @pytest.mark.skipif(bool(list(energy.POWERCAP.glob("intel-rapl:*"))), reason="this machine exposes RAPL")

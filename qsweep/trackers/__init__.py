@@ -3,16 +3,18 @@ Tracker with a typed Result whose fields are the metric names.
 
 A new quantity is one module and one line in REGISTRY (or `register` at run time): the job runs every
 registered tracker its device supports around the same region and records each result's fields as
-metrics and its tags as tags. Latency is the measurement contract itself: measure.generate_timed
-feeds a LatencyTracker on every device, so it is not in the registry."""
+metrics and its tags as tags; the report shows the fields its result declares with `column(...)`.
+Latency is the measurement contract itself: measure.generate_timed feeds a LatencyTracker on every
+device, so it is not in the registry."""
 
 from __future__ import annotations
 
 from contextlib import ExitStack, contextmanager
-from typing import Iterator, List, Type
+from typing import Dict, Iterator, List, Type
 
 from qsweep.trackers import energy, memory
-from qsweep.trackers.base import Result, Tracker, Work  # noqa: F401  (the seam: what a tracker module uses)
+# the seam: what a tracker module uses
+from qsweep.trackers.base import Column, Result, Tracker, Work, column  # noqa: F401
 
 REGISTRY: List[Type[Tracker]] = [memory.MemoryTracker, energy.EnergyTracker]
 
@@ -22,6 +24,11 @@ def register(tracker: Type[Tracker]) -> Type[Tracker]:
     if tracker not in REGISTRY:
         REGISTRY.append(tracker)
     return tracker
+
+
+def report_columns() -> Dict[str, Column]:
+    """Metric name -> report column, of every registered tracker's result (registry order)."""
+    return {metric: col for tracker in REGISTRY for metric, col in tracker.result_type.columns().items()}
 
 
 class Trackers:

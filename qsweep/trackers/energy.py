@@ -12,12 +12,12 @@ from __future__ import annotations
 import statistics
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Optional, Tuple
 
 from qsweep.tracking.names import TAG_ENERGY_SOURCE, TAG_ENERGY_UNAVAILABLE
-from qsweep.trackers.base import Result, Tracker, Work, nvml_handle
+from qsweep.trackers.base import Result, Tracker, Work, column, nvml_handle
 
 MIN_WINDOW_S = 0.5  # several NVML counter updates
 IDLE_S = 0.3  # how long the idle power is sampled before the job
@@ -28,7 +28,8 @@ POWERCAP = Path("/sys/class/powercap")
 class EnergyMetrics(Result):
     """Names are the MLflow metric names; None: not measured (the tags say why)."""
     energy_j: Optional[float] = None  # all timed generations, prefill and decode
-    energy_per_output_token_j: Optional[float] = None  # energy_j / every output token of them
+    energy_per_output_token_j: Optional[float] = field(  # energy_j / every output token of them
+        default=None, metadata=column("J/token", 4, chart="J per output token (lower is cheaper)"))
     energy_per_token_j: Optional[float] = None  # energy_j / (prompt + output tokens)
     avg_power_w: Optional[float] = None  # energy_j / the timed generations' wall time
     tokens_per_joule: Optional[float] = None  # output tokens / energy_j
@@ -127,6 +128,7 @@ def _read_int(file: Path) -> int:
 
 class EnergyTracker(Tracker):
     """Energy over the timed generations; idle power sampled when the job's region starts."""
+    result_type = EnergyMetrics
 
     def __init__(self, device: str, powercap: Optional[Path] = None):
         super().__init__(device)

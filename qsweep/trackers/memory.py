@@ -30,6 +30,7 @@ class MemoryTracker(Tracker):
     On Linux the kernel keeps the exact peak RSS (VmHWM), which qsweep resets at the start of the
     region: no sampling, and no extra thread competing with the measured one for the 2 cores' worth
     of OpenMP threads. A polling thread is used only where that is unavailable, or for NVML on CUDA."""
+    result_type = MemoryMetrics
 
     def __init__(self, device: str, interval_s: float = 0.05):
         super().__init__(device)
