@@ -105,6 +105,10 @@ class GenerationConfig:
     warmup: int = 1  # untimed generations before measuring
     repeats: int = 2  # timed generations per prompt
     compile: bool = False  # static KV cache + torch.compile: the fastest path for unquantized models
+    # Adaptive repeats: after `repeats` rounds, more rounds while the latencies' IQR / median is above this
+    # (e.g. 0.03), until repeat_time_cap_s of timed generation; timed_samples says how many it took.
+    repeat_until_spread: Optional[float] = None
+    repeat_time_cap_s: float = 60.0
 
     def __post_init__(self) -> None:
         require(self.max_new_tokens > 0,
@@ -114,6 +118,10 @@ class GenerationConfig:
         require(self.batch_size >= 1, f"generation.batch_size={self.batch_size} must be at least 1")
         require(self.prompt_tokens is None or self.prompt_tokens >= 2,
                 f"generation.prompt_tokens={self.prompt_tokens} must be at least 2 (or null for the text prompts)")
+        require(self.repeat_until_spread is None or self.repeat_until_spread > 0,
+                f"generation.repeat_until_spread={self.repeat_until_spread} must be positive, e.g. 0.03 for 3 %"
+                " (or null for a fixed number of repeats)")
+        require(self.repeat_time_cap_s > 0, f"generation.repeat_time_cap_s={self.repeat_time_cap_s} must be positive")
         require(len(self.prompts) > 0 and all(p.strip() for p in self.prompts),
                  "generation.prompts is empty or has an empty prompt: give at least one non-empty prompt")
 
@@ -223,7 +231,9 @@ def portable(path: str) -> str:
 
 # Fields added after the first stores were written: hashed only where they differ from their default, so
 # every config that existed before keeps its config_hash (tests/test_hash_pins.py).
-LATER_FIELDS = {"backend": asdict(BackendConfig()), "generation": {"prompt_tokens": None}}
+LATER_FIELDS = {"backend": asdict(BackendConfig()),
+                "generation": {"prompt_tokens": None, "repeat_until_spread": None,
+                               "repeat_time_cap_s": GenerationConfig.repeat_time_cap_s}}
 
 
 def hashed_fields(cfg: RunConfig) -> dict:

@@ -44,6 +44,8 @@ class SpeedMetrics:
     decode_tokens_per_s_iqr: float
     new_tokens: int
     timed_samples: int  # timed generate calls (each of batch_size sequences)
+    phase_warmup_s: float = 0.0  # wall time of the untimed warm-up generations
+    phase_generation_s: float = 0.0  # wall time of the timed generations, all samples
 
 
 @dataclass
@@ -94,6 +96,15 @@ def batches(prompt_ids: List[List[int]], size: int) -> List[List[List[int]]]:
     return [[prompt_ids[(i + k) % len(prompt_ids)] for k in range(size)] for i in range(len(prompt_ids))]
 
 
+def _spread_too_wide(latencies: List[float], gen: GenerationConfig, timed_s: float) -> bool:
+    """generation.repeat_until_spread: another round while the latencies' IQR / median is above it, until
+    generation.repeat_time_cap_s of timed generation has passed."""
+    if gen.repeat_until_spread is None or timed_s >= gen.repeat_time_cap_s:
+        return False
+    median, iqr = _median_iqr(latencies)
+    return len(latencies) < 4 or iqr / median > gen.repeat_until_spread
+
+
 class WrongLength(RuntimeError):
     """A runtime did not generate exactly max_new_tokens tokens for every sequence."""
 
@@ -120,13 +131,17 @@ def generate_timed(runtime: Runtime, prompt_ids: List[List[int]], gen: Generatio
         return new, end - start, first[0] - start
 
     work = batches(prompt_ids, gen.batch_size)
+    started = time.perf_counter()
     # Compiled graphs depend on the prompt length: warm every batch up, or compilation is timed.
     for _ in range(gen.warmup):
         for batch in (work if gen.compile else work[:1]):
             run(batch)
+    warmed = time.perf_counter()
     latencies, ttfts, decode_rates, prefill_rates, outputs = [], [], [], [], {}
     progress = _progress(gen.repeats * len(work))
-    for _ in range(gen.repeats):
+    rounds = 0
+    while rounds < gen.repeats or _spread_too_wide(latencies, gen, time.perf_counter() - warmed):
+        rounds += 1
         for i, batch in enumerate(work):
             new, latency, ttft = run(batch)
             if progress is not None:  # outside the timed region
@@ -137,6 +152,7 @@ def generate_timed(runtime: Runtime, prompt_ids: List[List[int]], gen: Generatio
             if gen.max_new_tokens > 1:
                 decode_rates.append((gen.max_new_tokens - 1) / (latency - ttft))
             outputs[i] = Generation(list(batch[0]), list(new[0]))
+    finished = time.perf_counter()
 
     if progress is not None:
         progress.close()
@@ -150,7 +166,8 @@ def generate_timed(runtime: Runtime, prompt_ids: List[List[int]], gen: Generatio
         throughput_tokens_per_s=gen.batch_size * gen.max_new_tokens / latency,
         prefill_tokens_per_s=statistics.median(prefill_rates),
         decode_tokens_per_s=decode, decode_tokens_per_s_iqr=decode_iqr,
-        new_tokens=gen.max_new_tokens, timed_samples=len(latencies))
+        new_tokens=gen.max_new_tokens, timed_samples=len(latencies), phase_warmup_s=warmed - started,
+        phase_generation_s=finished - warmed)
     return metrics, [outputs[i] for i in range(len(prompt_ids))]
 
 
