@@ -151,7 +151,7 @@ class TrackingConfig:
 
 @dataclass
 class RunnerConfig:
-    isolation: str = "process"  # process: each job measures in a fresh process; inline: in this one (debugging)
+    isolation: str = "process"  # process: jobs measure in a worker process (warm, one per sweep); inline: here (debugging)
     timeout_s: float = 900.0  # a job's worker is killed after this long
 
     def __post_init__(self) -> None:
@@ -240,6 +240,8 @@ def hashed_fields(cfg: RunConfig) -> dict:
     fields = {section: asdict(getattr(cfg, section)) for section in HASHED_SECTIONS}
     fields["model"].pop("missing_hint")  # advice in an error message, not what is measured
     fields["model"]["name_or_path"] = portable(cfg.model.name_or_path)
+    if cfg.generation.repeat_until_spread is None:  # fixed repeats: the adaptive repeats' time cap changes nothing
+        fields["generation"]["repeat_time_cap_s"] = GenerationConfig.repeat_time_cap_s
     for section, default in LATER_FIELDS.items():
         for key, value in default.items():
             if fields[section][key] == value:
