@@ -13,7 +13,7 @@
 # Writes under $OUT: run_gpu.log, mlruns.tar.gz (the MLflow store), report.tar.gz (report.md + charts),
 # checks.txt (the PASS/FAIL lines, printed last), host.txt (GPU, driver, package versions).
 # Budget: RUN_GPU_BUDGET_S (default 405) seconds for the set-up and all parts together, each part also capped on
-# its own (`python benchmarks/gpu/plan.py estimate`: the caps below, sized from the H200's measured costs so that
+# its own (`python benchmarks/gpu/costs.py`: the caps below, sized from the H200's measured costs so that
 # `all` and the packing fit one call of 420 s); a part that fails or runs out of time is recorded, the next runs.
 set -uo pipefail
 export PYTHONUNBUFFERED=1

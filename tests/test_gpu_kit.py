@@ -17,6 +17,7 @@ from qsweep.tracking import RunRecord
 
 sys.path.insert(0, str(ROOT / "benchmarks" / "gpu"))
 import checks  # noqa: E402
+import costs  # noqa: E402
 import plan  # noqa: E402
 
 KIT = ROOT / "benchmarks" / "gpu"
@@ -63,17 +64,17 @@ def test_the_seed_grid_is_seed_001s_and_every_device_is_named():
 
 
 def test_all_parts_fit_one_call_by_the_measured_costs():
-    estimates = {part: plan.part_estimate_s(part) for part in plan.PARTS}
-    assert plan.SETUP_S + sum(estimates.values()) + plan.PACK_S <= plan.CALL_S, estimates
+    estimates = {part: costs.part_estimate_s(part) for part in plan.PARTS}
+    assert costs.SETUP_S + sum(estimates.values()) + costs.PACK_S <= costs.CALL_S, estimates
     script = (ROOT / "benchmarks" / "run_gpu.sh").read_text()
     table = dict(re.findall(r"\[(\w+)\]=(\d+)", re.search(r"declare -A cap=\((.*)\)", script).group(1)))
-    assert {part: int(cap) for part, cap in table.items()} == plan.caps()  # run_gpu.sh's caps are the plan's
+    assert {part: int(cap) for part, cap in table.items()} == costs.caps()  # run_gpu.sh's caps are the plan's
     budget = int(re.search(r"RUN_GPU_BUDGET_S:-(\d+)", script).group(1))
-    assert plan.SETUP_S + sum(estimates.values()) <= budget <= plan.CALL_S - plan.PACK_S
+    assert costs.SETUP_S + sum(estimates.values()) <= budget <= costs.CALL_S - costs.PACK_S
     # the estimate follows the plan: more timed work costs more
     seed = plan.steps("seed", real_gemma=False)[0]
     longer = plan.Step("sweep", [*seed.overrides, "generation.repeats=3"], seed.what)
-    assert plan.estimate_s(longer) > plan.estimate_s(seed)
+    assert costs.estimate_s(longer) > costs.estimate_s(seed)
 
 
 def test_the_ct2_part_runs_only_with_the_backend_group():

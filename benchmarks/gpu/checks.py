@@ -136,8 +136,8 @@ def fp16_note(jobs) -> str:
 
 def overhead_ratio(rows: List[dict], target: float = 0.97) -> Check:
     """benchmarks/overhead.py on CUDA: qsweep's tokens/s over a bare generate's, per setting."""
-    detail = ", ".join(f"{r['setting']} {r['ratio']:.3f} ({r['qsweep_tokens_per_s']:.0f} vs {r['library_tokens_per_s']:.0f} "
-                       f"tok/s)" for r in rows) or "no overhead result"
+    detail = ", ".join(f"{r['setting']} {r['ratio']:.3f} ({r['qsweep_tokens_per_s']:.0f} vs "
+                       f"{r['library_tokens_per_s']:.0f} tok/s)" for r in rows) or "no overhead result"
     return Check(f"overhead ratio >= {target}", bool(rows) and all(r["ratio"] >= target for r in rows), detail)
 
 

