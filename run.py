@@ -2,15 +2,24 @@
 
 import sys
 
-import hydra
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from qsweep import worker
 
-from qsweep import console, report, signals, tracking
-from qsweep.config import ConfigError, register_schemas, validate
-from qsweep.environment import on_this_machine
-from qsweep.job import completed_job, record_invalid, run_job
+# The workers' fork server imports torch and transformers while this process imports its own. Not in a worker
+# (which imports this file as __mp_main__), nor where no worker of this process will measure (inline, or a
+# launcher whose own processes run the jobs).
+if __name__ == "__main__" and not any(arg.startswith(("runner.isolation=inline", "hydra/launcher="))
+                                      for arg in sys.argv):
+    worker.start_fork_server()
+
+import hydra  # noqa: E402
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from hydra.types import RunMode  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
+
+from qsweep import console, report, signals, tracking  # noqa: E402
+from qsweep.config import ConfigError, register_schemas, validate  # noqa: E402
+from qsweep.environment import on_this_machine  # noqa: E402
+from qsweep.job import completed_job, record_invalid, run_job  # noqa: E402
 
 register_schemas()
 signals.install()

@@ -1,18 +1,20 @@
 #!/usr/bin/env bash
 # Every CUDA path of qsweep in one call of the device machine (README.md, section "Measuring on a GPU"):
 #
-#   bash benchmarks/run_gpu.sh [all|seed|gemma|compile|finetune|ct2 ...]   on the device machine, from the project
+#   bash benchmarks/run_gpu.sh [all|seed|gemma|compile|finetune|ct2|overhead ...]   on the device machine, from the project
 #                                 root, with carry [".gpukit"] (build it first: benchmarks/gpu/gpu-wheels.sh)
 #   bash benchmarks/run_gpu.sh --dry-run [PART ...]   anywhere (no GPU, no $OUT): compose and validate every
 #                                 configuration the parts would run (PYTHON= picks the interpreter)
 #
-# Parts (benchmarks/gpu/plan.py holds their commands): seed = seed 001's grid; gemma = every precision on CUDA
+# Parts (benchmarks/gpu/plan.py holds their commands): seed = the T4 notebook's grid; gemma = every precision on CUDA
 # with quality; compile = torch.compile vs eager; finetune = train_merge on CUDA, then seed-cpu-vs-gpu;
-# ct2 = backend=ctranslate2 on CUDA (only when conf/backend/ctranslate2.yaml exists).
+# ct2 = backend=ctranslate2 on CUDA (only when conf/backend/ctranslate2.yaml exists); overhead = qsweep's timed
+# loop against a bare generate on CUDA (fp16, bf16, int4; overhead.jsonl, checked >= 0.97).
 # Writes under $OUT: run_gpu.log, mlruns.tar.gz (the MLflow store), report.tar.gz (report.md + charts),
 # checks.txt (the PASS/FAIL lines, printed last), host.txt (GPU, driver, package versions).
-# Budget: RUN_GPU_BUDGET_S (default 285) seconds for all parts together, each part also capped on its own;
-# a part that fails or runs out of time is recorded and the next one runs.
+# Budget: RUN_GPU_BUDGET_S (default 405) seconds for the set-up and all parts together, each part also capped on
+# its own (`python benchmarks/gpu/costs.py`: the caps below, sized from the H200's measured costs so that
+# `all` and the packing fit one call of 420 s); a part that fails or runs out of time is recorded, the next runs.
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 cd "$(dirname "$0")/.." || exit 2
@@ -27,12 +29,12 @@ if [[ ${1:-} == --dry-run ]]; then
 fi
 
 : "${OUT:?run_gpu.sh writes its results under \$OUT (the device tool sets it); here, use --dry-run}"
-parts=("$@"); [[ ${#parts[@]} -eq 0 || ${parts[0]} == all ]] && parts=(seed gemma compile finetune ct2)
-declare -A cap=([seed]=110 [gemma]=60 [compile]=100 [finetune]=70 [ct2]=50)
+parts=("$@"); [[ ${#parts[@]} -eq 0 || ${parts[0]} == all ]] && parts=(seed gemma compile finetune ct2 overhead)
+declare -A cap=([seed]=69 [gemma]=73 [compile]=68 [finetune]=112 [ct2]=70 [overhead]=73)
 for p in "${parts[@]}"; do
-  [[ -n ${cap[$p]:-} ]] || { echo "run_gpu.sh: unknown part '$p': use seed, gemma, compile, finetune, ct2 or all" >&2; exit 2; }
+  [[ -n ${cap[$p]:-} ]] || { echo "run_gpu.sh: unknown part '$p': use seed, gemma, compile, finetune, ct2, overhead or all" >&2; exit 2; }
 done
-budget=${RUN_GPU_BUDGET_S:-285}
+budget=${RUN_GPU_BUDGET_S:-405}
 py=${PYTHON:-python3}
 site=/tmp/site work=/tmp/qsweep-gpu store=/tmp/gpu-store
 export QSWEEP_GPU_WORK=$work QSWEEP_CACHE=/tmp/qsweep-cache HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
@@ -41,6 +43,7 @@ mkdir -p "$OUT" "$work" "$store"
 exec > >(tee -a "$OUT/run_gpu.log") 2>&1
 start=$SECONDS
 summary=()
+overhead=""; for p in "${parts[@]}"; do [[ $p == overhead ]] && overhead=1; done
 
 finish() {  # always: pack the store, the report and the checks into $OUT, then print the checks last
   trap - EXIT INT TERM
@@ -50,7 +53,9 @@ finish() {  # always: pack the store, the report and the checks into $OUT, then 
       timeout 60 "$py" -m qsweep report --tracking-uri "$MLFLOW_TRACKING_URI" --experiment qsweep \
         --out "$work/report" --no-log >"$work/report.log" 2>&1 || echo "report failed: $(tail -3 "$work/report.log")"
       cp "$work/report.log" "$work/report/" 2>/dev/null
-      timeout 60 "$py" benchmarks/gpu/checks.py --tracking-uri "$MLFLOW_TRACKING_URI" >"$OUT/checks.txt" 2>&1
+      [[ -f $work/overhead.jsonl ]] && cp "$work/overhead.jsonl" "$OUT/"
+      timeout 60 "$py" benchmarks/gpu/checks.py --tracking-uri "$MLFLOW_TRACKING_URI" \
+        ${overhead:+--overhead "$work/overhead.jsonl"} >"$OUT/checks.txt" 2>&1
     else
       echo "FAIL time: no time left for the report and the checks" >"$OUT/checks.txt"
     fi

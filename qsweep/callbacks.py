@@ -16,7 +16,7 @@ import time
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from qsweep import console, identity, report, signals, tracking
+from qsweep import console, identity, report, results, signals, tracking
 from qsweep.config import TrackingConfig
 
 
@@ -86,6 +86,9 @@ class SweepCallback(Callback):
         table = report.summary(jobs)
         tracking.RunWriter(self.store, self.sweep_run_id).describe(table)
         console.show(table)
+        wall_s = time.time() - tracking.get_run(self.store, self.sweep_run_id).start_time / 1000
+        if results.time_line(measured, wall_s):  # jobs measured in this sweep (not all skipped)
+            console.say(results.time_line(measured, wall_s))
         console.say(f"charts and report.md: {tracking.report_command(self.store, self.sweep_run_id)}")
         console.say(f"the runs in the MLflow UI ({tracking.ui_command(self.store.uri)}): "
                     f"{tracking.runs_url(self.store)}")

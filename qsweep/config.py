@@ -108,6 +108,10 @@ class GenerationConfig:
     warmup: int = 1  # untimed generations before measuring
     repeats: int = 2  # timed generations per prompt
     compile: bool = False  # static KV cache + torch.compile: the fastest path for unquantized models
+    # Adaptive repeats: after `repeats` rounds, more rounds while the latencies' IQR / median is above this
+    # (e.g. 0.03), until repeat_time_cap_s of timed generation; timed_samples says how many it took.
+    repeat_until_spread: Optional[float] = None
+    repeat_time_cap_s: float = 60.0
 
     def __post_init__(self) -> None:
         require(self.max_new_tokens > 0,
@@ -117,6 +121,10 @@ class GenerationConfig:
         require(self.batch_size >= 1, f"generation.batch_size={self.batch_size} must be at least 1")
         require(self.prompt_tokens is None or self.prompt_tokens >= 2,
                 f"generation.prompt_tokens={self.prompt_tokens} must be at least 2 (or null for the text prompts)")
+        require(self.repeat_until_spread is None or self.repeat_until_spread > 0,
+                f"generation.repeat_until_spread={self.repeat_until_spread} must be positive, e.g. 0.03 for 3 %"
+                " (or null for a fixed number of repeats)")
+        require(self.repeat_time_cap_s > 0, f"generation.repeat_time_cap_s={self.repeat_time_cap_s} must be positive")
         require(len(self.prompts) > 0 and all(p.strip() for p in self.prompts),
                  "generation.prompts is empty or has an empty prompt: give at least one non-empty prompt")
 
@@ -184,7 +192,7 @@ class TrackingConfig:
 
 @dataclass
 class RunnerConfig:
-    isolation: str = "process"  # process: each job measures in a fresh process; inline: in this one (debugging)
+    isolation: str = "process"  # process: jobs measure in a worker process (warm, one per sweep); inline: here (debugging)
     timeout_s: float = 900.0  # a job's worker is killed after this long
 
     def __post_init__(self) -> None:
@@ -276,7 +284,9 @@ def portable(path: str) -> str:
 
 # Fields added after the first stores were written: hashed only where they differ from their default, so
 # every config that existed before keeps its config_hash (tests/test_hash_pins.py).
-LATER_FIELDS = {"backend": {"name": BackendConfig.name}, "generation": {"prompt_tokens": None}}
+LATER_FIELDS = {"backend": {"name": BackendConfig.name},
+                "generation": {"prompt_tokens": None, "repeat_until_spread": None,
+                               "repeat_time_cap_s": GenerationConfig.repeat_time_cap_s}}
 
 
 def hashed_fields(cfg: RunConfig) -> dict:
@@ -285,6 +295,8 @@ def hashed_fields(cfg: RunConfig) -> dict:
     # where the backend's code is, not what is measured; and its options only where set (null: the precision's)
     fields["backend"] = {k: v for k, v in fields["backend"].items() if k != TARGET and v is not None}
     fields["model"]["name_or_path"] = portable(cfg.model.name_or_path)
+    if cfg.generation.repeat_until_spread is None:  # fixed repeats: the adaptive repeats' time cap changes nothing
+        fields["generation"]["repeat_time_cap_s"] = GenerationConfig.repeat_time_cap_s
     for section, default in LATER_FIELDS.items():
         for key, value in default.items():
             if fields[section][key] == value:

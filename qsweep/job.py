@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import json
 import os
+import time
+from functools import lru_cache
 from pathlib import Path
 from typing import Optional
 
@@ -22,6 +25,7 @@ from qsweep.config import ConfigError, RunConfig, TrackingConfig, config_hash, f
 
 def run_job(cfg: RunConfig, tags: Optional[dict] = None) -> tracking.RunRecord:
     """Measure one configuration (device already resolved) into one run, tagged with `tags` on top."""
+    started = time.perf_counter()
     store, name, run_id = tracking.open_store(cfg.tracking), identity.run_name(cfg), None
     try:
         run_tags = {**identity.run_tags(cfg), **emulation.check(cfg), **(tags or {})}  # says when emulated
@@ -32,24 +36,44 @@ def run_job(cfg: RunConfig, tags: Optional[dict] = None) -> tracking.RunRecord:
             results.record_inputs(run, cfg)
             if tracking.TAG_LOGGED_MODEL in run_tags:  # a fine-tuned checkpoint: list its model as an input
                 tracking.link_model(run, run_tags[tracking.TAG_LOGGED_MODEL])
+            recording_s = time.perf_counter() - started
             # what the backend can never run (a CPU-only build on cuda) before what this machine lacks: one line
             # each, before any work
             backends.get(cfg.backend.name).check(cfg)
             environment.require_device(cfg.device.name)
             isolated, timeout = cfg.runner.isolation == "process", cfg.runner.timeout_s
-            # a first conversion leaves gigabytes of RSS behind: not in the measured process
-            prepared = worker.call(prepare_files, cfg, True, timeout) if isolated else None
-            result = worker.call(measure_job, cfg, isolated, timeout)
+            prepared, prepare_spent = _prepare_once(cfg, timeout) if isolated else (None, worker.Spent())
+            result, spent = worker.call_timed(measure_job, cfg, isolated, timeout, warm=True)
             if prepared is not None and prepared.converted_now:  # the measuring worker found them made
                 result = dataclasses.replace(result, conversion="made")
-            results.record(run, result)
+            phases = dataclasses.replace(
+                result.phases, phase_worker_start_s=prepare_spent.start_s + spent.start_s,
+                phase_imports_s=spent.init_s, phase_recording_s=recording_s,
+                phase_prepare_s=result.phases.phase_prepare_s + prepare_spent.fn_s)
+            results.record(run, result, phases, started)
     except Exception as err:
         if run_id is None:  # the store refused the run: nothing was recorded, so say it loudly
             raise
         console.say(f"{name} FAILED: {tracking.one_line(err)}")
     finally:
-        _free_memory()
+        if cfg.runner.isolation == "inline":
+            _free_memory()  # 0.5 s of gc in a process holding torch, MLflow and Hydra: only where a model was
     return tracking.get_run(store, run_id)
+
+
+_prepared = set()  # what this process has already prepared in a worker (the files stay made)
+
+
+def _prepare_once(cfg: RunConfig, timeout: float):
+    """The checkpoint's and backend's files, made in a fresh worker (a first conversion leaves gigabytes of RSS
+    behind: not in the measuring worker), once per sweep for each model, precision and backend."""
+    key = json.dumps([dataclasses.asdict(cfg.model), dataclasses.asdict(cfg.precision),
+                      dataclasses.asdict(cfg.backend), cfg.paths.cache_dir], sort_keys=True)
+    if key in _prepared:
+        return None, worker.Spent()
+    prepared, spent = worker.call_timed(prepare_files, cfg, True, timeout)
+    _prepared.add(key)
+    return prepared, spent
 
 
 def record_invalid(raw: DictConfig, err: ConfigError) -> tracking.RunRecord:
@@ -99,10 +123,12 @@ def measure_job(cfg: RunConfig) -> results.JobResult:
     """Load the model and measure it; runs in the worker process. No MLflow here."""
     if cfg.device.num_threads:
         torch.set_num_threads(cfg.device.num_threads)
+    started = time.perf_counter()
     backend = backends.get(cfg.backend.name)
     # Done already by prepare_files (isolated); inline, a first conversion happens here, untimed.
     checkpoint = sources.resolve(cfg.model, Path(cfg.paths.cache_dir).expanduser())
     files = backend.prepare(cfg, checkpoint)
+    prepare_s = time.perf_counter() - started
     tracked = trackers.Trackers(cfg.device.name)  # every registered tracker this device supports
     with tracked.track():
         runtime = backend.load(cfg, checkpoint, files)
@@ -119,11 +145,20 @@ def measure_job(cfg: RunConfig) -> results.JobResult:
             results.add_fp32_outputs(texts, judged.fp32_outputs, runtime.tokenizer)
     finally:
         runtime.close()
+    recorded = time.perf_counter()
+    machine = {**_environment(), "torch_threads": torch.get_num_threads()}
     return results.JobResult(
         load=results.LoadMetrics(runtime.load_time_s, runtime.footprint_gb, files.conversion_time_s),
         speed=speed, tracked=tracked.results(), precision=runtime.precision, texts=texts,
-        environment=environment.collect(), quality=judged,
-        conversion=None if files.conversion_time_s is None else "made" if files.converted_now else "reused")
+        environment=machine, quality=judged,
+        conversion=None if files.conversion_time_s is None else "made" if files.converted_now else "reused",
+        phases=results.JobPhases(phase_prepare_s=prepare_s, phase_environment_s=time.perf_counter() - recorded))
+
+
+@lru_cache(maxsize=1)
+def _environment() -> dict:
+    """Once per worker: versions, CPU, GPU and the git commit do not change between the jobs of a sweep."""
+    return environment.collect()
 
 
 def _sweep_run() -> Optional[str]:

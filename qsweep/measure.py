@@ -8,6 +8,7 @@ timed region and at the first-token stamp; the CPU uses perf_counter.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Callable, ContextManager, List, Optional
@@ -17,7 +18,7 @@ import torch
 from qsweep.backends import Runtime
 from qsweep.config import GenerationConfig
 from qsweep.trackers import Work, untracked
-from qsweep.trackers.latency import LatencyTracker, SpeedMetrics
+from qsweep.trackers.latency import LatencyTracker, SpeedMetrics, median_iqr
 
 
 class PromptTooLong(ValueError):
@@ -57,6 +58,15 @@ def batches(prompt_ids: List[List[int]], size: int) -> List[List[List[int]]]:
     return [[prompt_ids[(i + k) % len(prompt_ids)] for k in range(size)] for i in range(len(prompt_ids))]
 
 
+def _spread_too_wide(latencies: List[float], gen: GenerationConfig, timed_s: float) -> bool:
+    """generation.repeat_until_spread: another round while the latencies' IQR / median is above it, until
+    generation.repeat_time_cap_s of timed generation has passed."""
+    if gen.repeat_until_spread is None or timed_s >= gen.repeat_time_cap_s:
+        return False
+    median, iqr = median_iqr(latencies)
+    return len(latencies) < 4 or iqr / median > gen.repeat_until_spread
+
+
 class WrongLength(RuntimeError):
     """A runtime did not generate exactly max_new_tokens tokens for every sequence."""
 
@@ -84,14 +94,18 @@ def generate_timed(runtime: Runtime, prompt_ids: List[List[int]], gen: Generatio
         return new, end - start, first[0] - start
 
     work = batches(prompt_ids, gen.batch_size)
+    started = time.perf_counter()
     # Compiled graphs depend on the prompt length: warm every batch up, or compilation is timed.
     for _ in range(gen.warmup):
         for batch in (work if gen.compile else work[:1]):
             run(batch)
+    warmed = time.perf_counter()
     latency, outputs = LatencyTracker(gen.max_new_tokens, gen.batch_size), {}
     progress = _progress(gen.repeats * len(work))
+    rounds = 0
     with timed() as counted:
-        for _ in range(gen.repeats):
+        while rounds < gen.repeats or _spread_too_wide(latency.latencies, gen, time.perf_counter() - warmed):
+            rounds += 1
             for i, batch in enumerate(work):
                 new, seconds, ttft = run(batch)
                 if progress is not None:  # outside the timed region
@@ -99,6 +113,9 @@ def generate_timed(runtime: Runtime, prompt_ids: List[List[int]], gen: Generatio
                 latency.add(sum(map(len, batch)), seconds, ttft)
                 counted.count(sum(map(len, batch)), len(batch) * gen.max_new_tokens)
                 outputs[i] = Generation(list(batch[0]), list(new[0]))
+    finished = time.perf_counter()
     if progress is not None:
         progress.close()
-    return latency.result(), [outputs[i] for i in range(len(prompt_ids))]
+    speed = dataclasses.replace(latency.result(), phase_warmup_s=warmed - started,
+                                phase_generation_s=finished - warmed)
+    return speed, [outputs[i] for i in range(len(prompt_ids))]

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import statistics
+import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
@@ -26,6 +28,19 @@ class LoadMetrics:
 
 
 @dataclass
+class JobPhases:
+    """Where a job's wall time went, in seconds; names are the MLflow metric names. With load_time_s, quality_time_s
+    and the speed metrics phase_warmup_s and phase_generation_s they make up job_wall_s."""
+    job_wall_s: float = 0.0  # the job, from its start to its run's last write
+    phase_worker_start_s: float = 0.0  # starting worker processes, handing work and answers across
+    phase_imports_s: float = 0.0  # a new worker's imports and CUDA initialisation (0 in a warm worker)
+    phase_prepare_s: float = 0.0  # checkpoint preparation: random weights, conversions (~0 once made)
+    phase_environment_s: float = 0.0  # the environment record (software versions, CPU, GPU, git commit)
+    phase_recording_s: float = 0.0  # MLflow: creating the run, params, datasets, artifacts
+    fixed_cost_s: float = 0.0  # job_wall_s - (load_time_s + phase_warmup_s + phase_generation_s + quality_time_s)
+
+
+@dataclass
 class JobResult:
     load: LoadMetrics
     speed: measure.SpeedMetrics
@@ -34,6 +49,7 @@ class JobResult:
     environment: dict
     quality: Optional[quality.QualityResult] = None  # None: not applicable (random weights, no tokenizer)
     conversion: Optional[str] = None  # made (by this job) or reused; None: the backend loads the checkpoint
+    phases: Optional[JobPhases] = None  # the worker's part: prepare, environment (the job adds the rest)
     tracked: List[trackers.Result] = field(default_factory=list)  # one per tracker the job ran (memory, energy, ...)
 
 
@@ -79,24 +95,40 @@ def generation_table(result: JobResult) -> Dict[str, list]:
             "degenerate_reason": judged or [quality.NOT_APPLICABLE] * len(result.texts)}
 
 
-def record(run: RunWriter, result: JobResult) -> None:
-    run.log_metrics(result.load, result.speed, *(tracked.metrics() for tracked in result.tracked))
-    run.set_tags({name: value for tracked in result.tracked for name, value in tracked.tags.items()})
-    run.set_tags({TAG_PRECISION_CHECK: result.precision.summary})
+def record(run: RunWriter, result: JobResult, phases: JobPhases, started: float) -> None:
+    """The result into its run, in few writes: one upload of the artifacts, one batch of metrics and tags.
+    `phases` gets the recording time and the job's wall time up to the last write (`started`: perf_counter)."""
+    begin = time.perf_counter()
+    files = {PRECISION_FILE: result.precision.details, ENVIRONMENT_FILE: result.environment,
+             GENERATIONS_FILE: result.texts, GENERATIONS_MARKDOWN: "\n\n".join(map(_markdown, result.texts))}
+    tags = {TAG_PRECISION_CHECK: result.precision.summary, TAG_QUALITY: quality.NOT_APPLICABLE}
+    tags.update({name: value for tracked in result.tracked for name, value in tracked.tags.items()})
     if result.conversion:
-        run.set_tags({TAG_CONVERSION: result.conversion})
-    run.log_json(result.precision.details, PRECISION_FILE)
-    run.log_json(result.environment, ENVIRONMENT_FILE)
-    run.log_json(result.texts, GENERATIONS_FILE)
-    run.log_text("\n\n".join(map(_markdown, result.texts)), GENERATIONS_MARKDOWN)
+        tags[TAG_CONVERSION] = result.conversion
+    if result.quality is not None:
+        files[QUALITY_FILE] = result.quality.details
+        tags.update({TAG_QUALITY: "measured", TAG_DEGENERATE_REASON: result.quality.degenerate_reason,
+                     TAG_QUALITY_REFERENCE: result.quality.reference, TAG_QUALITY_SCORES: result.quality.scores})
+    run.log_files(files)
     run.log_table(generation_table(result), GENERATIONS_TABLE)
-    if result.quality is None:
-        run.set_tags({TAG_QUALITY: quality.NOT_APPLICABLE})
-        return
-    run.log_metrics(result.quality.metrics)
-    run.set_tags({TAG_QUALITY: "measured", TAG_DEGENERATE_REASON: result.quality.degenerate_reason,
-                  TAG_QUALITY_REFERENCE: result.quality.reference, TAG_QUALITY_SCORES: result.quality.scores})
-    run.log_json(result.quality.details, QUALITY_FILE)
+    phases.phase_recording_s += time.perf_counter() - begin
+    phases.job_wall_s = time.perf_counter() - started
+    measured = (result.load.load_time_s + result.speed.phase_warmup_s + result.speed.phase_generation_s
+                + (result.quality.metrics.quality_time_s if result.quality else 0.0))
+    phases.fixed_cost_s = phases.job_wall_s - measured
+    run.log(result.load, result.speed, *(tracked.metrics() for tracked in result.tracked),
+            result.quality.metrics if result.quality else {}, phases, tags=tags)
+
+
+def time_line(jobs: list, sweep_wall_s: float) -> str:
+    """The sweep summary's line on where the time went (jobs: RunRecords with the phase metrics)."""
+    timed = [j.metrics for j in jobs if "fixed_cost_s" in j.metrics]
+    if not timed or sweep_wall_s <= 0:
+        return ""
+    generation = sum(m.get("phase_generation_s", 0.0) for m in timed)
+    return (f"timed generation: {generation / sweep_wall_s:.0%} of the sweep's {sweep_wall_s:.1f} s; median fixed "
+            f"cost per job {statistics.median(m['fixed_cost_s'] for m in timed):.2f} s (the rest of a job besides "
+            "loading, warm-up, timed generation and quality)")
 
 
 def _markdown(text: dict) -> str:

@@ -125,3 +125,27 @@ def test_compile_is_refused_for_bitsandbytes_models():
 
     with pytest.raises(ConfigError, match="bitsandbytes models cannot be compiled"):
         compose_run("model=tiny-gpt2", "device=cpu", "precision=int8", "generation.compile=true")
+
+
+def test_adaptive_repeats_stop_at_a_small_spread_or_the_time_cap(tiny):
+    base = ("model=tiny-gpt2", "device=cpu", "generation.max_new_tokens=4", "generation.repeats=1")
+    prompts = encode(compose_run(*base).generation.prompts)
+    loose = compose_run(*base, "generation.repeat_until_spread=100").generation  # any spread is small enough
+    speed, _ = measure.generate_timed(tiny, prompts, loose, "cpu")
+    assert speed.timed_samples == len(prompts)  # 4 samples: enough to judge the spread
+    cap = 3 * speed.phase_generation_s  # about three rounds on this machine now
+    never = compose_run(*base, "generation.repeat_until_spread=1e-9", f"generation.repeat_time_cap_s={cap}").generation
+    speed, _ = measure.generate_timed(tiny, prompts, never, "cpu")
+    assert speed.timed_samples > len(prompts) and speed.timed_samples % len(prompts) == 0  # whole rounds
+    assert speed.phase_generation_s >= cap  # it went on until the cap (and, returning, stopped there)
+    assert speed.phase_warmup_s > 0
+
+
+def test_a_new_generation_option_left_at_its_default_keeps_the_config_hash():
+    from qsweep.config import config_hash
+
+    plain = compose_run("model=tiny-gpt2", "device=cpu")
+    assert config_hash(compose_run("model=tiny-gpt2", "device=cpu", "generation.repeat_time_cap_s=5")) == \
+        config_hash(plain)  # the cap of adaptive repeats that are off
+    assert config_hash(compose_run("model=tiny-gpt2", "device=cpu", "generation.repeat_until_spread=0.03")) != \
+        config_hash(plain)

@@ -9,6 +9,8 @@ from qsweep.config import config_hash
 
 SPEED_METRICS = {"load_time_s", "ttft_s", "latency_s", "latency_p90_s", "tokens_per_s", "decode_tokens_per_s",
                  "peak_rss_gb", "model_footprint_gb"}
+PHASES = {"job_wall_s", "phase_worker_start_s", "phase_imports_s", "phase_prepare_s", "phase_warmup_s",
+          "phase_generation_s", "phase_environment_s", "phase_recording_s", "fixed_cost_s"}
 TAGS = {"config_hash", "model", "precision", "device"}
 
 
@@ -41,6 +43,12 @@ def test_tiny_multirun_over_every_cpu_precision(sweep):
         assert m["new_tokens"] == 16 and m["timed_samples"] == 2 * 4  # repeats x prompts, fixed length
         assert 0 < m["ttft_s"] < m["latency_s"] <= m["latency_p90_s"]
         assert m["tokens_per_s"] == pytest.approx(16 / m["latency_s"])
+        # where the job's time went: the parts are inside its wall time, the fixed cost is the rest
+        assert PHASES <= set(m) and all(m[p] >= 0 for p in PHASES - {"fixed_cost_s"})
+        assert m["fixed_cost_s"] == pytest.approx(
+            m["job_wall_s"] - m["load_time_s"] - m["phase_warmup_s"] - m["phase_generation_s"], abs=1e-6)
+        assert m["phase_generation_s"] >= m["timed_samples"] * m["ttft_s"] * 0.5
+        assert sum(m[p] for p in PHASES - {"job_wall_s", "fixed_cost_s"}) + m["load_time_s"] <= m["job_wall_s"]
         assert run.data.params["precision.name"] == precision and run.data.params["generation.max_new_tokens"] == "16"
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert {"config.yaml", "environment.json", "generations.json", "precision_check.json"} <= artifacts
@@ -55,6 +63,10 @@ def test_tiny_multirun_over_every_cpu_precision(sweep):
     footprint = {r.data.tags["precision"]: r.data.metrics["model_footprint_gb"] for r in children}
     assert footprint["int4"] < footprint["int8"] < footprint["fp32"] and footprint["bf16"] < footprint["fp32"]
     assert "4 of 4 jobs finished, 0 failed" in result.stdout
+    assert "qsweep: timed generation: " in result.stdout and "median fixed cost per job" in result.stdout
+    # one warm worker measured them all: only the first job paid for starting it
+    starts = sorted((r.info.start_time, r.data.metrics["phase_worker_start_s"]) for r in children)
+    assert all(later <= 2.0 for _, later in starts[1:]), starts
     # progress: one line per job as it starts, saying which of how many and what it will do
     assert "qsweep: job 1/4: tiny-gpt2-fp32-cpu-16: load, 1 warm-up + 4 prompts x 2 timed repeats" in result.stdout
     assert "qsweep: job 4/4: tiny-gpt2-int4-cpu-16:" in result.stdout

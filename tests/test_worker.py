@@ -83,3 +83,64 @@ def test_running_out_of_memory_in_the_worker_is_recorded_as_out_of_memory(fn):
     line = tracking.one_line(err.value)
     assert line.startswith("out_of_memory: ") and "allocate" in line and "\n" not in line
     assert tracking.one_line(ValueError("bad prompt")) == "ValueError: bad prompt"
+
+
+# --- the warm worker: one process for a sweep's jobs, replaced after any failure ---
+
+def warm(fn, arg=None, timeout_s=120):
+    return worker.call_timed(fn, arg, isolated=True, timeout_s=timeout_s, warm=True)
+
+
+def test_the_warm_worker_runs_job_after_job_in_one_process_initialised_once():
+    first, spent = warm(pid_of_worker)
+    second, again = warm(pid_of_worker)
+    assert first == second != os.getpid()
+    assert again.init_s == 0 and again.start_s < 5 and again.fn_s >= 0
+
+
+@pytest.mark.parametrize("failure", [raise_value_error, kill_myself])
+def test_a_failure_replaces_the_warm_worker_and_the_next_job_runs(failure):
+    before, _ = warm(pid_of_worker)
+    with pytest.raises((ValueError, worker.WorkerDied)):
+        warm(failure, "bad prompt")
+    after, _ = warm(pid_of_worker)
+    assert after not in (before, os.getpid())
+
+
+def test_a_warm_worker_over_its_time_limit_is_replaced():
+    before, _ = warm(pid_of_worker)
+    with pytest.raises(worker.WorkerDied, match=r"timed out after 2 s"):
+        warm(hang, timeout_s=2)
+    after, _ = warm(pid_of_worker)
+    assert after != before
+
+
+def peak_rss_of_a_job(megabytes):
+    """A job that holds `megabytes` in a reference cycle (freed only by the garbage collector) and reports
+    the peak RSS the memory tracker measured for it."""
+    from qsweep import measure
+
+    tracker = measure.MemoryTracker("cpu")
+    with tracker.track():
+        leftover = [torch.ones(megabytes * 2**20, dtype=torch.uint8)]
+        leftover.append(leftover)  # a cycle: still there when the job returns
+    return tracker.metrics().peak_rss_gb
+
+
+def test_a_small_job_after_a_big_one_in_the_warm_worker_reports_its_own_peak():
+    warm(pid_of_worker)
+    big, _ = warm(peak_rss_of_a_job, 600)
+    small, _ = warm(peak_rss_of_a_job, 10)
+    assert big - small > 0.5  # GB: the big job's 600 MB are not the small job's
+
+
+def threads_after(set_to):
+    if set_to:
+        torch.set_num_threads(set_to)
+    return torch.get_num_threads()
+
+
+def test_a_jobs_thread_count_does_not_carry_over_to_the_next():
+    default, _ = warm(threads_after, None)
+    warm(threads_after, default + 3)
+    assert warm(threads_after, None)[0] == default

