@@ -7,7 +7,7 @@
 #                                 configuration the parts would run (PYTHON= picks the interpreter)
 #
 # Parts (benchmarks/gpu/plan.py holds their commands): seed = the T4 notebook's grid; gemma = every precision on CUDA
-# with quality; compile = torch.compile vs eager; finetune = train_merge on CUDA, then seed-cpu-vs-gpu;
+# with quality; compile = torch.compile vs eager; finetune = train_merge on CUDA, then finetune-cpu-vs-gpu;
 # ct2 = backend=ctranslate2 on CUDA (only when conf/backend/ctranslate2.yaml exists); overhead = qsweep's timed
 # loop against a bare generate on CUDA (fp16, bf16, int4; overhead.jsonl, checked >= 0.97).
 # Writes under $OUT: run_gpu.log, mlruns.tar.gz (the MLflow store), report.tar.gz (report.md + charts),
