@@ -1,4 +1,4 @@
-"""Typed schemas for the config groups, value checks, and the config hash that identifies a run.
+"""Typed schemas for the config groups and their value checks (the hash that identifies a run: confighash.py).
 
 Hydra checks types and key names against these dataclasses while composing (a misspelled key fails
 there); `validate()` turns the composed DictConfig into the dataclasses, whose __post_init__ checks
@@ -8,10 +8,8 @@ values. Library code only ever sees these objects, never a raw DictConfig.
 from __future__ import annotations
 
 import difflib
-import hashlib
 import importlib
-import json
-from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Dict, List, Optional, get_args, get_type_hints
 
@@ -271,59 +269,3 @@ def _did_you_mean(schema: type, full_key: str, classes: Dict[str, type]) -> str:
     keys = [f.name for f in fields(node)] if is_dataclass(node) else []
     close = difflib.get_close_matches(leaf, keys, n=1)
     return f"; did you mean {parent + '.' if parent else ''}{close[0]}?" if close else ""
-
-
-def portable(path: str) -> str:
-    """An absolute path inside this project as ${qsweep.root:}/..., so that a checkpoint the project makes
-    (models/gemma-3-270m-ft) has the same identity in every clone, and a recorded config finds it in the
-    clone that reproduces it. Hub ids and paths elsewhere are returned as they are."""
-    if not Path(path).is_absolute() or not Path(path).is_relative_to(PROJECT_ROOT):
-        return path
-    return f"{ROOT_REFERENCE}/{Path(path).relative_to(PROJECT_ROOT).as_posix()}"
-
-
-# Fields added after the first stores were written: hashed only where they differ from their default, so
-# every config that existed before keeps its config_hash (tests/test_hash_pins.py).
-LATER_FIELDS = {"backend": {"name": BackendConfig.name},
-                "generation": {"prompt_tokens": None, "repeat_until_spread": None,
-                               "repeat_time_cap_s": GenerationConfig.repeat_time_cap_s}}
-
-
-def hashed_fields(cfg: RunConfig) -> dict:
-    fields = {section: asdict(getattr(cfg, section)) for section in HASHED_SECTIONS}
-    fields["model"].pop("missing_hint")  # advice in an error message, not what is measured
-    # where the backend's code is, not what is measured; and its options only where set (null: the precision's)
-    fields["backend"] = {k: v for k, v in fields["backend"].items() if k != TARGET and v is not None}
-    fields["model"]["name_or_path"] = portable(cfg.model.name_or_path)
-    if cfg.generation.repeat_until_spread is None:  # fixed repeats: the adaptive repeats' time cap changes nothing
-        fields["generation"]["repeat_time_cap_s"] = GenerationConfig.repeat_time_cap_s
-    for section, default in LATER_FIELDS.items():
-        for key, value in default.items():
-            if fields[section][key] == value:
-                del fields[section][key]
-        if not fields[section]:
-            del fields[section]
-    return fields
-
-
-def to_yaml(cfg: RunConfig) -> str:
-    """The run's config.yaml: the validated config, with paths inside the project kept portable."""
-    recorded = OmegaConf.structured(cfg)
-    recorded.model.name_or_path = portable(cfg.model.name_or_path)
-    return OmegaConf.to_yaml(recorded)
-
-
-def config_hash(cfg: RunConfig) -> str:
-    """12 hex chars of SHA-256 over the canonical JSON of what is measured: key order never matters."""
-    canonical = json.dumps(hashed_fields(cfg), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
-
-
-def flatten(data: Any, prefix: str = "") -> Dict[str, str]:
-    """Nested dict -> {"a.b.c": "value"} for MLflow params; lists stay whole, as JSON."""
-    if isinstance(data, dict):
-        out: Dict[str, str] = {}
-        for key, value in data.items():
-            out.update(flatten(value, f"{prefix}{key}."))
-        return out
-    return {prefix[:-1]: data if isinstance(data, str) else json.dumps(data)}

@@ -6,7 +6,8 @@ from __future__ import annotations
 import json
 
 from qsweep import backends, sources
-from qsweep.config import BackendConfig, PrecisionConfig, RunConfig, config_hash
+from qsweep.config import BackendConfig, PrecisionConfig, RunConfig
+from qsweep.confighash import config_hash
 from qsweep.environment import resolve_device
 from qsweep.tracking import (TAG_BACKEND, TAG_BATCH_SIZE, TAG_COMPILE, TAG_DEVICE, TAG_FINE_TUNE_RUN, TAG_HASH,
                              TAG_LOGGED_MODEL, TAG_MAX_NEW_TOKENS, TAG_MODEL, TAG_MODEL_VERSION, TAG_PRECISION,

@@ -20,7 +20,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from qsweep import (backends, console, emulation, environment, identity, measure, prompts, quality, results,
                     sources, trackers, tracking, worker)
-from qsweep.config import ConfigError, RunConfig, TrackingConfig, config_hash, flatten, to_yaml
+from qsweep.config import ConfigError, RunConfig, TrackingConfig
+from qsweep.confighash import config_hash, flatten, to_yaml
 
 
 def run_job(cfg: RunConfig, tags: Optional[dict] = None) -> tracking.RunRecord:

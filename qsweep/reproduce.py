@@ -15,8 +15,9 @@ from typing import List, Optional, Tuple
 from omegaconf import OmegaConf
 
 from qsweep import console, tables, tracking
-from qsweep.config import (HASHED_SECTIONS, PROJECT_ROOT, ConfigError, RunConfig, TrackingConfig, config_hash, flatten,
-                           hashed_fields, register_schemas, validate)
+from qsweep.config import (HASHED_SECTIONS, PROJECT_ROOT, ConfigError, RunConfig, TrackingConfig, register_schemas,
+                           validate)
+from qsweep.confighash import config_hash, flatten, hashed_fields
 from qsweep.tracking import TAG_REPRODUCES
 
 

@@ -13,7 +13,7 @@ import torch
 
 from conftest import ROOT, compose_run
 from qsweep import identity, sources
-from qsweep.config import config_hash
+from qsweep.confighash import config_hash
 
 SPEED = {"load_time_s", "ttft_s", "latency_s", "tokens_per_s", "decode_tokens_per_s", "peak_rss_gb",
          "model_footprint_gb"}

@@ -11,8 +11,9 @@ from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError
 
 from conftest import ROOT, compose_cfg, compose_run
-from qsweep import config
-from qsweep.config import ConfigError, config_hash
+from qsweep import config, confighash
+from qsweep.config import ConfigError
+from qsweep.confighash import config_hash
 
 CUDA = torch.cuda.is_available()
 
@@ -72,7 +73,7 @@ def test_hash_ignores_override_order_and_tracking_but_not_what_is_measured():
 
 def test_hash_is_the_same_in_another_process():
     code = ("import sys; sys.path.insert(0, 'tests'); from conftest import compose_run; "
-            "from qsweep.config import config_hash; "
+            "from qsweep.confighash import config_hash; "
             "print(config_hash(compose_run('model=tiny-gpt2', 'precision=bf16', 'device=cpu')))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == config_hash(compose_run("model=tiny-gpt2", "precision=bf16", "device=cpu"))
@@ -93,12 +94,12 @@ def test_a_checkpoint_the_project_makes_has_the_same_hash_in_every_clone(monkeyp
 
 
 def test_a_recorded_config_finds_the_checkpoint_in_the_clone_that_reads_it(monkeypatch, tmp_path):
-    text = config.to_yaml(compose_run("model=gemma-3-270m-ft", "device=cpu"))
+    text = confighash.to_yaml(compose_run("model=gemma-3-270m-ft", "device=cpu"))
     assert "name_or_path: ${qsweep.root:}/models/gemma-3-270m-ft" in text
     monkeypatch.setattr(config, "PROJECT_ROOT", tmp_path / "another-clone")
     read_back = config.validate(OmegaConf.create(text))
     assert read_back.model.name_or_path == str(tmp_path / "another-clone" / "models" / "gemma-3-270m-ft")
-    hub = config.to_yaml(compose_run("model=tiny-gpt2", "device=cpu"))
+    hub = confighash.to_yaml(compose_run("model=tiny-gpt2", "device=cpu"))
     assert config.validate(OmegaConf.create(hub)).model.name_or_path == "tiny-gpt2"
 
 

@@ -6,7 +6,8 @@ import pytest
 
 from conftest import ROOT, compose_run
 from qsweep import backends, tracking
-from qsweep.config import ConfigError, config_hash
+from qsweep.config import ConfigError
+from qsweep.confighash import config_hash
 
 TOY = [f"hydra.searchpath=[file://{ROOT / 'tests' / 'toy_backend' / 'conf'}]", "backend=toy", "model=tiny-gpt2",
        "device=cpu"]

@@ -5,7 +5,7 @@ pinned here, so a change to the schema or the hash that would orphan old runs fa
 import pytest
 
 from conftest import ROOT, compose_run
-from qsweep.config import config_hash
+from qsweep.confighash import config_hash
 
 # Hashes as recorded by qsweep at commit 2176144 (before the architecture refactor): each option with
 # every other group at its default, on device=cpu unless the option itself names the device.

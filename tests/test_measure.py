@@ -142,7 +142,7 @@ def test_adaptive_repeats_stop_at_a_small_spread_or_the_time_cap(tiny):
 
 
 def test_a_new_generation_option_left_at_its_default_keeps_the_config_hash():
-    from qsweep.config import config_hash
+    from qsweep.confighash import config_hash
 
     plain = compose_run("model=tiny-gpt2", "device=cpu")
     assert config_hash(compose_run("model=tiny-gpt2", "device=cpu", "generation.repeat_time_cap_s=5")) == \

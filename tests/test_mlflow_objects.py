@@ -122,7 +122,7 @@ def test_no_tag_or_param_name_is_written_as_a_string_outside_the_names_module():
 def test_the_report_reads_int4s_type_and_compilation_from_tags_and_hashes_stay():
     from conftest import compose_run
     from qsweep import identity, report_rows, tracking
-    from qsweep.config import config_hash
+    from qsweep.confighash import config_hash
 
     def record(cfg, drop=(), params=None):
         tags = {k: str(v) for k, v in identity.run_tags(cfg).items() if k not in drop}

@@ -15,7 +15,8 @@ from omegaconf import OmegaConf
 from conftest import ROOT, compose_run
 from qsweep import reproduce, tracking
 from qsweep.__main__ import main
-from qsweep.config import TrackingConfig, config_hash, validate
+from qsweep.config import TrackingConfig, validate
+from qsweep.confighash import config_hash
 
 TINY = ("model=tiny-gpt2", "device=cpu", "generation.max_new_tokens=6", "generation.warmup=0",
         "generation.repeats=1")

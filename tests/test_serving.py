@@ -6,7 +6,8 @@ import pytest
 
 from conftest import compose_run, transformers_runtime
 from qsweep import backends, identity, measure, prompts, scaling
-from qsweep.config import ConfigError, config_hash
+from qsweep.config import ConfigError
+from qsweep.confighash import config_hash
 from qsweep.report import summary
 from qsweep.report_rows import rows_by_model
 from qsweep.tracking import RunRecord

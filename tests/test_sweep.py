@@ -5,7 +5,7 @@ import json
 import pytest
 
 from conftest import compose_run
-from qsweep.config import config_hash
+from qsweep.confighash import config_hash
 
 SPEED_METRICS = {"load_time_s", "ttft_s", "latency_s", "latency_p90_s", "tokens_per_s", "decode_tokens_per_s",
                  "peak_rss_gb", "model_footprint_gb"}

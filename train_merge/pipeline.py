@@ -15,7 +15,8 @@ from omegaconf import OmegaConf
 
 from qsweep import console, environment, sources, tracking
 from qsweep.backends.transformers import loader
-from qsweep.config import DeviceConfig, GenerationConfig, ModelConfig, PrecisionConfig, RunConfig, flatten
+from qsweep.config import DeviceConfig, GenerationConfig, ModelConfig, PrecisionConfig, RunConfig
+from qsweep.confighash import flatten
 from qsweep.quality import perplexity
 from train_merge import data, finetune, merge
 from train_merge.config import TrainMergeConfig
