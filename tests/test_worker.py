@@ -118,13 +118,13 @@ def test_a_warm_worker_over_its_time_limit_is_replaced():
 def peak_rss_of_a_job(megabytes):
     """A job that holds `megabytes` in a reference cycle (freed only by the garbage collector) and reports
     the peak RSS the memory tracker measured for it."""
-    from qsweep import measure
+    from qsweep.trackers.memory import MemoryTracker
 
-    tracker = measure.MemoryTracker("cpu")
+    tracker = MemoryTracker("cpu")
     with tracker.track():
         leftover = [torch.ones(megabytes * 2**20, dtype=torch.uint8)]
         leftover.append(leftover)  # a cycle: still there when the job returns
-    return tracker.metrics().peak_rss_gb
+    return tracker.result().peak_rss_gb
 
 
 def test_a_small_job_after_a_big_one_in_the_warm_worker_reports_its_own_peak():
