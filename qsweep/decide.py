@@ -20,7 +20,7 @@ import sys
 from dataclasses import dataclass
 from typing import Dict, Iterable, List, Optional, Set, Tuple
 
-from qsweep.report_rows import DEGENERATE
+from qsweep.report_rows import broken_beyond_fp32
 from qsweep.tables import markdown_table
 from qsweep.tracking.names import TAG_DEGENERATE_REASON, TAG_EMULATED
 
@@ -67,7 +67,7 @@ class Candidate:
     config_hash: str
     run_id: str
     emulated: str = ""  # why this machine only emulates the setting (the run's TAG_EMULATED), else ""
-    degenerate: str = ""  # the degenerate_reason of a broken output, else ""
+    degenerate: str = ""  # the degenerate_reason of an output broken where fp32's is not, else ""
 
     def speed(self, throughput: bool) -> Speed:
         return self.throughput if throughput else self.decode
@@ -114,7 +114,7 @@ def candidate(row) -> Optional[Candidate]:
         _metric(m, "kl_div_vs_fp32"),
         _metric(m, "peak_vram_gb" if on_gpu else "peak_rss_gb"), "VRAM" if on_gpu else "RSS",
         row.job.config_hash or "-", row.job.run_id, tags.get(TAG_EMULATED, ""),
-        tags.get(TAG_DEGENERATE_REASON, "?") if m.get(DEGENERATE) == 1 else "")
+        tags.get(TAG_DEGENERATE_REASON, "?") if broken_beyond_fp32(m) else "")
 
 
 def candidates(rows: Iterable) -> List[Candidate]:

@@ -66,7 +66,7 @@ def write_report(store, jobs: List[RunRecord], out_dir: Path, source: str, paren
                   model_table(rows) + _stops_paying(rows), ""]
         degenerate = [r for r in rows if r.degenerate]
         if degenerate:
-            lines += ["⚠ degenerate output (the quality check flagged the generated text): "
+            lines += ["⚠ degenerate output where fp32's is not (the quality check flagged the generated text): "
                       + ", ".join(f"{r.setting} {r.max_new_tokens}" for r in degenerate), ""]
         for chart in charts.model_charts(model, rows, out_dir) + scaling.charts(model, rows, out_dir):
             lines += [f"![{chart.caption}]({chart.path.name})", "", f"*{chart.caption}*", ""]

@@ -17,6 +17,7 @@ DEFAULT_QUANT_TYPE = PrecisionConfig.quant_type
 PRECISION_ORDER = ("fp32", "fp16", "bf16", "int8", "int4")
 DEVICE_ORDER = ("cpu", "cuda")
 DEGENERATE = "degenerate_output"
+DEGENERATE_VS_FP32 = "degenerate_vs_fp32"  # broken where fp32's own output is not (runs before it: degenerate_output)
 DONE = ("FINISHED", "SKIPPED")  # a skipped job stands for an earlier finished run
 
 
@@ -52,6 +53,12 @@ class Row:
 
     @property
     def degenerate(self) -> bool:
+        """Broken by the setting (where fp32's output is not): marked, and never on the front."""
+        return broken_beyond_fp32(self.metrics)
+
+    @property
+    def output_breaks(self) -> bool:
+        """Some output is broken, fp32's too perhaps (the degenerate_output metric)."""
         return bool(self.metrics.get(DEGENERATE))
 
     def sort_key(self):
@@ -155,3 +162,8 @@ def by_setting(rows: List[Row]) -> Dict[str, List[Row]]:
 
 def longest_per_setting(rows: List[Row]) -> Dict[str, Row]:
     return {s: max(rs, key=lambda r: r.max_new_tokens) for s, rs in by_setting(rows).items()}
+
+
+def broken_beyond_fp32(metrics: dict) -> bool:
+    """The setting broke the output (not the model, which may loop at fp32 too): what rules a run out."""
+    return metrics.get(DEGENERATE_VS_FP32, metrics.get(DEGENERATE)) == 1

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import List, Optional
 
-from qsweep.report_rows import DEGENERATE, Row
+from qsweep.report_rows import DEGENERATE, Row, broken_beyond_fp32
 from qsweep.tracking import TAG_DEGENERATE_REASON, TAG_WEIGHTS_KIND, RunRecord
 
 DASH = "–"  # the T4 notebook's mark for "does not apply" (VRAM on the CPU)
@@ -108,7 +108,7 @@ def model_table(rows: List[Row]) -> str:
                  *(cell(row, metric, dec, spread) for _, metric, dec, spread in columns)]
         if has_degenerate:
             cells.append(("yes: " + row.job.tags.get(TAG_DEGENERATE_REASON, "")).strip(": ")
-                         if row.degenerate else "no")
+                         + ("" if row.degenerate else " (as fp32)") if row.output_breaks else "no")
         body.append(cells + [row.job.config_hash or "-"])
     headers.append("config_hash")
     return markdown_table(headers, body, ["<", ">", *[">"] * (len(shape) + len(columns)),
@@ -148,10 +148,18 @@ def title(model: str, rows: List[Row]) -> str:
 
 
 def degenerate_line(jobs: List[RunRecord]) -> str:
-    """Names the runs whose output is broken: their speed figures are those of garbage text."""
-    broken = [f"{job.name} ({job.tags.get(TAG_DEGENERATE_REASON, '?')})" for job in jobs
-              if job.metrics.get(DEGENERATE) == 1]
-    return f"\nDegenerate output, so speed figures of broken text: {', '.join(broken)}." if broken else ""
+    """Names the runs whose output is broken: where fp32's is not (the setting broke it: its speed figures
+    are those of garbage text), and where fp32's own output breaks the same way (the model's doing)."""
+    def named(job):
+        return f"{job.name} ({job.tags.get(TAG_DEGENERATE_REASON, '?')})"
+
+    broken = [job for job in jobs if job.metrics.get(DEGENERATE) == 1]
+    worse = [named(job) for job in broken if broken_beyond_fp32(job.metrics)]
+    as_fp32 = [named(job) for job in broken if not broken_beyond_fp32(job.metrics)]
+    return ((f"\nDegenerate output where fp32's is not, so speed figures of broken text: {', '.join(worse)}."
+             if worse else "")
+            + (f"\nOutput that breaks as fp32's own does on the same prompts (the model's, not the setting's): "
+               f"{', '.join(as_fp32)}." if as_fp32 else ""))
 
 
 def count_line(jobs: List[RunRecord]) -> str:

@@ -221,6 +221,26 @@ def test_normal_text_with_repeated_words_is_not_a_loop(tokenizer):
     assert outputs.degenerate_reasons([text], [ids], False, tokenizer.all_special_ids) == []
 
 
+def test_a_loop_counts_against_a_setting_only_where_fp32_does_not_loop(tokenizer):
+    loop = "I am sorry to hear that you did not like the food. " * 6
+    fine = "The kitchen opens at noon and closes at ten; the biryani sells out by eight on Fridays."
+    special = tokenizer.all_special_ids
+
+    def ids(text):
+        return tokenizer(text).input_ids
+
+    # prompt 1: fp32 loops too (the model's doing); prompt 2: both fine
+    as_fp32 = outputs.broken_beyond_reference([loop, fine], [ids(loop), ids(fine)], [loop, fine],
+                                              [ids(loop), ids(fine)], special)
+    assert as_fp32 == []
+    # prompt 2 now loops where fp32's output does not: the setting broke it
+    worse = outputs.broken_beyond_reference([loop, loop], [ids(loop), ids(loop)], [loop, fine],
+                                            [ids(loop), ids(fine)], special)
+    assert worse == ["sentence_loop"]
+    # an empty output where fp32 wrote something
+    assert outputs.broken_beyond_reference([" "], [[]], [fine], [ids(fine)], special) == ["empty_output"]
+
+
 def test_special_tokens_are_not_a_loop():
     assert outputs.degenerate_reasons(["hello"], [[5, 6, 7, 8, 9, 10, 11, 12] + [0] * 120], False, [0]) == []
 
@@ -267,6 +287,8 @@ def test_real_weight_runs_record_quality_and_reuse_the_fp32_reference(sweep, che
     assert fp32.tags["quality_reference"] == "self" and bf16.tags["quality_reference"] == "built"
     assert fp32.metrics["kl_div_vs_fp32"] == 0 and fp32.metrics["top1_agreement_vs_fp32"] == 1
     assert fp32.metrics["output_match_vs_fp32"] == 1
+    assert fp32.metrics["degenerate_vs_fp32"] == 0  # whatever its outputs do, they are fp32's own
+    assert bf16.metrics["degenerate_vs_fp32"] in (0, 1) and "degenerate_output" in bf16.metrics
     assert bf16.metrics["kl_div_vs_fp32"] > 0 and bf16.metrics["perplexity"] > 1
     spread = [bf16.metrics[f"kl_div_{q}_vs_fp32"] for q in ("median", "p99", "p999", "max")]
     assert spread == sorted(spread) and spread[-1] >= bf16.metrics["kl_div_vs_fp32"] > 0

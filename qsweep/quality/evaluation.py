@@ -13,7 +13,7 @@ from qsweep.backends import Runtime
 from qsweep.config import RunConfig
 from qsweep.quality import reference
 from qsweep.quality.cache import TOP_K, load_greedy, load_scores, load_text_reference, reference_paths, save_scores
-from qsweep.quality.outputs import degenerate_reasons, output_match, repetition_loop
+from qsweep.quality.outputs import broken_beyond_reference, degenerate_reasons, output_match, repetition_loop
 from qsweep.quality.scoring import TextQuality, score_text
 from qsweep.quality.text import WINDOW, eval_text, eval_windows
 from qsweep.sources import Checkpoint
@@ -38,6 +38,7 @@ class QualityMetrics:
     ln_ppl_ratio_vs_fp32: float  # ln(perplexity / fp32's perplexity), over the same positions
     output_match_vs_fp32: float  # share of generated tokens equal to fp32's, up to the first difference
     degenerate_output: int  # 1: empty output, non-finite logits, an n-gram or a sentence loop
+    degenerate_vs_fp32: int  # 1: non-finite logits, or broken on a prompt where fp32's own output is not
     quality_time_s: float
 
 
@@ -94,16 +95,20 @@ def evaluate(cfg: RunConfig, runtime: Runtime, checkpoint: Checkpoint, generatio
 
     special = set(getattr(tokenizer, "all_special_ids", []))
     reasons = degenerate_reasons(texts, outputs, setting.non_finite, special)
+    fp32_texts = [tokenizer.decode(ids, skip_special_tokens=True) for ids in fp32_outputs]
+    beyond = (["non_finite_logits"] if setting.non_finite else []) + broken_beyond_reference(
+        texts, outputs, fp32_texts, fp32_outputs, special)
     metrics = QualityMetrics(
         perplexity=_finite_or_nan(setting.perplexity),
         **{f"{name}_vs_fp32": _finite_or_nan(getattr(setting, name)) for name in VS_FP32},
         output_match_vs_fp32=output_match(outputs, fp32_outputs),
-        degenerate_output=int(bool(reasons)), quality_time_s=time.perf_counter() - start)
+        degenerate_output=int(bool(reasons)), degenerate_vs_fp32=int(bool(beyond)),
+        quality_time_s=time.perf_counter() - start)
     scores_origin = "reused" if stored else "measured"
     details = {"eval_positions": setting.positions, "windows": len(windows), "window": window, "top_k": TOP_K,
                "reference": origin, "reference_file": paths.text.name, "greedy_reference_file": paths.greedy.name,
                "text_scores": scores_origin, "text_scores_file": paths.scores.name,
-               "degenerate_reasons": reasons,
+               "degenerate_reasons": reasons, "degenerate_vs_fp32_reasons": beyond,
                "degenerate_by_prompt": [",".join(degenerate_reasons([text], [ids], False, special)) or "none"
                                         for text, ids in zip(texts, outputs)],
                "repetition": [dict(zip(("n", "tokens"), repetition_loop([t for t in o if t not in special])))

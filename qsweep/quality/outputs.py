@@ -71,3 +71,15 @@ def degenerate_reasons(texts: Sequence[str], output_ids: Sequence[Sequence[int]]
         reasons.append("empty_output")
     loops = {loop(ids, set(special_ids)) for ids in output_ids}
     return reasons + [kind for kind in ("repetition_loop", "sentence_loop") if kind in loops]
+
+
+def broken_beyond_reference(texts: Sequence[str], output_ids: Sequence[Sequence[int]], reference_texts: Sequence[str],
+                            reference_ids: Sequence[Sequence[int]], special_ids: Sequence[int] = ()) -> List[str]:
+    """What the setting broke, not what the model does anyway: the reasons some prompt's output is broken
+    where the reference's (fp32's) output for the same prompt is not. A small base model loops on some
+    prompts at fp32 too; a quantization that loops on the same prompts has not made it worse."""
+    found = set()
+    for text, ids, ref_text, ref_ids in zip(texts, output_ids, reference_texts, reference_ids):
+        already = degenerate_reasons([ref_text], [ref_ids], False, special_ids)
+        found.update(r for r in degenerate_reasons([text], [ids], False, special_ids) if r not in already)
+    return [kind for kind in ("empty_output", "repetition_loop", "sentence_loop") if kind in found]
