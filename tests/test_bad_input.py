@@ -113,7 +113,7 @@ def _as_config_file(overrides) -> str:
 @pytest.fixture(scope="module")
 def battery(store, folders, tmp_path_factory):
     """Every case of FAILS_ITS_RUN as one job of a single multirun against the shared store: the runs
-    before it, its process and its new job runs."""
+    before it, its result and the runs after it."""
     group = tmp_path_factory.mktemp("conf") / "bad"
     group.mkdir()
     for i, (_, overrides, _) in enumerate(FAILS_ITS_RUN):
