@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT, compose_run
+from conftest import ROOT, Sweep, compose_run
 from qsweep import identity, sources
 from qsweep.confighash import config_hash
 
@@ -63,23 +63,34 @@ def test_names_tags_and_settings_say_the_backend():
     assert identity.run_name(compose_run("device=cpu")) == "gemma-3-270m-fp32-cpu-128"  # unchanged
 
 
-def test_llama_cpp_refuses_cuda_in_one_line(sweep):
+@pytest.fixture(scope="module")
+def on_cuda(tmp_path_factory):
+    """Both runtimes asked for device=cuda, as the two jobs of one sweep: its result and job run per backend."""
+    sweep = Sweep(tmp_path_factory.mktemp("on_cuda"))
+    result = sweep.run("-m", "model=tiny-gpt2", "backend=llama-cpp,ctranslate2", "device=cuda",
+                       "generation.max_new_tokens=4")
+    jobs = [r for r in sweep.runs() if r.data.tags.get("qsweep.kind") == "job"]
+    return result, {backend: [r for r in jobs if r.data.tags["backend"] == backend]
+                    for backend in ("llama-cpp", "ctranslate2")}
+
+
+def test_llama_cpp_refuses_cuda_in_one_line(on_cuda):
     """Its refusal comes before "this machine has no CUDA": a machine with a GPU would not help."""
-    result = sweep.run("model=tiny-gpt2", "backend=llama-cpp", "device=cuda", "generation.max_new_tokens=4")
+    result, runs = on_cuda
     assert result.returncode == 1
-    (run,) = sweep.runs()
+    (run,) = runs["llama-cpp"]
     assert run.info.status == "FAILED" and run.data.tags["error"] == (
         "BackendUnsupported: backend=llama-cpp runs on the CPU here (llama-cpp-python is built without CUDA): use "
         "device=cpu, or backend=transformers or ctranslate2 on cuda")
 
 
-def test_ctranslate2_on_cuda_without_cuda_says_what_the_machine_lacks(sweep):
+def test_ctranslate2_on_cuda_without_cuda_says_what_the_machine_lacks(on_cuda):
     pytest.importorskip("ctranslate2")
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    result = sweep.run("model=tiny-gpt2", "backend=ctranslate2", "device=cuda", "generation.max_new_tokens=4")
+    result, runs = on_cuda
     assert result.returncode == 1
-    (run,) = sweep.runs()
+    (run,) = runs["ctranslate2"]
     assert run.info.status == "FAILED" and run.data.tags["error"].startswith(
         "DeviceUnavailable: device=cuda but this machine has no CUDA")
 

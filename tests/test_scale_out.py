@@ -58,9 +58,9 @@ def _postgres_bin() -> Path:
     return Path(found).resolve().parent
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def postgres():
-    """A throwaway PostgreSQL server on 127.0.0.1, run as the postgres user when we are root
+    """A throwaway PostgreSQL server on 127.0.0.1 (one for the module), run as the postgres user when we are root
     (PostgreSQL refuses to run as root), in a folder that user can reach."""
     bin_dir, port = _postgres_bin(), free_port()
     as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
@@ -82,12 +82,13 @@ def postgres():
         shutil.rmtree(data, ignore_errors=True)
 
 
-@pytest.fixture
-def mlflow_server(postgres, tmp_path):
+@pytest.fixture(scope="module")
+def mlflow_server(postgres, tmp_path_factory):
+    """An MLflow server on that database, shared by the tests of the module (each in its own experiment)."""
     port = free_port()
     server = subprocess.Popen(
         [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", postgres,
-         "--artifacts-destination", str(tmp_path / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
+         "--artifacts-destination", str(tmp_path_factory.mktemp("server") / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
          "--workers", "2"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     uri = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
@@ -123,7 +124,7 @@ def test_parallel_jobs_logging_the_same_prompts_all_record_them(mlflow_server):
     from qsweep.tracking.runs import RunWriter
     from qsweep.tracking import open_store
 
-    store = open_store(TrackingConfig(uri=mlflow_server))
+    store = open_store(TrackingConfig(uri=mlflow_server, experiment="same-prompts"))  # not the sweep's
     writers = [RunWriter(store, store.client.create_run(store.experiment_id).info.run_id) for _ in range(8)]
     start = threading.Barrier(len(writers))
 
