@@ -31,6 +31,7 @@ DTYPES = ("float32", "float16", "bfloat16")
 QUANTIZATIONS = ("none", "int8", "int4")
 QUANT_TYPES_4BIT = ("nf4", "fp4")
 ISOLATIONS = ("process", "inline")
+REUSE_WORKER = ("cuda", "always", "never")
 # The sections that describe *what* is measured; their content is the run's identity.
 HASHED_SECTIONS = ("model", "precision", "device", "generation", "backend")
 
@@ -190,11 +191,15 @@ class TrackingConfig:
 
 @dataclass
 class RunnerConfig:
-    isolation: str = "process"  # process: jobs measure in a worker process (warm, one per sweep); inline: here (debugging)
+    isolation: str = "process"  # process: jobs measure in a worker process; inline: here (debugging)
     timeout_s: float = 900.0  # a job's worker is killed after this long
+    # cuda: a sweep's CUDA jobs share one warm worker (CUDA initialised once), each CPU job gets a fresh one
+    # (its peak RSS holds nothing an earlier job left); always / never: every job, whatever the device
+    reuse_worker: str = "cuda"
 
     def __post_init__(self) -> None:
         one_of(self.isolation, ISOLATIONS, "runner.isolation")
+        one_of(self.reuse_worker, REUSE_WORKER, "runner.reuse_worker")
         require(self.timeout_s > 0, f"runner.timeout_s={self.timeout_s} must be positive")
 
 

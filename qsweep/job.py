@@ -44,7 +44,7 @@ def run_job(cfg: RunConfig, tags: Optional[dict] = None) -> tracking.RunRecord:
             environment.require_device(cfg.device.name)
             isolated, timeout = cfg.runner.isolation == "process", cfg.runner.timeout_s
             prepared, prepare_spent = _prepare_once(cfg, timeout) if isolated else (None, worker.Spent())
-            result, spent = worker.call_timed(measure_job, cfg, isolated, timeout, warm=True)
+            result, spent = worker.call_timed(measure_job, cfg, isolated, timeout, warm=reuses_worker(cfg))
             if prepared is not None and prepared.converted_now:  # the measuring worker found them made
                 result = dataclasses.replace(result, conversion="made")
             phases = dataclasses.replace(
@@ -112,6 +112,13 @@ def completed_job(cfg: RunConfig) -> Optional[tracking.RunRecord]:
     console.say(f"{done[0].name} skipped: config_hash {the_hash} already FINISHED in run {done[0].run_id} "
                 "(sweep.skip_completed=true)")
     return dataclasses.replace(done[0], status="SKIPPED")
+
+
+def reuses_worker(cfg: RunConfig) -> bool:
+    """Whether the job measures in the sweep's warm worker (runner.reuse_worker). On a GPU it spares each job
+    the CUDA initialisation (10-20 s on the H200); on the CPU a fresh worker costs a fraction of a second and
+    keeps what earlier jobs left in the process (a tokenizer, freed but fragmented heap) out of peak_rss_gb."""
+    return cfg.runner.reuse_worker == "always" or (cfg.runner.reuse_worker == "cuda" and cfg.device.name == "cuda")
 
 
 def prepare_files(cfg: RunConfig) -> backends.Files:

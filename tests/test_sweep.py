@@ -21,7 +21,7 @@ def children_of(runs, parent):
 @pytest.mark.slow
 def test_tiny_multirun_over_every_cpu_precision(sweep):
     result = sweep.run("-m", "model=tiny-gpt2", "device=cpu", "precision=fp32,bf16,int8,int4",
-                       "generation.max_new_tokens=16", "generation.repeats=2")
+                       "generation.max_new_tokens=16", "generation.repeats=2", "runner.reuse_worker=always")
     assert result.returncode == 0, result.stderr[-3000:]
     runs = sweep.runs()
     parents = [r for r in runs if r.data.tags.get("qsweep.kind") == "sweep"]
@@ -64,7 +64,7 @@ def test_tiny_multirun_over_every_cpu_precision(sweep):
     assert footprint["int4"] < footprint["int8"] < footprint["fp32"] and footprint["bf16"] < footprint["fp32"]
     assert "4 of 4 jobs finished, 0 failed" in result.stdout
     assert "qsweep: timed generation: " in result.stdout and "median fixed cost per job" in result.stdout
-    # one warm worker measured them all: only the first job paid for starting it
+    # one warm worker measured them all (runner.reuse_worker=always): only the first job paid for starting it
     starts = sorted((r.info.start_time, r.data.metrics["phase_worker_start_s"]) for r in children)
     assert all(later <= 2.0 for _, later in starts[1:]), starts
     # progress: one line per job as it starts, saying which of how many and what it will do

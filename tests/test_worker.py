@@ -144,3 +144,16 @@ def test_a_jobs_thread_count_does_not_carry_over_to_the_next():
     default, _ = warm(threads_after, None)
     warm(threads_after, default + 3)
     assert warm(threads_after, None)[0] == default
+
+
+def test_cuda_jobs_reuse_the_warm_worker_and_cpu_jobs_get_a_fresh_one_unless_told():
+    from conftest import compose_cfg
+    from qsweep.config import validate
+    from qsweep.job import reuses_worker
+
+    def reuses(*overrides):
+        return reuses_worker(validate(compose_cfg(*overrides)))
+
+    assert reuses("device=cuda") and not reuses("device=cpu")
+    assert reuses("device=cpu", "runner.reuse_worker=always")
+    assert not reuses("device=cuda", "runner.reuse_worker=never")
