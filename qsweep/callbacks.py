@@ -87,8 +87,9 @@ class SweepCallback(Callback):
         tracking.RunWriter(self.store, self.sweep_run_id).describe(table)
         console.show(table)
         wall_s = time.time() - tracking.get_run(self.store, self.sweep_run_id).start_time / 1000
-        if results.time_line(measured, wall_s):  # jobs measured in this sweep (not all skipped)
-            console.say(results.time_line(measured, wall_s))
+        time_line = results.time_line(measured, wall_s)
+        if time_line:  # jobs measured in this sweep (not all skipped)
+            console.say(time_line)
         console.say(f"charts and report.md: {tracking.report_command(self.store, self.sweep_run_id)}")
         console.say(f"the runs in the MLflow UI ({tracking.ui_command(self.store.uri)}): "
                     f"{tracking.runs_url(self.store)}")
