@@ -33,7 +33,7 @@ QUANT_TYPES_4BIT = ("nf4", "fp4")
 ISOLATIONS = ("process", "inline")
 REUSE_WORKER = ("cuda", "always", "never")
 # The sections that describe *what* is measured; their content is the run's identity.
-HASHED_SECTIONS = ("model", "precision", "device", "generation", "backend")
+HASHED_SECTIONS = ("model", "precision", "device", "generation", "backend", "quality")
 
 
 class ConfigError(ValueError):
@@ -184,6 +184,17 @@ def _backends_with(key: str) -> List[str]:
 
 
 @dataclass
+class QualityConfig:
+    # Evaluation windows scored for perplexity and KL (about 700 tokens each on Gemma 3: the text makes 3);
+    # None: the whole text. Fewer give a rougher estimate sooner (a first look at a large model; the tests).
+    windows: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        require(self.windows is None or self.windows >= 1,
+                f"quality.windows={self.windows} must be at least 1 (or null for the whole evaluation text)")
+
+
+@dataclass
 class TrackingConfig:
     uri: Optional[str] = None  # None: $MLFLOW_TRACKING_URI, else SQLite under the project's mlruns/
     experiment: str = "qsweep"
@@ -221,6 +232,7 @@ class RunConfig:
     device: DeviceConfig = MISSING
     generation: GenerationConfig = MISSING
     backend: BackendConfig = field(default_factory=BackendConfig)
+    quality: QualityConfig = field(default_factory=QualityConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     runner: RunnerConfig = field(default_factory=RunnerConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)

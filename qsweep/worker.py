@@ -16,11 +16,13 @@ import importlib
 import multiprocessing
 import os
 import pickle
+import signal
 import sys
 import threading
 import time
 import traceback
 from dataclasses import dataclass
+from multiprocessing import forkserver
 from pathlib import Path
 from typing import Any, Callable, Optional, Tuple
 
@@ -219,9 +221,21 @@ def start_fork_server() -> None:
     """Start the fork server now (it imports torch and transformers in parallel with this process's own
     imports), not when the first job needs a worker."""
     if _context().get_start_method() == "forkserver":
-        from multiprocessing import forkserver
-
         forkserver.ensure_running()
+        atexit.register(_stop_fork_server)
+
+
+def _stop_fork_server() -> None:
+    """At this process's exit. A fork server still importing (a sweep that stopped at a config error) would hold
+    this process's stdout and stderr open for seconds after it exits, and whoever reads them (a pipe, a test,
+    a scheduler's log) would wait for it; once this process is done, nothing needs it. (multiprocessing keeps
+    its pid on a private attribute: there is no public way to stop it without waiting for its imports.)"""
+    pid = forkserver._forkserver._forkserver_pid
+    if pid is not None:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
 
 
 def _context():

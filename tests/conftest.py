@@ -1,5 +1,6 @@
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +24,19 @@ def offline_cache(tmp_path_factory):
     The bundled Gemma conversion is shared through QSWEEP_CACHE when the caller sets it."""
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ.setdefault("QSWEEP_CACHE", str(tmp_path_factory.mktemp("cache")))
+    _EMPTY_STORE["folder"] = tmp_path_factory.mktemp("empty_store")
+
+
+_EMPTY_STORE = {}
+
+
+def empty_store() -> Path:
+    """An MLflow SQLite store as MLflow creates it, made once per session: creating one runs MLflow's schema
+    migrations (about 2 s of CPU), which every test's new store would otherwise repeat in its first process."""
+    db = _EMPTY_STORE["folder"] / "mlflow.db"
+    if not db.exists():
+        MlflowClient(f"sqlite:///{db}").search_experiments()
+    return db
 
 
 def compose_cfg(*overrides: str, hydra_config: bool = False):
@@ -49,11 +63,15 @@ def transformers_runtime(cache_dir: Path, *overrides: str):
 
 
 class Sweep:
-    """`python run.py ...` in a subprocess against a store in tmp_path."""
+    """`python run.py ...` in a subprocess against a store in tmp_path: a copy of the empty store unless there
+    is one already, or `new_store` (where the test is about qsweep creating the store itself)."""
 
-    def __init__(self, tmp_path: Path):
+    def __init__(self, tmp_path: Path, new_store: bool = False):
         self.tmp_path = tmp_path
-        self.uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+        db = tmp_path / "mlflow.db"
+        self.uri = f"sqlite:///{db}"
+        if not new_store and not db.exists():
+            shutil.copyfile(empty_store(), db)
 
     def _command(self, args):
         return [sys.executable, str(ROOT / "run.py"), *args,

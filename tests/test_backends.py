@@ -110,7 +110,7 @@ def test_llama_cpp_and_ctranslate2_on_a_gemma_checkpoint(sweep, tiny_gemma, tmp_
     result = sweep.run("-m", "model=gemma-3-270m", "model.name=tiny-gemma", f"model.name_or_path={tiny_gemma}",
                        "device=cpu", "backend=llama-cpp,ctranslate2", "precision=fp32,int8",
                        "generation.max_new_tokens=8", "generation.repeats=2", "generation.warmup=1",
-                       f"paths.cache_dir={cache}")
+                       "quality.windows=1", f"paths.cache_dir={cache}")  # one window: 262k logits a position
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     client = sweep.client()
     runs = {(r.data.tags["backend"], r.data.tags["precision"]): r for r in sweep.runs()
@@ -123,6 +123,8 @@ def test_llama_cpp_and_ctranslate2_on_a_gemma_checkpoint(sweep, tiny_gemma, tmp_
         assert tags["quality_reference"] in ("built", "reused") and tags["conversion"] == "made"
         texts = json.loads(open(client.download_artifacts(run.info.run_id, "generations.json")).read())
         assert all(len(t["output_ids"]) == 8 for t in texts)
+        scored = json.loads(open(client.download_artifacts(run.info.run_id, "quality.json")).read())
+        assert scored["windows"] == 1 and 0 < scored["eval_positions"] < scored["window"]
         check = json.loads(open(client.download_artifacts(run.info.run_id, "precision_check.json")).read())
         if backend == "llama-cpp":
             assert check["file_type"] == {"fp32": "F32", "int8": "Q8_0"}[precision]
@@ -138,7 +140,7 @@ def test_llama_cpp_and_ctranslate2_on_a_gemma_checkpoint(sweep, tiny_gemma, tmp_
     # the conversion is made once and reused by the next job of the same files
     again = sweep.run("model=gemma-3-270m", "model.name=tiny-gemma", f"model.name_or_path={tiny_gemma}", "device=cpu",
                       "backend=llama-cpp", "precision=int8", "generation.max_new_tokens=2", "generation.repeats=1",
-                      "generation.warmup=0", f"paths.cache_dir={cache}")
+                      "generation.warmup=0", "quality.windows=1", f"paths.cache_dir={cache}")
     assert again.returncode == 0, again.stderr[-3000:]
     newest = max(sweep.runs(), key=lambda r: r.info.start_time)
     assert newest.data.tags["conversion"] == "reused"

@@ -69,6 +69,11 @@ def test_hash_ignores_override_order_and_tracking_but_not_what_is_measured():
                                         "generation.max_new_tokens=7"))
     assert a != config_hash(compose_run("model=tiny-gpt2", "precision=int8", "device=cpu",
                                         "generation.max_new_tokens=8"))
+    # how much of the text quality is scored on changes the quality figures: hashed, unless left at the whole text
+    assert a != config_hash(compose_run("model=tiny-gpt2", "precision=int8", "device=cpu",
+                                        "generation.max_new_tokens=7", "quality.windows=1"))
+    assert a == config_hash(compose_run("model=tiny-gpt2", "precision=int8", "device=cpu",
+                                        "generation.max_new_tokens=7", "quality.windows=null"))
 
 
 def test_hash_is_the_same_in_another_process():
@@ -118,6 +123,7 @@ def test_misspelled_key_is_refused():
     ("generation.max_new_tokens=-5", "generation.max_new_tokens=-5 must be at least 1"),
     ("generation.repeats=0", "generation.repeats=0 must be at least 1"),
     ("generation.prompts=[]", "generation.prompts is empty"),
+    ("quality.windows=0", "quality.windows=0 must be at least 1"),
     ("model.weights=randm", "model.weights='randm' is not valid: use one of pretrained, random"),
     ("precision.quant_type=nf3", "precision.quant_type='nf3' is not valid"),
     ("precision.dtype=float8", "precision.dtype='float8' is not valid"),

@@ -48,7 +48,7 @@ def start_until_the_long_job_runs(sweep, request) -> subprocess.Popen:
 @pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
 def test_an_interrupted_sweep_leaves_nothing_running(sweep, how, request):
     process = start_until_the_long_job_runs(sweep, request)
-    time.sleep(3)  # the worker is measuring now
+    assert wait_for(lambda: measuring_workers(process.pid)), "no worker started measuring"
     if how == "ctrl-c":
         os.killpg(process.pid, signal.SIGINT)  # a terminal's Ctrl-C reaches the whole process group
     else:
@@ -150,3 +150,26 @@ def test_sigterm_to_a_parallel_sweep_leaves_nothing_running(sweep, request):
     assert status == {"1000": "KILLED", "1001": "KILLED", "sweep": "KILLED"}, status
     assert all(r.data.tags["error"].startswith("interrupted: the sweep was stopped")
                for r in sweep.runs() if "generation.repeats" in r.data.params)
+
+
+@pytest.mark.slow
+def test_a_command_that_stops_at_a_config_error_leaves_no_helper_behind(sweep):
+    """The fork server starts importing torch before the config is read; a command refused at its config
+    must not leave it running (it holds the command's stdout and stderr: whoever reads them would wait)."""
+    marker = f"qsweep-test-{os.getpid()}-{time.monotonic_ns()}"
+    process = subprocess.Popen([*sweep._command(["model=gpt3"])], env=sweep._env({"QSWEEP_TEST_MARKER": marker}),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert process.wait(timeout=120) == 1
+
+    def marked():
+        found = []
+        for candidate in psutil.process_iter():
+            try:
+                if candidate.environ().get("QSWEEP_TEST_MARKER") == marker:
+                    found.append(candidate)
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                pass
+        return found
+
+    _, alive = psutil.wait_procs(marked(), timeout=5)
+    assert not alive, [p.cmdline()[-1][:80] for p in alive]

@@ -43,7 +43,8 @@ def check_sweep(client: MlflowClient, jobs: int) -> None:
 
 
 @pytest.mark.slow
-def test_eight_parallel_joblib_jobs_against_a_fresh_sqlite_store_lose_nothing(sweep):
+def test_eight_parallel_joblib_jobs_against_a_fresh_sqlite_store_lose_nothing(tmp_path):
+    sweep = Sweep(tmp_path, new_store=True)  # the eight processes race to create it
     seeds = ",".join(str(i) for i in range(8))  # 8 jobs that differ only in their random weights
     result = sweep.run("-m", *TINY, f"model.seed={seeds}", "hydra/launcher=joblib", "hydra.launcher.n_jobs=8",
                        "runner.isolation=inline")  # joblib's processes isolate the jobs already

@@ -69,7 +69,7 @@ def evaluate(cfg: RunConfig, runtime: Runtime, checkpoint: Checkpoint, generatio
     start = time.perf_counter()
     tokenizer = runtime.tokenizer
     window = min(WINDOW, runtime.context_length or WINDOW, runtime.max_scored_length or WINDOW)
-    windows = eval_windows(tokenizer, eval_text(), window)
+    windows = eval_windows(tokenizer, eval_text(), window)[:cfg.quality.windows]  # None: all of them
     outputs = [g.output_ids for g in generations]
     prompt_ids = [g.prompt_ids for g in generations]
     paths = reference_paths(cfg, checkpoint.path, windows, prompt_ids)
