@@ -31,8 +31,11 @@ runtimes: $(VENV)/.installed-all
 train-merge: $(VENV)/.installed
 	$(PY) -m train_merge
 
+# Two test processes (pytest-xdist), a test module's tests in one (its module-scoped sweeps run once): most of a
+# test's time is a sweep's start-up, on one core. TEST_WORKERS=0: one after another in one process.
+TEST_WORKERS ?= 2
 test: $(VENV)/.installed-all
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 ui: $(VENV)/.installed
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db --host 127.0.0.1 --port 5000

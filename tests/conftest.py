@@ -20,10 +20,14 @@ from tiny_gemma import make_tiny_gemma  # noqa: E402,F401  (the stand-in the GPU
 
 @pytest.fixture(scope="session", autouse=True)
 def offline_cache(tmp_path_factory):
-    """No network in tests, and a cache of their own (random-weight checkpoints are made once per session).
-    The bundled Gemma conversion is shared through QSWEEP_CACHE when the caller sets it."""
+    """No network in tests, and a cache of their own: one for the whole run, shared by pytest-xdist's workers
+    (`make test` runs two), so that the bundled Gemma is converted and each random-weight checkpoint made once
+    (the cache builds each thing under a file lock). A caller's QSWEEP_CACHE is used instead when set."""
     os.environ["HF_HUB_OFFLINE"] = "1"
-    os.environ.setdefault("QSWEEP_CACHE", str(tmp_path_factory.mktemp("cache")))
+    run_root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # a worker's folder is <the run's folder>/popen-gwN
+        run_root = run_root.parent
+    os.environ.setdefault("QSWEEP_CACHE", str(run_root / "qsweep-cache"))
     _EMPTY_STORE["folder"] = tmp_path_factory.mktemp("empty_store")
 
 
