@@ -35,7 +35,7 @@ train-merge: $(VENV)/.installed
 # test's time is a sweep's start-up, on one core. TEST_WORKERS=0: one after another in one process.
 TEST_WORKERS ?= 2
 test: $(VENV)/.installed-all
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 ui: $(VENV)/.installed
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db --host 127.0.0.1 --port 5000
