@@ -98,9 +98,9 @@ class Sweep:
         return subprocess.run(self._command(args), env=self._env(env), capture_output=True, text=True,
                               timeout=timeout)
 
-    def start(self, *args: str, start_new_session: bool = False) -> subprocess.Popen:
+    def start(self, *args: str, start_new_session: bool = False, env=None) -> subprocess.Popen:
         """The sweep as a running process, for tests that signal or kill parts of it."""
-        return subprocess.Popen(self._command(args), env=self._env(), stdout=subprocess.PIPE,
+        return subprocess.Popen(self._command(args), env=self._env(env), stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True, start_new_session=start_new_session)
 
     def create_store(self):

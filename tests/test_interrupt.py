@@ -157,9 +157,10 @@ def test_a_command_that_stops_at_a_config_error_leaves_no_helper_behind(sweep):
     """The fork server starts importing torch before the config is read; a command refused at its config
     must not leave it running (it holds the command's stdout and stderr: whoever reads them would wait)."""
     marker = f"qsweep-test-{os.getpid()}-{time.monotonic_ns()}"
-    process = subprocess.Popen([*sweep._command(["model=gpt3"])], env=sweep._env({"QSWEEP_TEST_MARKER": marker}),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    assert process.wait(timeout=120) == 1
+    process = sweep.start("model=gpt3", env={"QSWEEP_TEST_MARKER": marker})
+    assert process.wait(timeout=120) == 1  # not communicate(): that would wait for whoever holds its output
+    process.stdout.close()
+    process.stderr.close()
 
     def marked():
         found = []

@@ -89,8 +89,8 @@ def mlflow_server(postgres, tmp_path_factory):
     port = free_port()
     server = subprocess.Popen(
         [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", postgres,
-         "--artifacts-destination", str(tmp_path_factory.mktemp("server") / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "2"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+         "--artifacts-destination", str(tmp_path_factory.mktemp("server") / "artifacts"),
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "2"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     uri = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while True:

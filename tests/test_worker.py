@@ -7,7 +7,10 @@ import time
 import pytest
 import torch
 
+from conftest import compose_cfg
 from qsweep import tracking, worker
+from qsweep.config import validate
+from qsweep.job import reuses_worker
 
 
 def pid_of_worker(_):
@@ -147,10 +150,6 @@ def test_a_jobs_thread_count_does_not_carry_over_to_the_next():
 
 
 def test_cuda_jobs_reuse_the_warm_worker_and_cpu_jobs_get_a_fresh_one_unless_told():
-    from conftest import compose_cfg
-    from qsweep.config import validate
-    from qsweep.job import reuses_worker
-
     def reuses(*overrides):
         return reuses_worker(validate(compose_cfg(*overrides)))
 
