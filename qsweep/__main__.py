@@ -126,7 +126,8 @@ def _recommend(args: argparse.Namespace) -> int:
     return 0 if recs and all(rec.pick for rec in recs) else 1
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The `qsweep` command line (tests/test_docs.py parses the documented commands with it)."""
     from qsweep.recommend import DEFAULT_MAX_KL
 
     parser = argparse.ArgumentParser(prog="qsweep", description=__doc__.splitlines()[0])
@@ -173,8 +174,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     pick.add_argument("--batch-size", type=_at_least(1, int), help="only runs at this batch size")
     pick.add_argument("--device", choices=("cpu", "cuda"), help="only runs on this device")
     pick.set_defaults(func=_recommend)
+    return parser
 
-    args = parser.parse_args(argv)
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
     from qsweep import signals
     from qsweep.tracking import StoreUnavailable
 

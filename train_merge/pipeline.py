@@ -64,8 +64,8 @@ def run(cfg: TrainMergeConfig) -> Result:
     adapter_dir = Path(cfg.merge.adapter_dir).expanduser().resolve()
     data_file = Path(cfg.data.path).expanduser() if cfg.data.path else data.DATA_FILE
     store = tracking.open_store(cfg.tracking)
-    tags = {"model": cfg.model.name, "device": cfg.train.device, "quantization": cfg.train.quantization,
-            "checkpoint": str(output_dir)}
+    tags = {tracking.TAG_MODEL: cfg.model.name, tracking.TAG_DEVICE: cfg.train.device,
+            tracking.TAG_QUANTIZATION: cfg.train.quantization, tracking.TAG_CHECKPOINT: str(output_dir)}
     with tracking.train_run(store, f"{cfg.model.name}-lora-r{cfg.lora.r}", tags) as mlrun:
         say(f"MLflow run {mlrun.run_id} in {store.uri} (experiment {cfg.tracking.experiment})")
         mlrun.log_params(flatten(asdict(cfg)))

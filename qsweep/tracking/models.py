@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 from typing import Dict
 
+from qsweep.tracking.names import TAG_CHECKPOINT
 from qsweep.tracking.runs import RunWriter
 
 MODEL_TYPE = "merged-checkpoint"
@@ -23,7 +24,7 @@ def register_checkpoint(run: RunWriter, folder: Path, params: dict, tags: Dict[s
 
     client, name = run.store.client, folder.name
     experiment_id = client.get_run(run.run_id).info.experiment_id
-    tags = {"checkpoint": str(folder), **tags}
+    tags = {TAG_CHECKPOINT: str(folder), **tags}
     model = client.create_logged_model(experiment_id, name=name, source_run_id=run.run_id,
                                        params={k: str(v) for k, v in params.items()},
                                        tags=tags, model_type=MODEL_TYPE)

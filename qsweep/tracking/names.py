@@ -44,6 +44,8 @@ TAG_BASE_MODEL = "base_model"
 TAG_DATA_FILE = "data_file"
 TAG_DATA_SHA256 = "data_sha256"
 TAG_ADAPTER = "adapter"
+TAG_CHECKPOINT = "checkpoint"  # the merged checkpoint folder (on the fine-tune run and its logged model)
+TAG_QUANTIZATION = "quantization"  # the fine-tune's base: none, or int4 (QLoRA)
 
 # Params: a job run's config flattened (config.flatten); the ones qsweep reads back
 PARAM_QUANT_TYPE = "precision.quant_type"

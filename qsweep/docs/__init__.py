@@ -1,0 +1,1 @@
+"""The reference pages generated from the code: docs/metrics.md (`python -m qsweep.docs`)."""
