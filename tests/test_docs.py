@@ -258,7 +258,9 @@ def test_a_misspelt_option_of_a_sweep_value_fails_in_its_own_job():
         check_command(["python", "run.py", "-m", "precision=fp32,int9"])  # the second job's value
     with pytest.raises(ConfigError):  # composes, but a value validation refuses
         check_command(["python", "run.py", "generation.max_new_tokens=0"])
-    check_command(["python", "run.py", "~generation.compile"])  # a deletion composes; validation fills the default
+    check_command(["python", "run.py", "~experiment"])  # a deletion, as Hydra reads it
+    with pytest.raises(Exception, match="quality.windowz"):
+        check_command(["python", "run.py", "~quality.windowz"])
 
 
 def test_a_misspelt_flag_fails(tmp_path):

@@ -4,7 +4,7 @@ name, stops the generator and fails tests/test_docs.py. Links are relative to do
 
 METRICS = {
     # loading (qsweep.results.LoadMetrics)
-    "load_time_s": "from loading to a ready model on the device (a one-time conversion or download is not included)",
+    "load_time_s": "`from_pretrained` (or the runtime's load) to a ready model on the device (a one-time conversion or download is not included)",
     "model_footprint_gb": "the size of what the runtime loaded: transformers' weights and buffers "
                           "(`get_memory_footprint`), the GGUF file, CTranslate2's model.bin",
     "conversion_time_s": "llama.cpp and CTranslate2: converting the checkpoint into the files this run loaded (once per "
@@ -66,15 +66,19 @@ METRICS = {
                           "front nor recommended",
     "quality_time_s": "time spent on the quality metrics, including a one-time fp32 reference build by this run",
     # where a job's time went (qsweep.results.JobPhases)
-    "job_wall_s": "the whole job, from its start to its run's last write",
+    "job_wall_s": "the whole job, from its start to its run's last write (the phases below, `load_time_s`, "
+                  "`quality_time_s` and the rest: Hydra and config checks in between)",
     "phase_worker_start_s": "starting worker processes and handing the work and the answer across (the sweep's first "
                             "job also waits for the fork server's imports)",
-    "phase_imports_s": "a new warm worker's imports and CUDA initialisation; 0 once the worker is warm",
+    "phase_imports_s": "a new warm worker's imports and CUDA initialisation (on a GPU: bitsandbytes, transformers' "
+                       "modeling code, the CUDA context); 0 once the worker is warm",
     "phase_prepare_s": "checkpoint preparation: random weights made, a conversion, or finding them made (~0)",
     "phase_environment_s": "the environment record (`environment.json`; once per worker, ~0 after)",
-    "phase_recording_s": "MLflow: the run, its params, datasets and artifacts",
+    "phase_recording_s": "MLflow: the run, its params, datasets and artifacts (the final batch of metrics and tags, "
+                         "written after the clock stops, is not in it)",
     "fixed_cost_s": "`job_wall_s` minus (`load_time_s` + `phase_warmup_s` + `phase_generation_s` + "
-                    "`quality_time_s`): what a job costs besides measuring",
+                    "`quality_time_s`): what a job costs besides measuring; the sweep's summary ends with the share of "
+                    "its wall time spent in timed generation and the median fixed cost per job",
 }
 
 TRAIN_METRICS = {  # a fine-tune run (train_merge/pipeline.py), experiment train_merge
