@@ -21,6 +21,7 @@ from qsweep.config import ConfigError, validate
 
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 SHELL_BLOCKS = {"", "bash", "sh", "shell", "console"}  # a ```text block may show a command that is meant to fail
+UNPARSABLE = "<unparsable>"
 COMMAND_START = re.compile(r"^(\w+=\S+\s+)*(\S*python3?\s+(run\.py|-m\s+[\w.]+)|qsweep\s+\w|make\s+\w)")
 
 
@@ -75,7 +76,10 @@ def commands(text: str):
             if COMMAND_START.match(line.strip()):
                 for part in re.split(r"\s(?:&&|;|\|\|)\s", line):
                     if COMMAND_START.match(part.strip()):
-                        yield first, shlex.split(part)
+                        try:
+                            yield first, shlex.split(part)
+                        except ValueError as err:  # unbalanced quotes: a failing command, not a failed collection
+                            yield first, [UNPARSABLE, f"{part.strip()}: {err}"]
             first = None
 
 
@@ -91,6 +95,7 @@ def documented_commands():
 
 def check_command(argv: list) -> str:
     """Raise when the command would be refused before it ran; returns what was checked."""
+    assert argv[0] != UNPARSABLE, f"not a shell command: {argv[1]}"
     while re.match(r"^\w+=", argv[0]):  # VAR=value prefixes
         argv = argv[1:]
     if argv[0] == "make":
@@ -273,6 +278,9 @@ def test_a_misspelt_flag_fails(tmp_path):
         check_command(["qsweep", "reprodce", "6cf837"])
     with pytest.raises(AssertionError, match="no such target"):
         check_command(["make", "tests"])
+    [(_, argv)] = list(commands("```bash\npython -m qsweep report --filter \"tags.model = 'gpt2'\n```"))
+    with pytest.raises(AssertionError, match="not a shell command.*No closing quotation"):
+        check_command(argv)
 
 
 def test_a_broken_link_or_image_fails(tmp_path):
