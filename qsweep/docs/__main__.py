@@ -15,6 +15,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if not reference.OUT.parent.is_dir():  # an installed package has no docs/ beside it
+        console.refuse(f"no {reference.OUT.parent}: run it in a source checkout of qsweep", prefix="qsweep.docs")
+        return 2
     try:
         if args.check:
             if reference.stale():

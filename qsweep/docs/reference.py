@@ -37,11 +37,12 @@ def fields(result_type: type) -> List[str]:
 
 def train_metrics(source: Path = PIPELINE) -> List[str]:
     """The metric names a fine-tune run logs: the keys of the dicts passed to `log_metrics` in train_merge."""
+    calls = sorted((node for node in ast.walk(ast.parse(source.read_text()))
+                    if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "log_metrics" and node.args
+                    and isinstance(node.args[0], ast.Dict)), key=lambda node: (node.lineno, node.col_offset))
     names = []
-    for node in ast.walk(ast.parse(source.read_text())):
-        if (isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "log_metrics" and node.args
-                and isinstance(node.args[0], ast.Dict)):
-            names += [k.value for k in node.args[0].keys if isinstance(k, ast.Constant) and k.value not in names]
+    for call in calls:  # in source order
+        names += [k.value for k in call.args[0].keys if isinstance(k, ast.Constant) and k.value not in names]
     return names
 
 
