@@ -262,9 +262,6 @@ class RunConfig:
         require(not (self.generation.compile and self.precision.quantization != "none"),
                  f"generation.compile=true cannot be used with {self.precision.name}: bitsandbytes models "
                  "cannot be compiled; use fp32, fp16 or bf16, or generation.compile=false")
-        require(self.precision.name != GGUF_PRECISION or self.model.is_gguf,
-                f"precision={GGUF_PRECISION} measures a GGUF file as it is, and model.name_or_path="
-                f"{self.model.name_or_path} is not one: name a .gguf file, or use another precision")
 
 
 def register_schemas() -> None:

@@ -11,7 +11,7 @@ import torch
 from omegaconf import OmegaConf
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from conftest import Sweep
+from conftest import Sweep, write_gguf
 from qsweep.tracking.names import KIND_JOB, TAG_KIND
 
 TINY = ["model=tiny-gpt2", "device=cpu", "generation.max_new_tokens=2", "generation.repeats=1",
@@ -50,19 +50,7 @@ def folders(tmp_path_factory):
 
 def _gguf_files(root) -> None:
     """A whole Q8_0 GGUF (one tensor), the same cut short, and one whose header is garbage after the magic."""
-    import gguf
-    import numpy as np
-
-    writer = gguf.GGUFWriter(str(root / "q8.gguf"), "llama")
-    writer.add_file_type(gguf.LlamaFileType.MOSTLY_Q8_0)
-    weights = np.random.default_rng(0).standard_normal((4, 64), dtype=np.float32)
-    writer.add_tensor("token_embd.weight", gguf.quants.quantize(weights, gguf.GGMLQuantizationType.Q8_0),
-                      raw_dtype=gguf.GGMLQuantizationType.Q8_0)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    whole = (root / "q8.gguf").read_bytes()
+    whole = write_gguf(root / "q8.gguf", "llama").read_bytes()
     (root / "truncated.gguf").write_bytes(whole[:-40])
     (root / "corrupt.gguf").write_bytes(whole[:24] + b"\xff" * 64)
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Sweep, compose_run, make_tiny_gemma
-from qsweep import identity, prompts
+from conftest import Sweep, compose_run, make_tiny_gemma, write_gguf
+from qsweep import backends, identity, prompts
 from qsweep.backends import BackendUnsupported
 from qsweep.backends import _gguf as gguf_files
 from qsweep.backends import llama_cpp
@@ -95,11 +95,27 @@ def test_gguf_options_keep_every_pinned_hash_and_refuse_what_cannot_work():
     base = compose_run("device=cpu")
     assert config_hash(compose_run("device=cpu", "generation.chat_template=none")) == config_hash(base)
     assert config_hash(compose_run("device=cpu", "generation.chat_template=auto")) != config_hash(base)
-    with pytest.raises(Exception, match="precision=gguf measures a GGUF file as it is, and model.name_or_path="
-                                        "bundled:gemma-3-270m is not one"):
-        compose_run("device=cpu", "precision=gguf")
+    with pytest.raises(BackendUnsupported, match="precision=gguf measures a GGUF file as it is, and model."
+                                                 "name_or_path=bundled:gemma-3-270m is not one"):
+        llama_cpp.check(compose_run("device=cpu", "precision=gguf", "backend=llama-cpp"))
+    with pytest.raises(BackendUnsupported, match="precision=gguf is the GGUF file's own type"):
+        backends.get("transformers").check(compose_run("device=cpu", "precision=gguf"))
     with pytest.raises(Exception, match="generation.chat_template=auto wraps text prompts"):
         compose_run("device=cpu", "generation.chat_template=auto", "generation.prompt_tokens=16")
+
+
+def test_a_gguf_transformers_cannot_read_is_tagged_and_refused_where_it_needs_transformers(tmp_path):
+    """llama.cpp still measures it (speed, memory); the tag says why there is no quality reference, and the
+    runtimes that load it through transformers say in one line that they cannot."""
+    model = ["model=gemma-3-270m", f"model.name_or_path={write_gguf(tmp_path / 'x.gguf', 'rwkv6')}", "device=cpu"]
+    tags = identity.run_tags(compose_run(*model, "backend=llama-cpp", "precision=gguf"))
+    assert tags["weights_origin"] == "GGUF Q8_0" and tags["runtime"] == "llama.cpp Q8_0"
+    assert tags["quality_unavailable"].startswith("transformers cannot read GGUF architecture rwkv6, so it has no "
+                                                  "fp32 reference")
+    for backend in ("transformers", "ctranslate2"):
+        with pytest.raises(BackendUnsupported, match="cannot read GGUF architecture rwkv6.*: use backend=llama-cpp"):
+            backends.get(backend).check(compose_run(*model, f"backend={backend}"))
+    assert "quality_unavailable" not in identity.run_tags(compose_run(*model[:1], "device=cpu"))
 
 
 @pytest.fixture(scope="module")

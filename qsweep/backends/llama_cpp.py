@@ -69,6 +69,9 @@ def check(cfg: RunConfig) -> None:
     if cfg.device.name != "cpu":
         raise BackendUnsupported("backend=llama-cpp runs on the CPU here (llama-cpp-python is built without CUDA): "
                                  "use device=cpu, or backend=transformers or ctranslate2 on cuda")
+    if cfg.precision.name == GGUF_PRECISION and not cfg.model.is_gguf:
+        raise BackendUnsupported(f"precision={GGUF_PRECISION} measures a GGUF file as it is, and model.name_or_path="
+                                 f"{cfg.model.name_or_path} is not one: name a .gguf file, or use another precision")
     if cfg.model.is_gguf:
         described = gguf_source.describe(cfg.model)  # a missing or broken file: its one-line error
         if described is not None:
