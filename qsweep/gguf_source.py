@@ -15,6 +15,9 @@ from qsweep.backends import _gguf as gguf_files
 from qsweep.config import GGUF_PRECISION, ModelConfig, RunConfig
 
 
+GEMMA3_27B_LAYERS = 62  # llama.cpp takes a Gemma 3 of this many layers for the 27B (its own attention scale)
+
+
 class GgufUnavailable(RuntimeError):
     """The GGUF file is missing, broken or unreachable; the message says what to do."""
 
@@ -118,6 +121,14 @@ def require_dequantized(cfg: RunConfig, checkpoint=None) -> None:
         raise BackendUnsupported(f"{why}: use backend=llama-cpp")
 
 
+def _as_llama_cpp_computes(config) -> None:
+    """What a GGUF does not store, set as llama.cpp computes it: Gemma 3 scales attention by head_dim (by hidden
+    size / heads in the 62-layer 27B), where transformers' GGUF loader leaves query_pre_attn_scalar at 256."""
+    if config.model_type == "gemma3_text":
+        config.query_pre_attn_scalar = (config.hidden_size // config.num_attention_heads
+                                        if config.num_hidden_layers == GEMMA3_27B_LAYERS else config.head_dim)
+
+
 def dequantize(path: Path, folder: Path, dtype: str) -> None:
     """A GGUF -> a plain safetensors checkpoint at `dtype` + its tokenizer in `folder` (transformers' GGUF
     loader; a minute or two for a 270M model with a 262k vocabulary on 2 cores)."""
@@ -140,6 +151,7 @@ def dequantize(path: Path, folder: Path, dtype: str) -> None:
     # A GGUF-loaded model refuses save_pretrained; a fresh model with its weights does not.
     config = gguf_model.config
     config.__dict__.pop("quantization_config", None)  # the saved checkpoint is a plain one
+    _as_llama_cpp_computes(config)
     model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype)
     model.load_state_dict(gguf_model.state_dict())
     model.save_pretrained(folder)
