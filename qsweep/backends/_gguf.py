@@ -202,8 +202,9 @@ _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<
 
 def _header(path: Path, arrays: Optional[str] = None):
     """Key/values, their GGUF value types ((type, item type) per key), (name, shape, type, offset) of every
-    tensor and where the tensor data starts, read from the header alone. Arrays are skipped (None) unless their key starts with `arrays`; gguf's
-    GGUFReader decodes each of the 262k tokens through numpy views: 11 s, where this takes 0.3."""
+    tensor and where the tensor data starts, read from the header alone. Arrays are skipped (None) unless their
+    key starts with `arrays`; gguf's GGUFReader decodes each of the 262k tokens through numpy views: 11 s, where
+    this takes 0.3."""
     with open(path, "rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as m:
         _, n_tensors, n_kv = struct.unpack_from("<IQQ", m, 4)
         offset = 24
