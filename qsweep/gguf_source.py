@@ -14,7 +14,6 @@ from qsweep.backends import BackendUnsupported
 from qsweep.backends import _gguf as gguf_files
 from qsweep.config import GGUF_PRECISION, ModelConfig, RunConfig
 
-
 GEMMA3_27B_LAYERS = 62  # llama.cpp takes a Gemma 3 of this many layers for the 27B (its own attention scale)
 
 
@@ -23,18 +22,22 @@ class GgufUnavailable(RuntimeError):
 
 
 def locate(model: ModelConfig, download: bool = True) -> Optional[Path]:
-    """The GGUF file model names: a local path, or model.gguf_file of the hub repository name_or_path (from
-    the hub cache, downloaded when `download`; None when it is not cached and download is False)."""
-    if not model.gguf_file:
-        path = Path(model.name_or_path).expanduser()
+    """The GGUF file model names: a local path, or model.gguf_file of the folder or hub repository name_or_path
+    (from the hub cache, downloaded when `download`; None when it is not cached and download is False)."""
+    folder = Path(model.name_or_path).expanduser()
+    if not model.gguf_file or folder.is_dir():
+        path = folder / model.gguf_file if model.gguf_file else folder
         if not path.is_file():
-            raise GgufUnavailable(f"model.name_or_path={model.name_or_path}: no such GGUF file; give the path of a "
+            raise GgufUnavailable(f"{path}: no such GGUF file; give the path of a "
                                   ".gguf file, or a hub repository and model.gguf_file=<file name in it>")
         return path
     from huggingface_hub import hf_hub_download, try_to_load_from_cache
 
     if not download:
-        cached = try_to_load_from_cache(model.name_or_path, model.gguf_file, revision=model.revision)
+        try:
+            cached = try_to_load_from_cache(model.name_or_path, model.gguf_file, revision=model.revision)
+        except ValueError:  # not a repository id: hf_hub_download says so in the job, in one line
+            return None
         return Path(cached) if isinstance(cached, str) else None
     try:
         return Path(hf_hub_download(model.name_or_path, model.gguf_file, revision=model.revision))

@@ -18,9 +18,9 @@ from typing import Callable, List, Optional
 import numpy as np
 import torch
 
+from qsweep import gguf_source
 from qsweep.backends import (BackendUnsupported, Files, PrecisionCheck, Runtime, context_length, convert_once,
                              require_package, require_precision)
-from qsweep import gguf_source
 from qsweep.backends import _gguf as gguf_files
 from qsweep.config import GGUF_PRECISION, BackendConfig, RunConfig
 from qsweep.sources import Checkpoint, fingerprint_key
