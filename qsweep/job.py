@@ -123,7 +123,7 @@ def reuses_worker(cfg: RunConfig) -> bool:
 
 
 def check_inputs(cfg: RunConfig) -> None:
-    """Bad input seen without loading anything: a missing or broken GGUF file, a chat template asked of a local
+    """Bad input seen without loading anything: a missing or broken model file, a chat template asked of a local
     model without one (a hub model's is checked once its tokenizer is there)."""
     prompts.require_template(cfg.generation, cfg.model.name_or_path, sources.has_chat_template(cfg.model))
 
