@@ -32,6 +32,10 @@ QUANTIZATIONS = ("none", "int8", "int4")
 QUANT_TYPES_4BIT = ("nf4", "fp4")
 ISOLATIONS = ("process", "inline")
 REUSE_WORKER = ("cuda", "always", "never")
+# none: the prompts as written; auto: in the model's chat template where it has one; required: in it, or an error
+CHAT_TEMPLATES = ("none", "auto", "required")
+GGUF_SUFFIX = ".gguf"
+GGUF_PRECISION = "gguf"  # a GGUF file's own type, as it is (precision=gguf)
 # The sections that describe *what* is measured; their content is the run's identity.
 HASHED_SECTIONS = ("model", "precision", "device", "generation", "backend", "quality")
 
@@ -63,10 +67,21 @@ class ModelConfig:
     seed: int = 0  # initialisation of random weights and synthetic prompts
     # Added to the error when a local checkpoint folder is missing: how to make it. Not hashed.
     missing_hint: Optional[str] = None
+    # A GGUF file of the hub repository name_or_path (a local GGUF is name_or_path itself: path/to/model.gguf)
+    gguf_file: Optional[str] = None
 
     def __post_init__(self) -> None:
         one_of(self.weights, WEIGHTS, "model.weights")
         require(bool(self.name_or_path), "model.name_or_path is empty: give a hub id or a checkpoint folder")
+        require(self.gguf_file is None or self.gguf_file.endswith(GGUF_SUFFIX),
+                f"model.gguf_file={self.gguf_file} is not a .gguf file name: name a GGUF file of the repository")
+        require(not (self.is_gguf and self.weights == "random"),
+                f"model.weights=random cannot be made from a GGUF file ({self.name_or_path}): use "
+                "model.weights=pretrained to measure the file, or name a checkpoint folder or hub id")
+
+    @property
+    def is_gguf(self) -> bool:
+        return bool(self.gguf_file) or self.name_or_path.lower().endswith(GGUF_SUFFIX)
 
 
 @dataclass
@@ -111,8 +126,13 @@ class GenerationConfig:
     # (e.g. 0.03), until repeat_time_cap_s of timed generation; timed_samples says how many it took.
     repeat_until_spread: Optional[float] = None
     repeat_time_cap_s: float = 60.0
+    chat_template: str = "none"  # wrap each text prompt in the model's chat template: none, auto or required
 
     def __post_init__(self) -> None:
+        one_of(self.chat_template, CHAT_TEMPLATES, "generation.chat_template")
+        require(self.chat_template == "none" or self.prompt_tokens is None,
+                f"generation.chat_template={self.chat_template} wraps text prompts, and generation.prompt_tokens="
+                f"{self.prompt_tokens} cuts prompts of exact length from the evaluation text: drop one of them")
         require(self.max_new_tokens > 0,
                  f"generation.max_new_tokens={self.max_new_tokens} must be at least 1")
         require(self.repeats > 0, f"generation.repeats={self.repeats} must be at least 1")

@@ -30,7 +30,9 @@ def portable(path: str) -> str:
 # every config that existed before keeps its config_hash (tests/test_hash_pins.py).
 LATER_FIELDS = {"backend": {"name": BackendConfig.name},
                 "generation": {"prompt_tokens": None, "repeat_until_spread": None,
-                               "repeat_time_cap_s": GenerationConfig.repeat_time_cap_s},
+                               "repeat_time_cap_s": GenerationConfig.repeat_time_cap_s,
+                               "chat_template": GenerationConfig.chat_template},
+                "model": {"gguf_file": None},
                 "quality": {"windows": None}}
 
 

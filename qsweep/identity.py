@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import json
 
-from qsweep import backends, sources
-from qsweep.config import BackendConfig, PrecisionConfig, RunConfig
+from qsweep import backends, gguf_source, sources
+from qsweep.config import GGUF_PRECISION, BackendConfig, PrecisionConfig, RunConfig
 from qsweep.confighash import config_hash
 from qsweep.environment import resolve_device
 from qsweep.tracking import (TAG_BACKEND, TAG_BATCH_SIZE, TAG_COMPILE, TAG_DEVICE, TAG_FINE_TUNE_RUN, TAG_HASH,
                              TAG_LOGGED_MODEL, TAG_MAX_NEW_TOKENS, TAG_MODEL, TAG_MODEL_VERSION, TAG_PRECISION,
-                             TAG_PROMPT_TOKENS, TAG_QUANT_TYPE, TAG_RUNTIME, TAG_SETTING, TAG_WEIGHTS,
-                             TAG_WEIGHTS_KIND)
+                             TAG_PROMPT_TOKENS, TAG_QUALITY_UNAVAILABLE, TAG_QUANT_TYPE, TAG_RUNTIME, TAG_SETTING,
+                             TAG_WEIGHTS, TAG_WEIGHTS_KIND, TAG_WEIGHTS_ORIGIN)
 
 DEFAULT_BACKEND = BackendConfig().name
 DEFAULT_QUANT_TYPE = PrecisionConfig.quant_type
@@ -33,7 +33,10 @@ def run_name(cfg) -> str:
 
 
 def precision_label(cfg) -> str:
-    """int4, or int4 fp4 for 4-bit FP4 (NF4 is int4's default): what the name and the setting show."""
+    """int4, or int4 fp4 for 4-bit FP4 (NF4 is int4's default), or a GGUF model's own type (gguf Q4_K_M): what
+    the name and the setting show."""
+    if cfg.precision.name == GGUF_PRECISION:
+        return f"{GGUF_PRECISION} {gguf_source.file_type(cfg.model) or 'file'}"
     quant_type = getattr(cfg.precision, "quant_type", DEFAULT_QUANT_TYPE)
     return cfg.precision.name + (f" {quant_type}" if quant_type != DEFAULT_QUANT_TYPE else "")
 
@@ -49,7 +52,20 @@ def run_tags(cfg: RunConfig) -> dict:
             TAG_PROMPT_TOKENS: cfg.generation.prompt_tokens or "text",
             TAG_SETTING: f"{cfg.device.name.upper()} {precision_label(cfg).upper()}"
                          + (" compiled" if cfg.generation.compile else ""), **weights_tag(cfg),
-            **fine_tune_tags(cfg)}
+            **fine_tune_tags(cfg), **gguf_tags(cfg)}
+
+
+def gguf_tags(cfg: RunConfig) -> dict:
+    """A GGUF model: its type (weights_origin, on every runtime), and why it has no quality reference where
+    transformers cannot read it. Nothing where the file cannot be read now (the job fails with the reason)."""
+    try:
+        described = gguf_source.describe(cfg.model) if cfg.model.is_gguf else None
+    except (gguf_source.GgufUnavailable, OSError):
+        return {}
+    if described is None:
+        return {}
+    why = gguf_source.without_reference(described["architecture"])
+    return {TAG_WEIGHTS_ORIGIN: f"GGUF {described['file_type']}", **({TAG_QUALITY_UNAVAILABLE: why} if why else {})}
 
 
 def weights_tag(cfg: RunConfig) -> dict:

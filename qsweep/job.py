@@ -41,6 +41,7 @@ def run_job(cfg: RunConfig, tags: Optional[dict] = None) -> tracking.RunRecord:
             # what the backend can never run (a CPU-only build on cuda) before what this machine lacks: one line
             # each, before any work
             backends.get(cfg.backend.name).check(cfg)
+            check_inputs(cfg)
             environment.require_device(cfg.device.name)
             isolated, timeout = cfg.runner.isolation == "process", cfg.runner.timeout_s
             prepared, prepare_spent = _prepare_once(cfg, timeout) if isolated else (None, worker.Spent())
@@ -119,6 +120,12 @@ def reuses_worker(cfg: RunConfig) -> bool:
     the CUDA initialisation (10-20 s on the H200); on the CPU a fresh worker costs a fraction of a second and
     keeps what earlier jobs left in the process (a tokenizer, freed but fragmented heap) out of peak_rss_gb."""
     return cfg.runner.reuse_worker == "always" or (cfg.runner.reuse_worker == "cuda" and cfg.device.name == "cuda")
+
+
+def check_inputs(cfg: RunConfig) -> None:
+    """Bad input seen without loading anything: a missing or broken model file, a chat template asked of a local
+    model without one (a hub model's is checked once its tokenizer is there)."""
+    prompts.require_template(cfg.generation, cfg.model.name_or_path, sources.has_chat_template(cfg.model))
 
 
 def prepare_files(cfg: RunConfig) -> backends.Files:

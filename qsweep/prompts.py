@@ -1,20 +1,29 @@
-"""The token ids a job generates from: the text prompts encoded by the checkpoint's tokenizer, or
+"""The token ids a job generates from: the text prompts encoded by the checkpoint's tokenizer (each wrapped
+as a user turn in the model's chat template with generation.chat_template=auto|required), or
 (generation.prompt_tokens=N) prompts of exactly N tokens cut from the evaluation text, or, for a model
-without a tokenizer (random weights), deterministic synthetic ids of the same lengths."""
+without a tokenizer (random weights), deterministic synthetic ids of the same lengths. Every runtime
+generates from these ids, so each is fed exactly the same tokens.
+
+A chat template is Jinja code from the model's files: transformers renders it in jinja2's
+ImmutableSandboxedEnvironment (transformers/utils/chat_template_utils.py), which refuses attribute access to
+Python internals and any mutation, so a template cannot run code of its own."""
 
 from __future__ import annotations
 
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 
-from qsweep.config import GenerationConfig
+from qsweep.config import ConfigError, GenerationConfig
 from qsweep.quality import eval_text, starts_with_bos
 
 
 def encode(gen: GenerationConfig, tokenizer, vocab_size: int, seed: int) -> Tuple[List[List[int]], List[str]]:
     """(token ids per prompt, the prompt as text): one prompt per entry of generation.prompts."""
     if gen.prompt_tokens is None:
+        require_template(gen, "the model", tokenizer is not None and bool(tokenizer.chat_template))
+        if tokenizer is not None and gen.chat_template != "none" and tokenizer.chat_template:
+            return [chat_ids(tokenizer, p) for p in gen.prompts], list(gen.prompts)
         if tokenizer is not None:
             return [tokenizer(p).input_ids for p in gen.prompts], list(gen.prompts)
         lengths = [max(1, len(p) // 4) for p in gen.prompts]  # about one token per 4 characters, like text
@@ -25,6 +34,20 @@ def encode(gen: GenerationConfig, tokenizer, vocab_size: int, seed: int) -> Tupl
         return ids, [f"{gen.prompt_tokens} synthetic tokens" for _ in ids]
     ids = _cut_from_eval_text(tokenizer, gen.prompt_tokens, len(gen.prompts))
     return ids, [tokenizer.decode(p, skip_special_tokens=True) for p in ids]
+
+
+def chat_ids(tokenizer, prompt: str) -> List[int]:
+    """The prompt as one user turn in the tokenizer's chat template, ready for the model's answer (the
+    template writes its own special tokens, BOS included, so none are added on top)."""
+    return list(tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                              tokenize=True, return_dict=False))
+
+
+def require_template(gen: GenerationConfig, model: str, has_template: Optional[bool]) -> None:
+    """generation.chat_template=required of a model without one: one line (has_template None: not known yet)."""
+    if gen.chat_template == "required" and has_template is False:
+        raise ConfigError(f"generation.chat_template=required, but {model} has no chat template (none in its "
+                          "tokenizer files): use generation.chat_template=auto or none to measure it with raw prompts")
 
 
 def _synthetic(lengths: List[int], vocab_size: int, seed: int) -> List[List[int]]:

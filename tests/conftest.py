@@ -66,6 +66,23 @@ def compose_run(*overrides: str):
     return on_this_machine(validate(compose_cfg(*overrides)))
 
 
+def write_gguf(path: Path, architecture: str) -> Path:
+    """A small Q8_0 GGUF file of `architecture`: one tensor and the header keys qsweep reads (no model)."""
+    import gguf
+    import numpy as np
+
+    writer = gguf.GGUFWriter(str(path), architecture)
+    writer.add_file_type(gguf.LlamaFileType.MOSTLY_Q8_0)
+    weights = np.random.default_rng(0).standard_normal((4, 64), dtype=np.float32)
+    writer.add_tensor("token_embd.weight", gguf.quants.quantize(weights, gguf.GGMLQuantizationType.Q8_0),
+                      raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
 def transformers_runtime(cache_dir: Path, *overrides: str):
     """A model as the transformers backend loads it: a Runtime, what measure.py times."""
     from qsweep import backends, sources

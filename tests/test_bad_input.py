@@ -11,7 +11,7 @@ import torch
 from omegaconf import OmegaConf
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from conftest import Sweep
+from conftest import Sweep, write_gguf
 from qsweep.tracking.names import KIND_JOB, TAG_KIND
 
 TINY = ["model=tiny-gpt2", "device=cpu", "generation.max_new_tokens=2", "generation.repeats=1",
@@ -40,11 +40,19 @@ def folders(tmp_path_factory):
     (root / "bad_json" / "config.json").write_text("{not json")
     model.save_pretrained(root / "bad_safetensors")
     (root / "bad_safetensors" / "model.safetensors").write_bytes(b"garbage" * 10)
+    _gguf_files(root)
     (root / "custom_code").mkdir()
     (root / "custom_code" / "config.json").write_text(json.dumps(
         {"model_type": "qsweep_custom", "auto_map": {"AutoConfig": "configuration_x.XConfig",
                                                      "AutoModelForCausalLM": "modeling_x.XModel"}}))
     return root
+
+
+def _gguf_files(root) -> None:
+    """A whole Q8_0 GGUF (one tensor), the same cut short, and one whose header is garbage after the magic."""
+    whole = write_gguf(root / "q8.gguf", "llama").read_bytes()
+    (root / "truncated.gguf").write_bytes(whole[:-40])
+    (root / "corrupt.gguf").write_bytes(whole[:24] + b"\xff" * 64)
 
 
 LOCAL = ["model=gpt2", "device=cpu", "generation.max_new_tokens=2", "generation.repeats=1", "generation.warmup=0"]
@@ -90,6 +98,16 @@ FAILS_ITS_RUN = [
      "backend=llama-cpp has no GGUF type for precision=fp32 (backend.gguf_type=Q9_Z)"),
     ("GGUF type on another backend", [*TINY, "backend.gguf_type=Q4_0"],
      "backend.gguf_type is for backend=llama-cpp, not transformers"),
+    ("GGUF that does not exist", [*LOCAL, "model.name_or_path={root}/nowhere.gguf"], "no such GGUF file"),
+    ("truncated GGUF", [*LOCAL, "model.name_or_path={root}/truncated.gguf"], "truncated.gguf is truncated: "),
+    ("corrupt GGUF", [*LOCAL, "model.name_or_path={root}/corrupt.gguf"],
+     "corrupt.gguf is a corrupt GGUF file: its header does not parse"),
+    ("quantized GGUF quantized again", [*LOCAL, "model.name_or_path={root}/q8.gguf", "backend=llama-cpp",
+                                        "precision=int4"],
+     "is quantized already (Q8_0): quantizing it again to Q4_K_M compounds the two errors; use precision=gguf"),
+    ("chat template of a model without one", [*LOCAL, "model.name_or_path={root}/narrow",
+                                              "generation.chat_template=required"],
+     "/narrow has no chat template (none in its tokenizer files): use generation.chat_template=auto or none"),
     ("time limit not positive", [*TINY, "runner.timeout_s=0"], "runner.timeout_s=0.0 must be positive"),
 ]
 GROUPS = ("model", "precision", "device", "backend")  # overrides that choose a config file

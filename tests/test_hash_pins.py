@@ -28,7 +28,8 @@ PINNED = {
     "backend=transformers": "9b6121b94e3c",  # the default backend: every earlier run was measured on it
 }
 # Options added later hash as the settings they stand for, or are new measurements with a hash of their own.
-NEW_OPTIONS = {"device=auto", "generation=restaurant", "backend=llama-cpp", "backend=ctranslate2", "experiment=serving"}
+NEW_OPTIONS = {"device=auto", "generation=restaurant", "backend=llama-cpp", "backend=ctranslate2", "experiment=serving",
+               "precision=gguf"}  # precision=gguf: a GGUF model only (tests/test_gguf_model.py)
 
 
 def _options():

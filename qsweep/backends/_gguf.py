@@ -125,7 +125,7 @@ def convert(folder: Path, out_path: Path, out_type: str, template: Path) -> None
 
     cfg = json.loads((folder / "config.json").read_text())
     hp = _hparams(cfg)
-    kv, kinds, _ = _header(template, arrays="tokenizer.")
+    kv, kinds, _, _ = _header(template, arrays="tokenizer.")
     tokenizer = {key: value for key, value in kv.items() if key.startswith("tokenizer.")}
     tokens = tokenizer["tokenizer.ggml.tokens"]
     if len(tokens) != hp["vocab_size"]:
@@ -201,9 +201,10 @@ _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<
 
 
 def _header(path: Path, arrays: Optional[str] = None):
-    """Key/values, their GGUF value types ((type, item type) per key) and (name, shape, type) of every tensor,
-    read from the header alone. Arrays are skipped (None) unless their key starts with `arrays`; gguf's
-    GGUFReader decodes each of the 262k tokens through numpy views: 11 s, where this takes 0.3."""
+    """Key/values, their GGUF value types ((type, item type) per key), (name, shape, type, offset) of every
+    tensor and where the tensor data starts, read from the header alone. Arrays are skipped (None) unless their
+    key starts with `arrays`; gguf's GGUFReader decodes each of the 262k tokens through numpy views: 11 s, where
+    this takes 0.3."""
     with open(path, "rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as m:
         _, n_tensors, n_kv = struct.unpack_from("<IQQ", m, 4)
         offset = 24
@@ -243,26 +244,79 @@ def _header(path: Path, arrays: Optional[str] = None):
             name = string()
             (dims,) = struct.unpack_from("<I", m, offset)
             shape = struct.unpack_from(f"<{dims}Q", m, offset + 4)
-            (kind,) = struct.unpack_from("<I", m, offset + 4 + 8 * dims)
+            kind, start = struct.unpack_from("<IQ", m, offset + 4 + 8 * dims)
             offset += 4 + 8 * dims + 12
-            tensors.append((name, shape, kind))
-    return kv, kinds, tensors
+            tensors.append((name, shape, kind, start))
+    alignment = kv.get("general.alignment", 32)
+    return kv, kinds, tensors, -(-offset // alignment) * alignment
 
 
 def inspect(path: Path) -> Dict[str, Any]:
     """What a GGUF file holds: its file type and the number of tensors and parameters per tensor type."""
+    kv, _, tensors, _ = _header(path)
+    return _describe(path, kv, tensors)
+
+
+def _describe(path: Path, kv: Dict[str, Any], tensors) -> Dict[str, Any]:
     import gguf
 
-    kv, _, tensors = _header(path)
-    names = {v: k for k, v in FTYPES.items()}
     tensor_types: Counter = Counter()
     params: Counter = Counter()
-    for _, shape, kind in tensors:
+    for _, shape, kind, _ in tensors:
         tensor_types[gguf.GGMLQuantizationType(kind).name] += 1
         params[gguf.GGMLQuantizationType(kind).name] += int(np.prod(shape))
-    return {"file_type": names.get(kv.get("general.file_type"), str(kv.get("general.file_type"))),
+    return {"file_type": type_name(kv.get("general.file_type")), "architecture": kv.get("general.architecture"),
+            "context_length": kv.get(f"{kv.get('general.architecture')}.context_length"),
+            "has_chat_template": bool(kv.get("tokenizer.chat_template")),
             "tensor_types": dict(sorted(tensor_types.items())), "params_by_type": dict(sorted(params.items())),
             "file_bytes": path.stat().st_size}
+
+
+def chat_template(path: Path) -> Optional[str]:
+    """The file's tokenizer.chat_template (transformers' GGUF tokenizer does not carry it over)."""
+    return _header(path)[0].get("tokenizer.chat_template")
+
+
+def type_name(file_type: Optional[int]) -> str:
+    """A llama_ftype as llama-quantize names it: Q4_K_M, F16, IQ4_XS, ..."""
+    import gguf
+
+    names = {v: k for k, v in FTYPES.items()}
+    if file_type in names or file_type is None:
+        return names.get(file_type, "unknown")
+    try:
+        return gguf.LlamaFileType(file_type).name.removeprefix("MOSTLY_").removeprefix("ALL_")
+    except ValueError:
+        return str(file_type)
+
+
+class BrokenFile(ValueError):
+    """Not a whole GGUF file: the message says what is wrong with it."""
+
+
+def check_file(path: Path) -> Dict[str, Any]:
+    """inspect(path) of a whole GGUF file, or BrokenFile: not GGUF, a header that does not parse, or tensor
+    data cut short (a download stopped half way). Reads the header only."""
+    with open(path, "rb") as file:
+        magic = file.read(4)
+    if magic != b"GGUF":
+        raise BrokenFile(f"{path} is not a GGUF file (it starts with {magic!r}, not b'GGUF')")
+    try:
+        kv, _, tensors, data_start = _header(path)
+        needed = data_start + max((start + _nbytes(shape, kind) for _, shape, kind, start in tensors), default=0)
+        described = _describe(path, kv, tensors)
+    except (struct.error, ValueError, KeyError, IndexError, OverflowError, MemoryError) as err:
+        raise BrokenFile(f"{path} is a corrupt GGUF file: its header does not parse ({type(err).__name__})") from None
+    if described["file_bytes"] < needed:
+        raise BrokenFile(f"{path} is truncated: {described['file_bytes']} bytes where its header describes {needed}")
+    return described
+
+
+def _nbytes(shape, kind: int) -> int:
+    import gguf
+
+    block, size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(kind)]
+    return int(np.prod(shape)) // block * size
 
 
 def template(cache_dir: Path) -> Path:

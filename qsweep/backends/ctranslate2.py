@@ -21,7 +21,7 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 import torch
 
-from qsweep import environment
+from qsweep import environment, gguf_source
 from qsweep.backends import (BackendUnsupported, Files, PrecisionCheck, Runtime, context_length, convert_once,
                              require_package, require_precision)
 from qsweep.config import BackendConfig, RunConfig
@@ -51,6 +51,7 @@ def label(cfg: RunConfig) -> str:
 
 def check(cfg: RunConfig) -> None:
     require_package("ctranslate2", "ctranslate2", "ctranslate2")
+    gguf_source.require_dequantized(cfg)
     import ctranslate2
 
     if cfg.generation.batch_size > 1 and cfg.generation.prompt_tokens is None:
@@ -77,6 +78,7 @@ def check(cfg: RunConfig) -> None:
 
 def prepare(cfg: RunConfig, checkpoint: Checkpoint) -> Files:
     """<cache>/ct2/<checkpoint key>/<compute type>: converted once (weights stored at that type)."""
+    gguf_source.require_dequantized(cfg, checkpoint)
     target = Path(cfg.paths.cache_dir).expanduser() / "ct2" / fingerprint_key(checkpoint.path) / compute_type(cfg)
     return convert_once(target, lambda staging: _convert(Path(checkpoint.path), staging, compute_type(cfg)))
 

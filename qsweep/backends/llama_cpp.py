@@ -1,4 +1,6 @@
-"""llama.cpp (llama-cpp-python) on GGUF files made once from the checkpoint (_gguf.py).
+"""llama.cpp (llama-cpp-python) on GGUF files made once from the checkpoint (_gguf.py), or on the GGUF file
+the user named as the model: as it is (precision=gguf, or the precision of its own type), or quantized from it
+where it is F32/F16/BF16 (an already quantized file only with backend.requantize=true).
 
 Precisions map to GGUF types: fp32/fp16/bf16/int8/int4 = F32/F16/BF16/Q8_0/Q4_K_M, or
 backend.gguf_type. Generation is llama.cpp's own decode loop driven token by token (greedy argmax, so
@@ -16,10 +18,11 @@ from typing import Callable, List, Optional
 import numpy as np
 import torch
 
+from qsweep import gguf_source
 from qsweep.backends import (BackendUnsupported, Files, PrecisionCheck, Runtime, context_length, convert_once,
                              require_package, require_precision)
 from qsweep.backends import _gguf as gguf_files
-from qsweep.config import BackendConfig, RunConfig
+from qsweep.config import GGUF_PRECISION, BackendConfig, RunConfig
 from qsweep.sources import Checkpoint, fingerprint_key
 
 PRECISION_TYPES = {"fp32": "F32", "fp16": "F16", "bf16": "BF16", "int8": "Q8_0", "int4": "Q4_K_M"}
@@ -31,14 +34,34 @@ MAX_CONTEXT = 2048  # the KV cache: enough for the evaluation windows (1024) and
 class LlamaCppConfig(BackendConfig):
     name: str = "llama-cpp"
     gguf_type: Optional[str] = None  # a GGUF type instead of the precision's (Q4_0, Q5_K_M, ...)
+    # a GGUF model that is quantized already may be quantized again (from its quantized weights) to other types
+    requantize: Optional[bool] = None
 
 
 def gguf_type(cfg: RunConfig) -> str:
-    return cfg.backend.gguf_type or PRECISION_TYPES.get(cfg.precision.name, "")
+    """The GGUF type the job measures ("" where unknown: a GGUF model's own type before the file is there)."""
+    if cfg.backend.gguf_type:
+        return cfg.backend.gguf_type
+    if cfg.precision.name == GGUF_PRECISION:
+        return gguf_source.file_type(cfg.model) or ""
+    return PRECISION_TYPES.get(cfg.precision.name, "")
 
 
 def label(cfg: RunConfig) -> str:
-    return f"llama.cpp {gguf_type(cfg)}"
+    return f"llama.cpp {gguf_type(cfg) or 'GGUF'}"
+
+
+def _from_file(cfg: RunConfig, file_type: str) -> str:
+    """How the job's file comes from the model's GGUF of `file_type`: "as is", "quantize", or a refusal."""
+    wanted = cfg.backend.gguf_type or (file_type if cfg.precision.name == GGUF_PRECISION else gguf_type(cfg))
+    if wanted == file_type:
+        return "as is"
+    if file_type in gguf_files.WRITTEN_HERE or cfg.backend.requantize:
+        return "quantize"
+    raise BackendUnsupported(
+        f"{cfg.model.name_or_path} is quantized already ({file_type}): quantizing it again to {wanted} compounds "
+        f"the two errors; use precision={GGUF_PRECISION} to measure it as it is, or backend.requantize=true to "
+        "quantize it anyway")
 
 
 def check(cfg: RunConfig) -> None:
@@ -46,7 +69,14 @@ def check(cfg: RunConfig) -> None:
     if cfg.device.name != "cpu":
         raise BackendUnsupported("backend=llama-cpp runs on the CPU here (llama-cpp-python is built without CUDA): "
                                  "use device=cpu, or backend=transformers or ctranslate2 on cuda")
-    if gguf_type(cfg) not in gguf_files.FTYPES:
+    if cfg.precision.name == GGUF_PRECISION and not cfg.model.is_gguf:
+        raise BackendUnsupported(f"precision={GGUF_PRECISION} measures a GGUF file as it is, and model.name_or_path="
+                                 f"{cfg.model.name_or_path} is not one: name a .gguf file, or use another precision")
+    if cfg.model.is_gguf:
+        described = gguf_source.describe(cfg.model)  # a missing or broken file: its one-line error
+        if described is not None:
+            _from_file(cfg, described["file_type"])
+    if cfg.precision.name != GGUF_PRECISION and gguf_type(cfg) not in gguf_files.FTYPES:
         raise BackendUnsupported(f"backend=llama-cpp has no GGUF type for precision={cfg.precision.name} "
                                  f"(backend.gguf_type={cfg.backend.gguf_type}): use one of "
                                  f"{', '.join(gguf_files.FTYPES)}")
@@ -54,7 +84,9 @@ def check(cfg: RunConfig) -> None:
 
 def prepare(cfg: RunConfig, checkpoint: Checkpoint) -> Files:
     """<cache>/gguf/<checkpoint key>/<type>/model.gguf: the F32 file converted once, the others
-    quantized from it by llama.cpp."""
+    quantized from it by llama.cpp; for a GGUF model, its file or files quantized from it."""
+    if checkpoint.gguf:
+        return _prepare_from_file(cfg, Path(checkpoint.gguf))
     if not checkpoint.has_tokenizer:
         raise BackendUnsupported("backend=llama-cpp needs a checkpoint with its tokenizer (a GGUF carries its "
                                  "vocabulary): use backend=transformers or ctranslate2 for random weights")
@@ -76,6 +108,22 @@ def prepare(cfg: RunConfig, checkpoint: Checkpoint) -> Files:
         raise BackendUnsupported(str(err)) from None
 
 
+def _prepare_from_file(cfg: RunConfig, source: Path) -> Files:
+    """<cache>/gguf/<file key>/<type>/model.gguf: a link to the file itself, or llama.cpp's quantization of it."""
+    file_type = gguf_source.read(source)["file_type"]
+    how = _from_file(cfg, file_type)
+    kind = file_type if how == "as is" else gguf_type(cfg)
+    threads = cfg.device.num_threads or torch.get_num_threads()
+
+    def make(staging: Path) -> None:
+        if how == "as is":
+            (staging / "model.gguf").symlink_to(source.resolve())
+        else:
+            gguf_files.quantize(source, staging / "model.gguf", kind, threads)
+    files = convert_once(Path(cfg.paths.cache_dir).expanduser() / "gguf" / gguf_source.file_key(source) / kind, make)
+    return files if how == "quantize" else Files(files.path)  # as is: nothing was converted
+
+
 def load(cfg: RunConfig, checkpoint: Checkpoint, files: Files) -> "LlamaRuntime":
     return LlamaRuntime(cfg, checkpoint, Path(files.path) / "model.gguf")
 
@@ -87,17 +135,19 @@ class LlamaRuntime(Runtime):
 
         self.llama_cpp = llama_cpp
         self.threads = cfg.device.num_threads or torch.get_num_threads()
-        text_config = AutoConfig.from_pretrained(checkpoint.path).get_text_config()
-        self.context_length = min(context_length(text_config) or MAX_CONTEXT, MAX_CONTEXT)
+        found = gguf_files.inspect(path)
+        # a GGUF that transformers cannot read has no checkpoint folder: its own header says the context
+        longest = found["context_length"] if checkpoint.path is None else \
+            context_length(AutoConfig.from_pretrained(checkpoint.path).get_text_config())
+        self.context_length = min(longest or MAX_CONTEXT, MAX_CONTEXT)
         start = time.perf_counter()
         self.llm = llama_cpp.Llama(model_path=str(path), n_ctx=self.context_length, n_batch=N_BATCH,
                                    n_ubatch=N_BATCH, n_threads=self.threads, n_threads_batch=self.threads,
                                    n_gpu_layers=0, seed=0, verbose=False)
         self.load_time_s = time.perf_counter() - start
-        self.tokenizer = AutoTokenizer.from_pretrained(checkpoint.tokenizer_path)
+        self.tokenizer = AutoTokenizer.from_pretrained(checkpoint.tokenizer_path) if checkpoint.has_tokenizer else None
         self.vocab_size = self.llm.n_vocab()
         self.footprint_gb = path.stat().st_size / 1024**3
-        found = gguf_files.inspect(path)
         expected = gguf_type(cfg)
         require_precision(found["file_type"] == expected, cfg, f"a GGUF of type {found['file_type']}")
         self.precision = PrecisionCheck(

@@ -31,6 +31,9 @@ TAG_MAX_NEW_TOKENS = "max_new_tokens"
 TAG_BATCH_SIZE = "batch_size"
 TAG_PROMPT_TOKENS = "prompt_tokens"  # a number, or "text" for the text prompts
 TAG_SETTING = "setting"  # the label shown in the UI, e.g. "CPU INT4 FP4 compiled"
+# Where the weights come from when they were quantized before qsweep saw them: "GGUF Q4_K_M" for a GGUF model
+# (on every runtime: transformers and CTranslate2 load its dequantized weights)
+TAG_WEIGHTS_ORIGIN = "weights_origin"
 # What it found (results.record)
 TAG_PRECISION_CHECK = "precision_check"
 TAG_CONVERSION = "conversion"  # made or reused: the backend's files from the checkpoint
@@ -38,6 +41,7 @@ TAG_QUALITY = "quality"  # measured or not_applicable
 TAG_DEGENERATE_REASON = "degenerate_reason"
 TAG_QUALITY_REFERENCE = "quality_reference"
 TAG_QUALITY_SCORES = "quality_scores"
+TAG_QUALITY_UNAVAILABLE = "quality_unavailable"  # why a model has no fp32 reference (a GGUF transformers cannot read)
 # A fine-tune run (train_merge) and the model it logged
 TAG_BASE_CHECKPOINT = "base_checkpoint"
 TAG_BASE_MODEL = "base_model"

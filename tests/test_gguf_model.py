@@ -1,0 +1,168 @@
+"""A GGUF file as the model (measured as it is, quantized to other types, scored against its dequantized fp32
+reference), and chat templates: every runtime generates from the ids of the template's rendering."""
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import Sweep, compose_run, make_tiny_gemma, write_gguf
+from qsweep import backends, identity, prompts
+from qsweep.backends import BackendUnsupported
+from qsweep.backends import _gguf as gguf_files
+from qsweep.backends import llama_cpp
+from qsweep.confighash import config_hash
+from test_backends import QUALITY, SPEED, tiny_gemma  # noqa: F401  (the session's tiny Gemma, real tokenizer)
+
+FAST = ["device=cpu", "generation.max_new_tokens=4", "generation.repeats=1", "generation.warmup=0",
+        "quality.windows=1"]  # one window: 262k logits a position
+# A Gemma-style template: the turn markers are real tokens of the Gemma vocabulary
+CHAT_TEMPLATE = ("{{ bos_token }}{% for m in messages %}<start_of_turn>{{ m['role'] }}\n{{ m['content'] }}"
+                 "<end_of_turn>\n{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}")
+
+
+@pytest.fixture(scope="module")
+def tiny_gguf(tiny_gemma, tmp_path_factory):  # noqa: F811
+    """The tiny Gemma as an F32 GGUF file, as a user who converted their model would have it."""
+    path = tmp_path_factory.mktemp("gguf") / "tiny-gemma-f32.gguf"
+    gguf_files.convert(tiny_gemma, path, "F32", gguf_files.template(Path(os.environ["QSWEEP_CACHE"])))
+    return path
+
+
+def _jobs(sweep):
+    return {(r.data.tags["backend"], r.data.tags["precision"]): r for r in sweep.runs()
+            if r.data.tags.get("qsweep.kind") == "job"}
+
+
+@pytest.fixture(scope="module")
+def gguf_sweep(tiny_gguf, tmp_path_factory):
+    """The GGUF on llama.cpp as it is and as Q8_0 and Q4_K_M, and on CTranslate2 (dequantized): one multirun."""
+    sweep = Sweep(tmp_path_factory.mktemp("gguf_sweep"))
+    result = sweep.run("-m", "model=gemma-3-270m", "model.name=tiny-gguf", f"model.name_or_path={tiny_gguf}",
+                       "backend=llama-cpp,ctranslate2", "precision=gguf,int8,int4", *FAST)
+    return result, _jobs(sweep), sweep
+
+
+@pytest.mark.slow
+def test_a_gguf_is_measured_as_it_is_and_quantized_against_its_dequantized_reference(gguf_sweep):
+    result, jobs, sweep = gguf_sweep
+    assert result.returncode == 1, result.stderr[-3000:]  # the two CTranslate2 refusals below
+    types = {"gguf": "F32", "int8": "Q8_0", "int4": "Q4_K_M"}
+    kl = {}
+    for precision, gguf_type in types.items():
+        run = jobs[("llama-cpp", precision)]
+        m, tags = run.data.metrics, run.data.tags
+        assert run.info.status == "FINISHED" and SPEED | QUALITY <= set(m), (precision, tags.get("error"))
+        assert tags["runtime"] == f"llama.cpp {gguf_type}" and tags["weights_origin"] == "GGUF F32"
+        check = json.loads(open(sweep.client().download_artifacts(run.info.run_id, "precision_check.json")).read())
+        assert check["file_type"] == gguf_type and check["architecture"] == "gemma3"
+        kl[precision] = m["kl_div_vs_fp32"]
+    as_is = jobs[("llama-cpp", "gguf")]
+    assert as_is.data.tags["setting"] == "CPU GGUF F32" and "conversion" not in as_is.data.tags  # nothing made
+    assert jobs[("llama-cpp", "int8")].data.tags["conversion"] == "made"
+    # the file itself is its dequantized reference: the same weights, so no divergence; quantized, some
+    assert abs(kl["gguf"]) < 1e-4 and as_is.data.metrics["output_match_vs_fp32"] == 1
+    assert kl["gguf"] < kl["int8"] < kl["int4"], kl
+    dequantized = jobs[("ctranslate2", "int8")]  # another runtime takes the same file, through transformers
+    assert dequantized.info.status == "FINISHED" and dequantized.data.tags["weights_origin"] == "GGUF F32"
+    assert QUALITY <= set(dequantized.data.metrics)
+    refused = jobs[("ctranslate2", "gguf")]
+    assert refused.info.status == "FAILED" and refused.data.tags["error"] == (
+        "BackendUnsupported: precision=gguf is the GGUF file's own type, which backend=llama-cpp runs as it is; "
+        "backend=ctranslate2 loads the file dequantized: use precision=fp32 (the quality reference) or another "
+        "precision")
+
+
+@pytest.mark.slow
+def test_a_quantized_gguf_is_quantized_again_only_when_asked(tiny_gguf, tmp_path):
+    """A Q8_0 file: measured as it is (precision=gguf, or the precision whose type it is), refused in one
+    line at another type unless backend.requantize=true. The check reads the header only."""
+    q8 = tmp_path / "tiny-q8_0.gguf"
+    gguf_files.quantize(tiny_gguf, q8, "Q8_0", 1)
+    model = ["model=gemma-3-270m", f"model.name_or_path={q8}", "device=cpu", "backend=llama-cpp"]
+    for fine in (["precision=gguf"], ["precision=int8"], ["precision=int4", "backend.requantize=true"]):
+        llama_cpp.check(compose_run(*model, *fine))
+    with pytest.raises(BackendUnsupported, match=r"quantized already \(Q8_0\): quantizing it again to Q4_K_M .*"
+                                                 r"use precision=gguf .* or backend.requantize=true") as refused:
+        llama_cpp.check(compose_run(*model, "precision=int4"))
+    assert "\n" not in str(refused.value)
+    assert identity.run_name(compose_run(*model, "precision=gguf")).startswith("gemma-3-270m-gguf-Q8_0-cpu-")
+
+
+def test_gguf_options_keep_every_pinned_hash_and_refuse_what_cannot_work():
+    base = compose_run("device=cpu")
+    assert config_hash(compose_run("device=cpu", "generation.chat_template=none")) == config_hash(base)
+    assert config_hash(compose_run("device=cpu", "generation.chat_template=auto")) != config_hash(base)
+    with pytest.raises(BackendUnsupported, match="precision=gguf measures a GGUF file as it is, and model."
+                                                 "name_or_path=bundled:gemma-3-270m is not one"):
+        llama_cpp.check(compose_run("device=cpu", "precision=gguf", "backend=llama-cpp"))
+    with pytest.raises(BackendUnsupported, match="precision=gguf is the GGUF file's own type"):
+        backends.get("transformers").check(compose_run("device=cpu", "precision=gguf"))
+    with pytest.raises(Exception, match="generation.chat_template=auto wraps text prompts"):
+        compose_run("device=cpu", "generation.chat_template=auto", "generation.prompt_tokens=16")
+
+
+def test_a_gguf_transformers_cannot_read_is_tagged_and_refused_where_it_needs_transformers(tmp_path):
+    """llama.cpp still measures it (speed, memory); the tag says why there is no quality reference, and the
+    runtimes that load it through transformers say in one line that they cannot."""
+    model = ["model=gemma-3-270m", f"model.name_or_path={write_gguf(tmp_path / 'x.gguf', 'rwkv6')}", "device=cpu"]
+    tags = identity.run_tags(compose_run(*model, "backend=llama-cpp", "precision=gguf"))
+    assert tags["weights_origin"] == "GGUF Q8_0" and tags["runtime"] == "llama.cpp Q8_0"
+    assert tags["quality_unavailable"].startswith("transformers cannot read GGUF architecture rwkv6, so it has no "
+                                                  "fp32 reference")
+    for backend in ("transformers", "ctranslate2"):
+        with pytest.raises(BackendUnsupported, match="cannot read GGUF architecture rwkv6.*: use backend=llama-cpp"):
+            backends.get(backend).check(compose_run(*model, f"backend={backend}"))
+    assert "quality_unavailable" not in identity.run_tags(compose_run(*model[:1], "device=cpu"))
+
+
+@pytest.fixture(scope="module")
+def chat_gemma(tiny_gemma, tmp_path_factory):  # noqa: F811
+    """The tiny Gemma with a chat template in its tokenizer_config.json; a copy that keeps every file's
+    modification time, so it shares the tiny Gemma's conversions and references in the cache."""
+    folder = tmp_path_factory.mktemp("chat") / "tiny-gemma-chat"
+    shutil.copytree(tiny_gemma, folder)
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    (folder / "tokenizer_config.json").write_text(json.dumps({**config, "chat_template": CHAT_TEMPLATE}))
+    return folder
+
+
+@pytest.mark.slow
+def test_every_runtime_generates_from_the_chat_templates_rendering(chat_gemma, tmp_path):
+    from transformers import AutoTokenizer
+
+    sweep = Sweep(tmp_path)
+    result = sweep.run("-m", "model=gemma-3-270m", "model.name=tiny-chat", f"model.name_or_path={chat_gemma}",
+                       "backend=transformers,llama-cpp,ctranslate2", "generation.chat_template=required", *FAST)
+    assert result.returncode == 0, result.stderr[-3000:]
+    tokenizer = AutoTokenizer.from_pretrained(chat_gemma)
+    written = list(compose_run("device=cpu").generation.prompts)
+    rendered = [tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
+                                              tokenize=False) for p in written]
+    assert all(r.startswith("<bos><start_of_turn>user\n") and r.endswith("<start_of_turn>model\n") for r in rendered)
+    expected = [tokenizer(r, add_special_tokens=False).input_ids for r in rendered]
+    assert all(ids.count(tokenizer.bos_token_id) == 1 for ids in expected)  # the template's BOS, none added
+    for backend, run in {b: r for (b, _), r in _jobs(sweep).items()}.items():
+        texts = json.loads(open(sweep.client().download_artifacts(run.info.run_id, "generations.json")).read())
+        assert [t["prompt_ids"] for t in texts] == expected, backend
+
+
+def test_a_chat_template_wraps_prompts_and_renders_in_a_sandbox(tmp_path):
+    """A template is code from the model's files: transformers renders it in jinja2's sandbox, which refuses
+    Python internals (a template cannot reach os or subprocess through them)."""
+    from jinja2.exceptions import SecurityError
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(make_tiny_gemma(tmp_path / "tiny"))  # a character vocabulary
+    gen = compose_run("device=cpu", "generation.chat_template=auto").generation
+    raw, _ = prompts.encode(compose_run("device=cpu").generation, tokenizer, tokenizer.vocab_size, 0)
+    assert raw[0] == tokenizer(gen.prompts[0]).input_ids  # chat_template=none: the prompts as written
+    assert prompts.encode(gen, tokenizer, tokenizer.vocab_size, 0)[0] == raw  # auto, and no template: as written
+    tokenizer.chat_template = "{{ bos_token }}{% for m in messages %}User: {{ m['content'] }}\n{% endfor %}Bot:"
+    wrapped, _ = prompts.encode(gen, tokenizer, tokenizer.vocab_size, 0)
+    assert tokenizer.decode(wrapped[0]) == f"<bos>User: {gen.prompts[0]}\nBot:"
+    tokenizer.chat_template = "{{ ''.__class__.__mro__[1].__subclasses__() }}"
+    with pytest.raises(SecurityError):
+        prompts.encode(gen, tokenizer, tokenizer.vocab_size, 0)
