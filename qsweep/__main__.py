@@ -127,7 +127,10 @@ def _recommend(args: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    from qsweep.credentials import guard_logging
     from qsweep.recommend import DEFAULT_MAX_KL
+
+    guard_logging()  # MLflow or SQLAlchemy may log the store's URI
 
     parser = argparse.ArgumentParser(prog="qsweep", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
