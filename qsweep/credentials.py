@@ -20,8 +20,10 @@ MASK = "***"
 # Secrets MLflow's client and libpq read from the environment: never printed, even without their URI.
 SECRET_VARIABLES = ("MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN", "PGPASSWORD")
 SERVER_VARIABLES = "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN)"
-# scheme://user:SECRET@ (the secret may hold an unescaped @: the last one before the host ends it)
-_USER_INFO = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.-]*://[^\s:/@'\"]*):(?P<secret>[^\s/'\"]+)@")
+# scheme://user:SECRET@ (the secret may hold an unescaped @: the last one before the host ends it), also as
+# Hydra saves an override, its colons escaped (http\://user\:SECRET@host)
+_USER_INFO = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.-]*\\?://[^\s:/@'\"\\]*)(?P<colon>\\?:)"
+                        r"(?P<secret>[^\s/'\"]+)@")
 _QUERY = re.compile(r"(?P<head>[?&;](?:password|passwd|pwd|token|access_token|secret|sig|signature|"
                     r"x-amz-signature|x-amz-security-token|x-goog-signature)=)(?P<secret>[^&;\s'\"]+)", re.I)
 _MIN_LITERAL = 4  # a shorter secret is not hunted as plain text: it would mask ordinary words
@@ -31,7 +33,7 @@ _seen: set = set()  # secrets met in URIs: an error message may quote one withou
 def _hide(match: re.Match) -> str:
     _seen.update({match["secret"], unquote(match["secret"])})
     head = match["head"]
-    return head + MASK if head.endswith("=") else f"{head}:{MASK}@"
+    return head + MASK if head.endswith("=") else f"{head}{match['colon']}{MASK}@"
 
 
 def redact(text: str) -> str:

@@ -45,6 +45,8 @@ def test_redaction_hides_the_secret_and_keeps_where_the_runs_went():
     assert (credentials.redact("tracking.uri=postgresql+psycopg2://qs:Pa55word@db.lan:5438/mlf and more")
             == "tracking.uri=postgresql+psycopg2://qs:***@db.lan:5438/mlf and more")
     assert credentials.redact("http://alice:p@ss-word1@127.0.0.1:5137/x") == "http://alice:***@127.0.0.1:5137/x"
+    assert (credentials.redact("- tracking.uri=http\\://alice\\:Hydra-esc@h\\:5000")  # as Hydra saves an override
+            == "- tracking.uri=http\\://alice\\:***@h\\:5000")
     assert credentials.redact("s3://b/k?X-Amz-Signature=abcd1234&x=1") == "s3://b/k?X-Amz-Signature=***&x=1"
     assert credentials.redact("sqlite:////tmp/mlruns/mlflow.db http://h:5000/a@b") == (
         "sqlite:////tmp/mlruns/mlflow.db http://h:5000/a@b")  # nothing to hide: unchanged
@@ -118,7 +120,7 @@ def test_user_info_in_the_server_uri_records_the_sweep_and_the_password_is_nowhe
     finally:
         for name in as_user("", ""):
             os.environ.pop(name)
-    assert "tracking.uri=http://alice:***@" in result.stdout  # Hydra's launcher line, redacted
+    assert "tracking.uri=http\\://alice\\:***@127.0.0.1" in result.stdout  # Hydra's launcher line, redacted
     nowhere(ALICE_PW, result.stdout, result.stderr, folders=[tmp_path, server_folder])  # + the Hydra folder
     assert Path(recorded[0]).is_file()
 
