@@ -236,7 +236,7 @@ def mlflow_server(folder: Path, *args: str, env=None):
                                     "--port", str(port)], env={**os.environ, **(env or {})}, stdout=out, stderr=out,
                                    start_new_session=True)
     server = Server(f"http://127.0.0.1:{port}", process)
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 300  # a minute on an idle 2-core machine; much more under others' load
     while True:
         try:
             urllib.request.urlopen(server.uri + "/health", timeout=2)
