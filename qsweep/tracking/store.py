@@ -172,7 +172,7 @@ def run_page(uri: str, experiment_id: str, run_id: str) -> str:
 
 def _ui_address(uri: str) -> str:
     """The tracking server's own address, or `make ui`'s for a store on disk."""
-    return uri.rstrip("/") if uri.startswith(("http://", "https://")) else UI_ADDRESS
+    return credentials.server_user_info(uri)[0].rstrip("/") if uri.startswith(("http://", "https://")) else UI_ADDRESS
 
 
 def ui_command(uri: str) -> str:
