@@ -16,13 +16,14 @@ from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from qsweep import console, report, signals, tracking  # noqa: E402
+from qsweep import console, credentials, report, signals, tracking  # noqa: E402
 from qsweep.config import ConfigError, register_schemas, validate  # noqa: E402
 from qsweep.environment import on_this_machine  # noqa: E402
 from qsweep.job import completed_job, record_invalid, run_job  # noqa: E402
 
 register_schemas()
 signals.install()
+credentials.guard_logging()  # Hydra logs each job's overrides, which may hold a password
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
@@ -44,6 +45,7 @@ def main(raw: DictConfig):
                                       job.run_id))
         if job.status not in ("FINISHED", "SKIPPED"):
             raise SystemExit(1)
+    return job  # the sweep's callback counts the jobs recorded
 
 
 if __name__ == "__main__":

@@ -178,6 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    from qsweep.credentials import guard_logging
+
+    guard_logging()  # MLflow or SQLAlchemy may log the store's URI
     args = build_parser().parse_args(argv)
     from qsweep import signals
     from qsweep.tracking import StoreUnavailable

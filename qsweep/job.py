@@ -56,6 +56,9 @@ def run_job(cfg: RunConfig, tags: Optional[dict] = None) -> tracking.RunRecord:
     except Exception as err:
         if run_id is None:  # the store refused the run: nothing was recorded, so say it loudly
             raise
+        if not tracking.reachable(store):  # the run cannot even be ended: say so in one line
+            raise tracking.StoreUnavailable(f"the MLflow server {store.uri} went away while {name} ran: its run "
+                                            "was not recorded") from None
         console.say(f"{name} FAILED: {tracking.one_line(err)}")
     finally:
         if cfg.runner.isolation == "inline":

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from qsweep import tracking
+from qsweep.credentials import redact, without_password
 from qsweep.cpu_vs_gpu import cpu_vs_gpu, environment_line, hardware_text
 from qsweep.report_rows import DEVICE_ORDER, Row, longest_per_setting, not_finished, rows_by_model
 from qsweep.report_rows import latest_per_config  # noqa: F401  (`qsweep report --experiment` picks runs with it)
@@ -55,7 +56,7 @@ def write_report(store, jobs: List[RunRecord], out_dir: Path, source: str, paren
     failed = not_finished(jobs)
     lines = [f"# qsweep report: {source}", "",
              f"{count_line(jobs)} "
-             f"Store: `{store.uri}`. Written {time.strftime('%Y-%m-%d %H:%M:%S')}.", ""]
+             f"Store: `{redact(store.uri)}`. Written {time.strftime('%Y-%m-%d %H:%M:%S')}.", ""]
     env = _environment(store, [r for rows in by_model.values() for r in rows])
     if env:
         lines += [f"Measured with {env}.", ""]
@@ -88,7 +89,7 @@ def store_option(uri: str) -> str:
     """What a printed `python -m qsweep ...` command needs to find the store `uri`: nothing for the default."""
     from qsweep.config import TrackingConfig
 
-    return "" if uri == tracking.store_uri(TrackingConfig()) else f" --tracking-uri {uri}"
+    return "" if uri == tracking.store_uri(TrackingConfig()) else f" --tracking-uri {without_password(uri)}"
 
 
 def _samples_and_comparison(store, model: str, rows: List[Row]) -> List[str]:

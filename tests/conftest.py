@@ -1,8 +1,15 @@
+import dataclasses
+import glob
 import os
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
+import tempfile
+import time
+import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -45,7 +52,8 @@ def empty_store() -> Path:
 
 # The modules that took longest under `make test` (--durations, two processes): they start first, so that neither
 # process is left with a long one at the end while the other idles (make test passes --no-loadscope-reorder).
-LONGEST_FIRST = ("test_backends", "test_resume", "test_scale_out", "test_interrupt", "test_report", "test_bad_input")
+LONGEST_FIRST = ("test_backends", "test_resume", "test_scale_out", "test_interrupt", "test_report", "test_bad_input",
+                 "test_credentials")
 
 
 def pytest_collection_modifyitems(items):
@@ -177,3 +185,85 @@ def fine_tune(base: Path, out: Path, uri: str, *overrides: str) -> subprocess.Co
          "train.device=cpu", "train.num_threads=1", "eval.max_new_tokens=4", f"merge.output_dir={out}",
          f"tracking.uri={uri}", f"hydra.run.dir={out.parent}/outputs", *overrides],
         cwd=out.parent.parent, capture_output=True, text=True, timeout=600)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _postgres_bin() -> Path:
+    found = shutil.which("pg_ctl") or next(iter(sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))), None)
+    if not found:
+        pytest.skip("PostgreSQL is not installed (.ci/run installs the Debian package postgresql)")
+    return Path(found).resolve().parent
+
+
+@dataclasses.dataclass
+class Postgres:
+    uri: str  # postgresql+psycopg2://postgres:PASSWORD@127.0.0.1:port/mlflow
+    password: str
+    bin_dir: Path
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A throwaway PostgreSQL server on 127.0.0.1 (one per test process) whose TCP connections need the password,
+    run as the postgres user when we are root (PostgreSQL refuses to run as root), in a folder that user can reach."""
+    bin_dir, port, password = _postgres_bin(), free_port(), "Pg-9f3Kq-known-secret"
+    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    data = Path(tempfile.mkdtemp(prefix="qsweep-pg-"))
+    if as_user:
+        os.chmod(data, 0o700)
+        shutil.chown(data, "postgres")
+    (data / "pw").write_text(password)
+    subprocess.run([*as_user, str(bin_dir / "initdb"), "-D", str(data / "db"), "-U", "postgres", "--auth-local=trust",
+                    "--auth-host=scram-sha-256", f"--pwfile={data / 'pw'}"], check=True, capture_output=True)
+    subprocess.run([*as_user, str(bin_dir / "pg_ctl"), "-D", str(data / "db"), "-w", "-l", str(data / "log"),
+                    "-o", f"-h 127.0.0.1 -p {port} -k {data}", "start"], check=True, capture_output=True)
+    try:
+        subprocess.run([str(bin_dir / "psql"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres",
+                        "-c", "CREATE DATABASE mlflow"], check=True, capture_output=True,
+                       env={**os.environ, "PGPASSWORD": password})
+        yield Postgres(f"postgresql+psycopg2://postgres:{password}@127.0.0.1:{port}/mlflow", password, bin_dir)
+    finally:
+        subprocess.run([*as_user, str(bin_dir / "pg_ctl"), "-D", str(data / "db"), "-m", "fast", "stop"],
+                       capture_output=True)
+        shutil.rmtree(data, ignore_errors=True)
+
+
+@dataclasses.dataclass
+class Server:
+    uri: str
+    process: subprocess.Popen
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, 9)
+            self.process.wait(timeout=30)
+
+
+@contextmanager
+def mlflow_server(folder: Path, *args: str, env=None):
+    """`mlflow server <args>` on a free port of 127.0.0.1 until the block ends (its log in folder/server.log)."""
+    port, log = free_port(), folder / "server.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "server", *args, "--host", "127.0.0.1",
+                                    "--port", str(port)], env={**os.environ, **(env or {})}, stdout=out, stderr=out,
+                                   start_new_session=True)
+    server = Server(f"http://127.0.0.1:{port}", process)
+    deadline = time.monotonic() + 300  # a minute on an idle 2-core machine; much more under others' load
+    while True:
+        try:
+            urllib.request.urlopen(server.uri + "/health", timeout=2)
+            break
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                server.stop()
+                raise RuntimeError("mlflow server did not start: " + log.read_text()[-2000:])
+            time.sleep(1)
+    try:
+        yield server
+    finally:
+        server.stop()

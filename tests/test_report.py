@@ -6,7 +6,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -18,7 +17,7 @@ import pytest
 from mlflow import MlflowClient
 from PIL import Image
 
-from conftest import ROOT, Sweep, fine_tune, make_tiny_gemma, printed_report_args
+from conftest import ROOT, Sweep, fine_tune, free_port, make_tiny_gemma, printed_report_args
 from qsweep import charts, cpu_vs_gpu, decide, recommend, report, report_rows, scaling
 from qsweep.tables import count_line, failures_table
 from qsweep.tracking import RunRecord
@@ -440,12 +439,6 @@ def test_report_selections_and_errors(tiny_sweep, monkeypatch, capsys):
 # --- the MLflow UI in a real browser -----------------------------------------------------------------------
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_ui(uri: str, port: int, log: Path) -> subprocess.Popen:

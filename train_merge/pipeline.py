@@ -17,6 +17,7 @@ from qsweep import console, environment, sources, tracking
 from qsweep.backends.transformers import loader
 from qsweep.config import DeviceConfig, GenerationConfig, ModelConfig, PrecisionConfig, RunConfig
 from qsweep.confighash import flatten
+from qsweep.credentials import redact
 from qsweep.quality import perplexity
 from train_merge import data, finetune, merge
 from train_merge.config import TrainMergeConfig
@@ -120,7 +121,7 @@ def run(cfg: TrainMergeConfig) -> Result:
         say(f"merge_max_abs_diff = {diff:.3g} (limit {cfg.merge.max_abs_diff:g}; logits up to {scale:.1f})")
         merge.require_close(diff, cfg.merge.max_abs_diff)
         provenance = {"base_model": cfg.model.name_or_path, "base_checkpoint": checkpoint.path,
-                      "adapter": str(adapter_dir), "mlflow_run_id": mlrun.run_id, "tracking_uri": store.uri,
+                      "adapter": str(adapter_dir), "mlflow_run_id": mlrun.run_id, "tracking_uri": redact(store.uri),
                       "data_file": str(data_file), "lora": asdict(cfg.lora), "train": asdict(cfg.train),
                       "heldout_loss_before": loss_before, "heldout_loss_after": loss_after,
                       "merge_max_abs_diff": diff}

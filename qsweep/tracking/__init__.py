@@ -15,5 +15,5 @@ from qsweep.tracking.records import (RunRecord, experiment_name, find_by_hash, f
                                      latest_sweep, read_artifact, read_json, skipped_jobs, sweep_jobs)
 from qsweep.tracking.runs import (RunWriter, delete_run, end_sweep, job_run, one_line, record_skip,  # noqa: F401
                                   start_sweep, summarize_skips, train_run)
-from qsweep.tracking.store import (Store, StoreUnavailable, open_for_reading, report_command,  # noqa: F401
-                                  run_page, runs_url, store_uri, ui_command)
+from qsweep.tracking.store import (Store, StoreUnavailable, open_for_reading, reachable,  # noqa: F401
+                                  report_command, run_page, runs_url, store_uri, ui_command)

@@ -1,7 +1,8 @@
 """Writing runs: job, sweep and fine-tune runs, each ended by the outcome of the block that owns it.
 
 The client API is used throughout (no fluent `mlflow.start_run`), so no run is ever left active by an
-exception: a run ends FINISHED, FAILED (with a one-line `error` tag and the traceback) or KILLED.
+exception: a run ends FINISHED, FAILED (with a one-line `error` tag and the traceback) or KILLED. Every
+text a run records (params, tags, text and JSON artifacts) passes through credentials.redact.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ from pathlib import Path
 from typing import Dict, Iterator, List, Optional
 
 from qsweep import signals
+from qsweep.credentials import redact
 from qsweep.tracking import owners
 from qsweep.tracking.names import (KIND_JOB, KIND_SWEEP, KIND_TRAIN, SKIPPED_FILE, TAG_ERROR, TAG_HASH, TAG_KIND,
                                    TAG_NOTE, TAG_OWNER, TAG_SKIPPED_JOBS, TAG_SKIPPED_PREFIX, TRACEBACK_FILE)
-from qsweep.tracking.store import Store
+from qsweep.tracking.store import Store, refusal
 
 MAX_PARAM_CHARS = 6000  # MLflow cuts longer param values
 MAX_NOTE_CHARS = 8000  # a run description is a tag: MLflow keeps 8000 characters of a tag
@@ -54,12 +56,12 @@ class RunWriter:
                                                        else g).items()]
         self.store.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step, model_id=self.model_id)
                                                           for k, v in values if v is not None],
-                                    tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()])
+                                    tags=[RunTag(k, redact(str(v))) for k, v in (tags or {}).items()])
 
     def log_params(self, params: dict) -> None:
         from mlflow.entities import Param
 
-        items = [Param(k, str(v)[:MAX_PARAM_CHARS]) for k, v in params.items()]
+        items = [Param(k, redact(str(v))[:MAX_PARAM_CHARS]) for k, v in params.items()]
         for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
             self.store.client.log_batch(self.run_id, params=items[i:i + 100])
 
@@ -70,10 +72,12 @@ class RunWriter:
         return self.store.client.get_run(self.run_id).info.artifact_uri
 
     def log_text(self, text: str, artifact_file: str) -> None:
-        self.store.client.log_text(self.run_id, text, artifact_file)
+        self.store.client.log_text(self.run_id, redact(text), artifact_file)
 
     def log_json(self, data, artifact_file: str) -> None:
-        self.store.client.log_dict(self.run_id, data, artifact_file)
+        import json
+
+        self.store.client.log_dict(self.run_id, json.loads(redact(json.dumps(data))), artifact_file)
 
     def log_files(self, files: Dict[str, object]) -> None:
         """Several artifacts in one upload: a str is written as text, anything else as JSON."""
@@ -82,7 +86,8 @@ class RunWriter:
 
         with tempfile.TemporaryDirectory() as folder:
             for name, content in files.items():
-                Path(folder, name).write_text(content if isinstance(content, str) else json.dumps(content, indent=2))
+                Path(folder, name).write_text(redact(content if isinstance(content, str)
+                                                     else json.dumps(content, indent=2)))
             self.store.client.log_artifacts(self.run_id, folder)
 
     def log_folder(self, folder: Path, artifact_path: str) -> None:
@@ -104,6 +109,7 @@ class RunWriter:
         from mlflow.data.code_dataset_source import CodeDatasetSource
         from mlflow.exceptions import MlflowException
 
+        source = redact(source)
         with warnings.catch_warnings():  # MLflow registers its local source type twice, and says so
             warnings.filterwarnings("ignore", "The specified dataset source can be interpreted in multiple ways")
             try:
@@ -132,8 +138,11 @@ def _create(store: Store, kind: str, run_name: str, tags: dict, parent_run_id: O
     tags = {TAG_KIND: kind, TAG_OWNER: owners.this_process(), **tags}
     if parent_run_id:
         tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
-    run = store.client.create_run(store.experiment_id, run_name=run_name,
-                                  tags={k: str(v) for k, v in tags.items()})
+    try:
+        run = store.client.create_run(store.experiment_id, run_name=redact(run_name),
+                                      tags={k: redact(str(v)) for k, v in tags.items()})
+    except Exception as err:  # a user with READ permission only: one line, and no run was made
+        raise refusal(err, store.uri, f"create runs in experiment {store.experiment_id}") or err
     return RunWriter(store, run.info.run_id)
 
 

@@ -1,4 +1,9 @@
-"""Opening an MLflow store: a SQLite file under the project's mlruns/ by default, or any tracking URI."""
+"""Opening an MLflow store: a SQLite file under the project's mlruns/ by default, or any tracking URI.
+
+A server's credentials travel as MLflow's own variables (user info in an http(s) URI moves there), a
+database's password in the URI MLflow connects with, or libpq's PGPASSWORD / ~/.pgpass; what is shown of
+either goes through qsweep.credentials.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,9 @@ import logging
 import os
 import urllib.request
 from pathlib import Path
+from typing import Optional
 
+from qsweep import credentials
 from qsweep.config import PROJECT_ROOT, TrackingConfig
 
 DEFAULT_STORE_DIR = PROJECT_ROOT / "mlruns"
@@ -28,7 +35,7 @@ class StoreUnavailable(RuntimeError):
 class Store:
     client: "object"  # mlflow.MlflowClient
     experiment_id: str  # "" for a store opened to read runs of every experiment
-    uri: str
+    uri: str  # what MLflow connects with: a server's without user info, a database's with its password
 
 
 def store_uri(tracking: TrackingConfig) -> str:
@@ -59,19 +66,52 @@ def _check_sqlite(db: Path) -> None:
         connection.close()
 
 
+def _server_uri(uri: str) -> str:
+    """An http(s) URI's user info moved to MLflow's own variables, which its client sends with each request:
+    the URI MLflow keeps, retries with and quotes in its errors then holds no password."""
+    bare, user, password = credentials.server_user_info(uri)
+    if user is not None:
+        os.environ["MLFLOW_TRACKING_USERNAME"] = user
+        if password is not None:
+            os.environ["MLFLOW_TRACKING_PASSWORD"] = password
+        if os.environ.get("MLFLOW_TRACKING_URI") == uri:  # read again by parts of MLflow that take no client
+            os.environ["MLFLOW_TRACKING_URI"] = bare
+    return bare
+
+
+def refusal(err: Exception, uri: str, action: str) -> Optional[StoreUnavailable]:
+    """A server's refusal of the credentials (401) or of the permission (403), as the line that says what to
+    check; None for any other error."""
+    code = getattr(err, "error_code", "")
+    if code == "UNAUTHENTICATED":
+        given = [name for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
+                 if os.environ.get(name)]
+        return StoreUnavailable(f"the MLflow server {uri} refused the credentials (401 unauthenticated): check "
+                                f"{credentials.SERVER_VARIABLES}"
+                                + (f" (set: {', '.join(given)})" if given else " (none is set)"))
+    if code == "PERMISSION_DENIED":
+        user = os.environ.get("MLFLOW_TRACKING_USERNAME", "this user")
+        return StoreUnavailable(f"the MLflow server {uri} does not let {user} {action} (403 permission denied): ask "
+                                "its admin for EDIT permission on the experiment, or record in an experiment of "
+                                "your own (tracking.experiment=...)")
+    return None
+
+
 def _client(uri: str, create: bool, hint: str):
-    """A client for the store at `uri`; a SQLite file must exist unless create."""
+    """A client for the store at `uri`, and the URI it connects with; a SQLite file must exist unless
+    create."""
     from mlflow import MlflowClient
 
-    if uri.startswith("sqlite:///"):
+    if uri.startswith(("http://", "https://")):
+        uri = _server_uri(uri)
+        _check_server(uri)
+    elif uri.startswith("sqlite:///"):
         db = Path(uri[len("sqlite:///"):])
         if not create and not db.is_file():
             raise StoreUnavailable(f"no MLflow store at {db}: run a sweep first, or {hint}")
         db.parent.mkdir(parents=True, exist_ok=True)
         _check_sqlite(db)
-    elif uri.startswith(("http://", "https://")):
-        _check_server(uri)
-    return MlflowClient(tracking_uri=uri)
+    return MlflowClient(tracking_uri=uri), uri
 
 
 def _artifact_location(uri: str):
@@ -84,7 +124,7 @@ def connect(tracking: TrackingConfig, create: bool = True) -> Store:
     that records in it."""
     uri = store_uri(tracking)
     try:
-        client = _client(uri, create, "give its tracking URI (tracking.uri or MLFLOW_TRACKING_URI)")
+        client, uri = _client(uri, create, "give its tracking URI (tracking.uri or MLFLOW_TRACKING_URI)")
         experiment = client.get_experiment_by_name(tracking.experiment)
         if experiment is None and not create:
             raise StoreUnavailable(f"no experiment named {tracking.experiment!r} in the MLflow store {uri}")
@@ -95,8 +135,9 @@ def connect(tracking: TrackingConfig, create: bool = True) -> Store:
     except StoreUnavailable:
         raise
     except Exception as err:
-        raise StoreUnavailable(f"cannot open the MLflow store {uri}: {first_line(err)}; "
-                               "check tracking.uri (or MLFLOW_TRACKING_URI)") from None
+        raise (refusal(err, uri, f"use the experiment {tracking.experiment!r}")
+               or StoreUnavailable(f"cannot open the MLflow store {uri}: {first_line(err)}; "
+                                   "check tracking.uri (or MLFLOW_TRACKING_URI)")) from None
     return Store(client, experiment_id, uri)
 
 
@@ -104,13 +145,14 @@ def open_for_reading(uri: str) -> Store:
     """A store that must already exist, to read runs of every experiment from (reproduce); never creates
     one."""
     try:
-        client = _client(uri, False, "give the store the run was recorded in with --tracking-uri")
+        client, uri = _client(uri, False, "give the store the run was recorded in with --tracking-uri")
         client.search_experiments(max_results=1)
     except StoreUnavailable:
         raise
     except Exception as err:
-        raise StoreUnavailable(f"cannot open the MLflow store {uri}: {first_line(err)}; "
-                               "check --tracking-uri (or MLFLOW_TRACKING_URI)") from None
+        raise (refusal(err, uri, "read its experiments")
+               or StoreUnavailable(f"cannot open the MLflow store {uri}: {first_line(err)}; "
+                                   "check --tracking-uri (or MLFLOW_TRACKING_URI)")) from None
     return Store(client, "", uri)
 
 
@@ -130,16 +172,30 @@ def run_page(uri: str, experiment_id: str, run_id: str) -> str:
 
 def _ui_address(uri: str) -> str:
     """The tracking server's own address, or `make ui`'s for a store on disk."""
-    return uri.rstrip("/") if uri.startswith(("http://", "https://")) else UI_ADDRESS
+    return credentials.server_user_info(uri)[0].rstrip("/") if uri.startswith(("http://", "https://")) else UI_ADDRESS
 
 
 def ui_command(uri: str) -> str:
-    """What serves the UI of the store at `uri` (runs_url, run_page): `make ui` for the project's store."""
+    """What serves the UI of the store at `uri` (runs_url, run_page): `make ui` for the project's store. A
+    database's password is not part of the command: libpq reads it from PGPASSWORD or ~/.pgpass."""
     if uri.startswith(("http://", "https://")):
         return "the tracking server"
     if uri == f"sqlite:///{DEFAULT_STORE_DIR / 'mlflow.db'}":
         return "make ui"
-    return f"mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
+    return (f"mlflow ui --backend-store-uri {credentials.without_password(uri)} --host 127.0.0.1 --port 5000"
+            + (", with the database password in PGPASSWORD or ~/.pgpass" if credentials.has_password(uri) else ""))
+
+
+def reachable(store: Store) -> bool:
+    """Whether a tracking server still answers, in seconds (MLflow's own retries take minutes); a store on
+    disk or in a database is taken to be there."""
+    if not store.uri.startswith(("http://", "https://")):
+        return True
+    try:
+        _check_server(store.uri)
+    except ConnectionError:
+        return False
+    return True
 
 
 def report_command(store: Store, sweep_run_id: str) -> str:
@@ -147,7 +203,7 @@ def report_command(store: Store, sweep_run_id: str) -> str:
     `qsweep report` opens that one by default."""
     default = store_uri(TrackingConfig())
     return (f"python -m qsweep report --sweep {sweep_run_id}"
-            + ("" if store.uri == default else f" --tracking-uri {store.uri}"))
+            + ("" if store.uri == default else f" --tracking-uri {credentials.without_password(store.uri)}"))
 
 
 def first_line(err: BaseException) -> str:
