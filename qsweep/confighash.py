@@ -31,7 +31,8 @@ def portable(path: str) -> str:
 LATER_FIELDS = {"backend": {"name": BackendConfig.name},
                 "generation": {"prompt_tokens": None, "repeat_until_spread": None,
                                "repeat_time_cap_s": GenerationConfig.repeat_time_cap_s},
-                "quality": {"windows": None}}
+                "quality": {"windows": None, "text": "builtin", "text_field": "text", "max_tokens": None,
+                            "method": "qsweep", "context": None}}
 
 
 def hashed_fields(cfg: RunConfig) -> dict:

@@ -13,7 +13,7 @@ from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from qsweep import quality
 from qsweep.quality import outputs, scoring
-from qsweep.quality.cache import TOP_K
+from qsweep.quality.cache import KEEP, TOP_K
 
 QUALITY_METRICS = {f.name for f in dataclasses.fields(quality.QualityMetrics)}
 
@@ -106,10 +106,10 @@ def test_a_model_with_uniform_predictions_has_the_vocabulary_size_as_perplexity(
 
 def test_kl_of_identical_models_is_zero_and_top1_agrees_everywhere(tokenizer, windows):
     model = build_model(tokenizer)
-    reference = scoring.as_reference(scoring.score_text(ModelRuntime(model), windows, keep_top_k=TOP_K))
+    reference = scoring.as_reference(scoring.score_text(ModelRuntime(model), windows, keep=KEEP))
     scores = scoring.score_text(ModelRuntime(build_model(tokenizer)), windows, reference=reference)  # same seed, same weights
-    assert scores.kl_sum / scores.positions == pytest.approx(0.0, abs=1e-7)
-    assert scores.top1_same == scores.positions
+    assert torch.cat(scores.kl).mean().item() == pytest.approx(0.0, abs=1e-7)
+    assert bool(torch.cat(scores.top1_same).all())
 
 
 def full_log_probs(model, windows):
@@ -117,24 +117,40 @@ def full_log_probs(model, windows):
         return torch.cat([torch.log_softmax(model(torch.tensor([w])).logits[0, :-1].float(), -1) for w in windows])
 
 
-def test_topk_kl_of_a_different_model_is_positive_and_a_lower_bound_of_the_exact_kl(tokenizer, windows):
+def test_kl_with_tail_draws_is_unbiased_and_the_bucket_alone_a_lower_bound(tokenizer, windows):
     fp32, other = build_model(tokenizer, seed=0), build_model(tokenizer, seed=0)
     with torch.no_grad():
         for p in other.parameters():
             p.add_(0.02 * torch.randn_like(p))  # a "quantization error"
-    reference = scoring.as_reference(scoring.score_text(ModelRuntime(fp32), windows, keep_top_k=TOP_K))
-    scores = scoring.score_text(ModelRuntime(other), windows, reference=reference)
-    approx = scores.kl_sum / scores.positions
     p, q = full_log_probs(fp32, windows), full_log_probs(other, windows)
     exact = (p.exp() * (p - q)).sum(-1).mean().item()
-    assert 0 < approx <= exact + 1e-6
-    # with k = the whole vocabulary the approximation is exact
-    whole = scoring.as_reference(scoring.score_text(ModelRuntime(fp32), windows, keep_top_k=len(tokenizer)))
-    exact_scores = scoring.score_text(ModelRuntime(other), windows, reference=whole)
-    assert exact_scores.kl_sum / exact_scores.positions == pytest.approx(exact, rel=1e-4)
-    assert 0 < scores.top1_same < scores.positions
-    # the stored sizes stay sane: k entries per position, whatever the vocabulary
-    assert reference.top_ids.shape == (scores.positions, TOP_K)
+
+    def kl(keep):
+        reference = scoring.as_reference(scoring.score_text(ModelRuntime(fp32), windows, keep=keep))
+        return scoring.TextQuality.against_reference(scoring.score_text(ModelRuntime(other), windows, reference))
+
+    bucket, drawn, whole = kl((8, 0)), kl((8, 64)), kl((len(tokenizer), 64))
+    assert 0 < bucket.kl_div < 0.9 * exact  # 8 of 400 tokens: the tail holds much of the KL
+    assert drawn.kl_div == pytest.approx(exact, rel=0.03)  # the draws restore it (within their noise)
+    assert whole.kl_div == pytest.approx(exact, rel=1e-4)  # the whole vocabulary kept: exact
+    assert 0 < whole.top1_agreement < 1 and 0 < whole.kl_div_se < whole.kl_div
+    # the stored sizes stay sane: k + draws entries per position, whatever the vocabulary
+    reference = scoring.as_reference(scoring.score_text(ModelRuntime(fp32), windows, keep=KEEP))
+    assert reference.top_ids.shape == reference.tail_ids.shape == (bucket.positions, TOP_K)
+
+
+def test_batch_means_standard_error_by_hand():
+    # 1..8 in blocks of 2: means 1.5 3.5 5.5 7.5, their sd (n - 1) = sqrt(20 / 3) = 2.581989, / sqrt(4) = 1.290994
+    assert scoring.batch_means_se(torch.arange(1.0, 9.0), block=2) == pytest.approx(1.290994, rel=1e-6)
+    # a last, shorter block is folded into the one before: 1..7 in blocks of 3 -> (1 2 3) (4 5 6 7): means 2, 5.5
+    # sd = 2.474874, / sqrt(2) = 1.75
+    assert scoring.batch_means_se(torch.arange(1.0, 8.0), block=3) == pytest.approx(1.75, rel=1e-6)
+    # fewer than two blocks: the per-token SE, sd(1 2 3 4) / 2 = 1.290994 / 2
+    assert scoring.batch_means_se(torch.arange(1.0, 5.0), block=4) == pytest.approx(0.645497, rel=1e-6)
+    # correlated neighbours (each value repeated 4 times) get a larger SE than the per-token one
+    repeated = torch.arange(16.0).repeat_interleave(4)
+    assert scoring.batch_means_se(repeated, block=4) > 1.9 * scoring.batch_means_se(repeated, block=1)
+    assert math.isnan(scoring.batch_means_se(torch.tensor([1.0])))
 
 
 def test_kl_percentiles_of_a_hand_computed_example():
@@ -157,7 +173,7 @@ def test_distribution_delta_p_and_perplexity_ratio_by_hand():
     fp32 = torch.tensor([[0.8, 0.2], [0.8, 0.2], [0.5, 0.5]]).log()
     run = torch.tensor([[0.8, 0.2], [0.6, 0.4], [0.5, 0.5]]).log()
     window = [[0, 0, 1]]
-    reference = scoring.as_reference(scoring.score_text(FixedLogits(fp32), window, keep_top_k=2))
+    reference = scoring.as_reference(scoring.score_text(FixedLogits(fp32), window, keep=(2, 4)))
 
     def against_fp32(logits):
         return scoring.TextQuality.against_reference(scoring.score_text(FixedLogits(logits), window, reference))
@@ -170,6 +186,10 @@ def test_distribution_delta_p_and_perplexity_ratio_by_hand():
     assert got.rms_delta_p == pytest.approx(0.141421, rel=1e-5)
     assert got.ln_ppl_ratio == pytest.approx(-math.log(2) / 2, rel=1e-5)
     assert got.top1_agreement == 1.0  # 0.6 > 0.4: the run's top token is still fp32's
+    # standard errors: two positions make fewer than two blocks, so per-token: sd(x1, x2) / sqrt(2) = |x1 - x2| / 2
+    assert got.kl_div_se == pytest.approx(kl_2 / 2, rel=1e-5)
+    assert got.ln_ppl_ratio_se == pytest.approx(math.log(2) / 2, rel=1e-5)
+    assert got.top1_agreement_se == 0.0
     # against itself every figure is what an fp32 job records for itself: 0 (and top-1 agreement 1)
     assert against_fp32(fp32) == scoring.TextQuality.of_reference(scoring.score_text(FixedLogits(fp32), window))
 

@@ -38,6 +38,8 @@ TAG_QUALITY = "quality"  # measured or not_applicable
 TAG_DEGENERATE_REASON = "degenerate_reason"
 TAG_QUALITY_REFERENCE = "quality_reference"
 TAG_QUALITY_SCORES = "quality_scores"
+TAG_QUALITY_TEXT = "quality_text"  # the text scored: builtin, wikitext-2 or the file's path
+TAG_QUALITY_TEXT_SHA256 = "quality_text_sha256"  # its content's SHA-256
 # A fine-tune run (train_merge) and the model it logged
 TAG_BASE_CHECKPOINT = "base_checkpoint"
 TAG_BASE_MODEL = "base_model"
