@@ -23,7 +23,7 @@ from typing import Dict, Iterable, List, Optional, Set, Tuple
 
 from qsweep.report_rows import broken_beyond_fp32
 from qsweep.tables import markdown_table
-from qsweep.tracking.names import TAG_DEGENERATE_REASON, TAG_EMULATED
+from qsweep.tracking.names import TAG_DEGENERATE_REASON, TAG_EMULATED, TAG_WEIGHTS_ORIGIN
 
 # Figures this close count as equal (the report's decimals): RSS moves by a few MB from run to run, and KL
 # differences below 1e-4 nats (fp32 in another runtime: about 1e-7) are rounding, not quality (the least
@@ -94,6 +94,8 @@ class Candidate:
     emulated: str = ""  # why this machine only emulates the setting (the run's TAG_EMULATED), else ""
     degenerate: str = ""  # the degenerate_reason of an output broken where fp32's is not, else ""
     kl_se: float = math.nan  # the KL's standard error (kl_div_vs_fp32_se; NaN: not recorded)
+    origin: str = ""  # the quantized type the weights were dequantized from (TAG_WEIGHTS_ORIGIN), else ""
+    runtime: str = ""  # the backend's runtime and weight format ("llama.cpp Q4_K_M")
 
     def speed(self, throughput: bool) -> Speed:
         return self.throughput if throughput else self.decode
@@ -106,9 +108,17 @@ class Candidate:
         """What KL comparisons compare: a run without a KL figure is the worst, and ties only its like."""
         return Quality(self.quality(), self.kl_se)
 
+    @property
+    def on_origin_grid(self) -> bool:
+        """A llama.cpp type of the same family (block type) as the file the weights came from: quantizing
+        weights already on that grid back onto it is close to lossless, a KL no 16-bit model would show."""
+        family = self.origin[:4]  # Q4_K_M -> Q4_K: Q4_K_S and Q4_K_M store Q4_K blocks
+        return bool(family) and self.runtime.startswith("llama.cpp ") and self.runtime.split()[-1].startswith(family)
+
     def label(self, batch: bool = False) -> str:
         return (self.setting + (f", batch {self.batch_size}" if batch else "")
-                + (" (emulated)" if self.emulated else "") + (" ⚠ degenerate" if self.degenerate else ""))
+                + (" (emulated)" if self.emulated else "") + (" ⚠ degenerate" if self.degenerate else "")
+                + (f" ⚠ weights already on its {self.origin} grid" if self.on_origin_grid else ""))
 
 
 def _metric(metrics: dict, name: str) -> float:
@@ -144,7 +154,8 @@ def candidate(row) -> Optional[Candidate]:
         _metric(m, "kl_div_vs_fp32"),
         _metric(m, "peak_vram_gb" if on_gpu else "peak_rss_gb"), "VRAM" if on_gpu else "RSS",
         row.job.config_hash or "-", row.job.run_id, tags.get(TAG_EMULATED, ""),
-        tags.get(TAG_DEGENERATE_REASON, "?") if broken_beyond_fp32(m) else "", _metric(m, "kl_div_vs_fp32_se"))
+        tags.get(TAG_DEGENERATE_REASON, "?") if broken_beyond_fp32(m) else "", _metric(m, "kl_div_vs_fp32_se"),
+        tags.get(TAG_WEIGHTS_ORIGIN, ""), row.runtime)
 
 
 def candidates(rows: Iterable) -> List[Candidate]:
@@ -246,6 +257,15 @@ def fronts(rows: Iterable) -> Dict[str, Tuple[bool, List[Ranked]]]:
     return out
 
 
+def origin_note(cands: List[Candidate]) -> List[str]:
+    """What a user must know before generalising from a model whose weights came from a quantized file."""
+    origins = {(c.model, c.origin) for c in cands if c.origin}
+    return [f"{model}'s weights were dequantized from a {origin} file: every KL here is measured against weights "
+            f"already on {origin}'s grid, so settings of its family (marked) measure close to lossless; their "
+            "quality does not transfer to the model trained in 16 bits (docs/quality.md)"
+            for model, origin in sorted(origins)]
+
+
 def _status(r: Ranked, ranked: List[Ranked], throughput: bool) -> str:
     if not r.on_front:
         return f"beaten by {r.beaten_by.label()}: {r.why}" if r.beaten_by else r.why
@@ -273,6 +293,7 @@ def front_section(rows: Iterable) -> Tuple[str, Set[str]]:
                   + ("" if has_kl else " No KL figure (random weights): speed and memory only."), "",
                   markdown_table(["Setting", speed_name(throughput), "KL vs FP32", "Peak memory (GB)",
                                   "config_hash", "Front"], body, ["<", ">", ">", ">", "<", "<"]), ""]
+        parts += [f"⚠ {note}.\n" for note in origin_note([r.candidate for r in ranked])]
         emulated = {r.candidate.setting: r.candidate.emulated for r in ranked if r.candidate.emulated}
         parts += ["Emulated by the machine that measured it: "
                   + "; ".join(f"{s}: {why}" for s, why in emulated.items()) + ".", ""] if emulated else []

@@ -12,7 +12,7 @@ from qsweep.environment import resolve_device
 from qsweep.tracking import (TAG_BACKEND, TAG_BATCH_SIZE, TAG_COMPILE, TAG_DEVICE, TAG_FINE_TUNE_RUN, TAG_HASH,
                              TAG_LOGGED_MODEL, TAG_MAX_NEW_TOKENS, TAG_MODEL, TAG_MODEL_VERSION, TAG_PRECISION,
                              TAG_PROMPT_TOKENS, TAG_QUANT_TYPE, TAG_RUNTIME, TAG_SETTING, TAG_WEIGHTS,
-                             TAG_WEIGHTS_KIND)
+                             TAG_WEIGHTS_KIND, TAG_WEIGHTS_ORIGIN)
 
 DEFAULT_BACKEND = BackendConfig().name
 DEFAULT_QUANT_TYPE = PrecisionConfig.quant_type
@@ -49,6 +49,7 @@ def run_tags(cfg: RunConfig) -> dict:
             TAG_PROMPT_TOKENS: cfg.generation.prompt_tokens or "text",
             TAG_SETTING: f"{cfg.device.name.upper()} {precision_label(cfg).upper()}"
                          + (" compiled" if cfg.generation.compile else ""), **weights_tag(cfg),
+            **({TAG_WEIGHTS_ORIGIN: origin} if (origin := sources.quantized_origin(cfg.model)) else {}),
             **fine_tune_tags(cfg)}
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, List, Optional
 
 from qsweep.decide import (KL_RESOLUTION, MEMORY_RESOLUTION_GB, SHAPE, Candidate, by_throughput, candidates, groups,
-                           kl_steps, memory_steps, speed_name)
+                           kl_steps, memory_steps, origin_note, speed_name)
 
 DEFAULT_MAX_KL = 0.01  # the report's default: llama.cpp's Q5_K_M-like closeness to the full model (issue 22)
 
@@ -82,7 +82,7 @@ def _unmet(pool: List[Candidate], limits: Constraints) -> str:
 
 
 def recommend_one(title: str, cands: List[Candidate], limits: Constraints, throughput: bool) -> Recommendation:
-    rec = Recommendation(title, throughput)
+    rec = Recommendation(title, throughput, notes=origin_note(cands))
     pool = [c for c in cands if (limits.batch_size is None or c.batch_size == limits.batch_size)
             and (limits.device is None or c.device == limits.device)]
     if not pool:

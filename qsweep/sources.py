@@ -18,6 +18,9 @@ from qsweep.staging import build_once
 
 BUNDLED_PREFIX = "bundled:"
 BUNDLED_MODELS = ("gemma-3-270m",)
+# The llama.cpp type of the quantized file a bundled model's weights were dequantized from: its "fp32"
+# already sits on that grid, so settings of that type measure close to lossless (docs/quality.md).
+BUNDLED_ORIGINS = {"gemma-3-270m": "Q4_K_M"}
 WEIGHT_FILES = ("*.safetensors", "*.bin")
 PROVENANCE_FILE = "train_merge.json"  # in a checkpoint train_merge made: its run and model (also its artifact)
 
@@ -43,6 +46,14 @@ def resolve(model: ModelConfig, cache_dir: Path) -> Checkpoint:
         folder = str(_bundled_checkpoint(model.name_or_path, cache_dir))
         return Checkpoint(folder, tokenizer_path=folder)
     return _pretrained_checkpoint(model)
+
+
+def quantized_origin(model: ModelConfig) -> Optional[str]:
+    """The quantization type the model's weights came from (a bundled GGUF, dequantized); None for weights
+    that were never quantized as far as qsweep knows (a hub checkpoint, a folder, random weights)."""
+    if model.weights != "pretrained" or not model.name_or_path.startswith(BUNDLED_PREFIX):
+        return None
+    return BUNDLED_ORIGINS.get(model.name_or_path[len(BUNDLED_PREFIX):])
 
 
 def local_folder(model: ModelConfig) -> Optional[Path]:

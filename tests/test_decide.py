@@ -11,7 +11,7 @@ from qsweep.tracking import TAG_EMULATED, RunRecord
 
 
 def run(precision, decode, kl=None, rss=1.0, iqr=0.0, model="m", batch=1, backend="transformers", emulated="",
-        degenerate=False, device="cpu", vram=None, kl_se=None):
+        degenerate=False, device="cpu", vram=None, kl_se=None, runtime=None, origin=""):
     """A finished job as the report reads it back: decode speed (median, IQR), KL vs fp32, peak memory."""
     name = f"{model}-{precision}-{device}-b{batch}-{backend}"
     metrics = dict(decode_tokens_per_s=decode, decode_tokens_per_s_iqr=iqr, latency_s=10.0, latency_iqr_s=1.0,
@@ -22,7 +22,8 @@ def run(precision, decode, kl=None, rss=1.0, iqr=0.0, model="m", batch=1, backen
     metrics.update({} if vram is None else {"peak_vram_gb": vram})
     tags = {"model": model, "device": device, "precision": precision, "backend": backend, "max_new_tokens": "64",
             "batch_size": str(batch), "config_hash": f"{abs(hash(name)) % 16**12:012x}",
-            "runtime": backend, "degenerate_reason": "repetition_loop" if degenerate else "none",
+            "runtime": runtime or backend, "degenerate_reason": "repetition_loop" if degenerate else "none",
+            **({"weights_quantized_from": origin} if origin else {}),
             **({TAG_EMULATED: emulated} if emulated else {})}
     return RunRecord(f"id-{name}", name, "FINISHED", metrics, tags)
 
@@ -72,6 +73,25 @@ def test_recommend_says_when_the_cap_lies_inside_the_picks_interval():
                for n in inside.notes)
     clear = recommended(run("fp32", 20, kl=0.0), run("int8", 40, kl=0.0085, kl_se=0.001), max_kl=0.01)
     assert clear.pick.setting == "CPU INT8" and not any("inside" in n for n in clear.notes)
+
+
+def test_weights_from_a_quantized_file_are_said_beside_the_settings_of_its_family():
+    def jobs(origin):
+        return [run(t, 70, kl=kl, backend="llama-cpp", runtime=f"llama.cpp {t}", origin=origin)
+                for t, kl in (("Q4_K_M", 0.0038), ("Q4_K_S", 0.005), ("Q5_K_M", 0.0243), ("Q8_0", 0.0024))]
+
+    rows = report.rows_by_model(jobs("Q4_K_M"))["m"]
+    marked = {c.setting for c in decide.candidates(rows) if c.on_origin_grid}
+    assert marked == {c.setting for c in decide.candidates(rows) if "Q4_K" in c.setting}
+    section, _ = decide.front_section(rows)
+    assert section.count("⚠ weights already on its Q4_K_M grid") == 2
+    assert "m's weights were dequantized from a Q4_K_M file" in section
+    rec = recommended(*jobs("Q4_K_M"), max_kl=0.01)
+    assert any("dequantized from a Q4_K_M file" in n for n in rec.notes)
+    # weights never quantized (a random-weight tiny model, a hub checkpoint): no mark, no note
+    plain = report.rows_by_model(jobs(""))["m"]
+    assert "⚠" not in decide.front_section(plain)[0] and not any(c.on_origin_grid for c in decide.candidates(plain))
+    assert not any("dequantized" in n for n in recommended(*jobs(""), max_kl=0.01).notes)
 
 
 def test_three_settings_on_the_front_and_a_dominated_one_with_what_beats_it():

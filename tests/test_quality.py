@@ -2,8 +2,10 @@
 stored reference reused, and random weights carrying no quality metrics."""
 
 import dataclasses
+import hashlib
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -284,6 +286,7 @@ def test_random_weight_runs_carry_no_quality_metrics(sweep):
     assert result.returncode == 0, result.stderr[-3000:]
     (run,) = sweep.runs()
     assert run.data.tags["quality"] == "not_applicable" and "degenerate_reason" not in run.data.tags
+    assert "weights_quantized_from" not in run.data.tags  # random weights: no provenance note
     assert not QUALITY_METRICS & set(run.data.metrics) and "tokens_per_s" in run.data.metrics
     assert "quality.json" not in {a.path for a in sweep.client().list_artifacts(run.info.run_id)}
 
@@ -332,6 +335,23 @@ def test_real_weight_runs_record_quality_and_reuse_the_fp32_reference(sweep, che
         assert again.data.metrics[metric] == bf16.metrics[metric], metric
 
 
+@pytest.mark.slow
+def test_a_users_jsonl_file_is_the_quality_text_end_to_end(sweep, checkpoint, tmp_path):
+    data = tmp_path / "dialogues.jsonl"
+    data.write_text("".join(json.dumps({"utterance": line}) + "\n" for line in quality.eval_text().splitlines()[:12]))
+    result = sweep.run("model=tiny-gpt2", "model.weights=pretrained", f"model.name_or_path={checkpoint}", "device=cpu",
+                       "generation.max_new_tokens=4", "generation.repeats=1", "generation.warmup=0", "precision=bf16",
+                       f"paths.cache_dir={tmp_path / 'cache'}", f"quality.text={data}", "quality.text_field=utterance")
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run,) = sweep.runs()
+    text = "\n\n".join(quality.eval_text().splitlines()[:12])
+    assert run.data.tags["quality_text"] == str(data)
+    assert run.data.tags["quality_text_sha256"] == hashlib.sha256(text.encode()).hexdigest()
+    m = run.data.metrics
+    assert 0 < m["kl_div_vs_fp32_se"] < m["kl_div_vs_fp32"] and m["ln_ppl_ratio_vs_fp32_se"] > 0
+    assert "weights_quantized_from" not in run.data.tags  # a tiny model's own weights: no provenance note
+
+
 def test_the_sweep_summary_shows_quality_and_names_degenerate_runs():
     from qsweep import report
 
@@ -349,3 +369,57 @@ def test_the_sweep_summary_shows_quality_and_names_degenerate_runs():
     assert "CPU FP16 ⚠" in text and "yes: non_finite_logits,empty_output" in text
     assert text.splitlines()[-1].startswith("Degenerate output") and "g-fp16 (non_finite_logits,empty_output)" in text
     assert "g-fp32 (" not in text
+
+
+# ------------------------------------------------------------------------------ text and provenance
+
+def test_the_text_named_by_quality_text_and_its_bad_forms(tmp_path):
+    from qsweep.config import ConfigError, QualityConfig
+    from qsweep.textsource import read
+
+    assert read("builtin").text == quality.eval_text() and len(read("builtin").sha256) == 64
+    plain = tmp_path / "mine.txt"
+    plain.write_text("Table for two at eight, please.\n" * 40)
+    assert read(str(plain)).name == str(plain) and read(str(plain)).text.startswith("Table for two")
+    lines = tmp_path / "dialogues.jsonl"
+    lines.write_text('{"text": "A table for two?", "id": 1}\n\n{"text": "Yes, by the window."}\n')
+    assert read(str(lines)).text == "A table for two?\n\nYes, by the window."
+    empty = tmp_path / "empty.txt"
+    empty.write_text(" \n")
+    bad = {"quality.text=nowhere.txt: no such file": dict(text="nowhere.txt"),
+           f"{empty} has no text to score": dict(text=str(empty)),
+           f"{lines} line 1 has no text field 'dialogue' (it has: text, id): name the field": dict(
+               text=str(lines), text_field="dialogue"),
+           "is shorter than one window of quality.context=512 tokens": dict(text=str(lines), method="llama-perplexity"),
+           "quality.method='perplexity' is not valid": dict(method="perplexity")}
+    for message, fields in bad.items():
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            QualityConfig(**fields)
+
+
+def test_llama_perplexity_windows_score_the_second_half_of_fixed_windows(tokenizer):
+    from qsweep.config import QualityConfig
+
+    text_ids = tokenizer(quality.eval_text(), add_special_tokens=False).input_ids
+    cut = quality.windows_for(QualityConfig(method="llama-perplexity", context=64), tokenizer, 10**9)
+    assert cut.scored_from == 32 and cut.scored_per_window == 31 and len(cut.windows) == (len(text_ids) + 1) // 64
+    assert all(len(w) == 64 and w[0] == tokenizer.bos_token_id for w in cut.windows)
+    # llama-perplexity's chunks: BOS + text, cut every 64 tokens, each chunk's first token replaced by BOS
+    assert cut.windows[1][1:] == ([tokenizer.bos_token_id] + text_ids)[65:128]
+    budget = quality.windows_for(QualityConfig(method="llama-perplexity", context=64, max_tokens=100), tokenizer, 10**9)
+    assert len(budget.windows) == 3  # 100 // 31 whole windows
+    first = quality.windows_for(QualityConfig(max_tokens=100, context=64), tokenizer, 10**9)
+    assert sum(len(w) - 1 for w in first.windows) == 100 and first.scored_from == 0
+    # fewer tokens than one window: said before anything is scored
+    longer = len(text_ids) + 2  # BOS + the text is one token short of a window
+    with pytest.raises(ValueError, match=f"fewer than one window of quality.context={longer}"):
+        quality.windows_for(QualityConfig(method="llama-perplexity", context=longer), tokenizer, 10**9)
+
+
+def test_the_bundled_gemma_is_tagged_as_dequantized_from_q4_k_m_and_random_weights_are_not():
+    from conftest import compose_run
+
+    from qsweep import identity
+
+    assert identity.run_tags(compose_run("device=cpu"))["weights_quantized_from"] == "Q4_K_M"
+    assert "weights_quantized_from" not in identity.run_tags(compose_run("model=tiny-gpt2", "device=cpu"))
