@@ -10,6 +10,7 @@ Overrides after `--` are Hydra overrides of the config (the text, the window, th
 """
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -37,10 +38,11 @@ def load(*overrides):
 
 @torch.inference_mode()
 def main():
+    argv = sys.argv[1:]
+    split = argv.index("--") if "--" in argv else len(argv)
     parser = argparse.ArgumentParser()
     parser.add_argument("types", nargs="+")
-    args, overrides = parser.parse_known_args()
-    overrides = [o for o in overrides if o != "--"]
+    args, overrides = parser.parse_args(argv[:split]), argv[split + 1:]
     cfg, fp32 = load("device=cpu", *overrides)
     runs = {t: load("device=cpu", "backend=llama-cpp", f"backend.gguf_type={t}", *overrides)[1] for t in args.types}
     cut = windows_for(cfg.quality, fp32.tokenizer, min(r.context_length or 10**9 for r in [fp32, *runs.values()]))
@@ -65,8 +67,8 @@ def main():
           f"of {cut.text.name} ({time.perf_counter() - start:.0f} s)")
     for t, s in sums.items():
         exact = s["exact"] / positions
-        print(f"{t:7s} exact {exact:.5f}  " + "  ".join(f"{name} {s[name] / positions:.5f} ({s[name] / positions / exact:.3f})"
-                                                       for name in VARIANTS))
+        print(f"{t:7s} exact {exact:.5f}  " + "  ".join(
+            f"{name} {s[name] / positions:.5f} ({s[name] / positions / exact:.3f})" for name in VARIANTS))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,8 @@ from typing import List, Sequence
 from qsweep.backends import Runtime
 from qsweep.config import RunConfig
 from qsweep.quality import reference
-from qsweep.quality.cache import TAIL_DRAWS, TOP_K, load_greedy, load_scores, load_text_reference, reference_paths, save_scores
+from qsweep.quality.cache import (TAIL_DRAWS, TOP_K, load_greedy, load_scores, load_text_reference, reference_paths,
+                                  save_scores)
 from qsweep.quality.outputs import broken_beyond_reference, degenerate_reasons, output_match, repetition_loop
 from qsweep.quality.scoring import SE_BLOCK, TextQuality, score_text
 from qsweep.quality.text import windows_for

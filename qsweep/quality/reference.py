@@ -21,7 +21,8 @@ def store_own(runtime: Runtime, paths: ReferencePaths, cut: Windows, greedy: Opt
               need_scores: bool) -> Optional[TextScores]:
     """An fp32 job is the reference: store its text reference, and its greedy outputs (`greedy`, when
     given), where missing. Its scores when it scored the text (need_scores, or no text reference yet)."""
-    scores = score_text(runtime, cut.windows, keep=KEEP, scored_from=cut.scored_from) if need_scores or not paths.text.is_file() else None
+    scored = need_scores or not paths.text.is_file()
+    scores = score_text(runtime, cut.windows, keep=KEEP, scored_from=cut.scored_from) if scored else None
     meta = {**meta, "built_by": "fp32 job"}
     with FileLock(str(paths.lock)):
         if not paths.text.is_file():
@@ -52,7 +53,8 @@ def _build(cfg: RunConfig, checkpoint: Checkpoint, paths: ReferencePaths, cut: W
     try:
         meta = {"checkpoint": checkpoint.path, "device": cfg.device.name, "built_by": "reference build"}
         if not paths.text.is_file():
-            save_text_reference(as_reference(score_text(reference, cut.windows, keep=KEEP, scored_from=cut.scored_from)), paths.text, meta)
+            scores = score_text(reference, cut.windows, keep=KEEP, scored_from=cut.scored_from)
+            save_text_reference(as_reference(scores), paths.text, meta)
         if not paths.greedy.is_file():
             _, outputs = measure.generate_timed(reference, prompt_ids, fp32.generation, cfg.device.name)
             save_greedy([o.output_ids for o in outputs], paths.greedy, meta)
