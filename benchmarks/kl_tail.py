@@ -63,6 +63,8 @@ def main():
                 for name, ref in refs.items():
                     sums[t][name] += kl_estimate(ref, q).sum().item()
             positions += len(p)
+        print(f"window {cut.windows.index(window) + 1}/{len(cut.windows)}: {time.perf_counter() - start:.0f} s",
+              flush=True)
     print(f"{len(cut.windows)} windows of {cut.window} tokens, scored from {cut.scored_from}: {positions} positions "
           f"of {cut.text.name} ({time.perf_counter() - start:.0f} s)")
     for t, s in sums.items():

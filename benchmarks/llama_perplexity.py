@@ -46,11 +46,12 @@ def build(sdist: Path, folder: Path) -> Path:
                         "llama-cpp-python==0.3.36", "-d", str(download)], check=True)
         sdist = next(download.glob("llama_cpp_python-0.3.36.tar.gz"))
     source = folder / "src"
-    with tarfile.open(sdist) as archive:
-        archive.extractall(source, filter="data")
+    if not source.is_dir():
+        with tarfile.open(sdist) as archive:
+            archive.extractall(source, filter="data")
     llama = next(source.glob("*/vendor/llama.cpp"))
     subprocess.run(["cmake", "-S", str(llama), "-B", str(folder), *CMAKE_FLAGS], check=True, stdout=subprocess.DEVNULL)
-    subprocess.run(["cmake", "--build", str(folder), "--target", "llama-perplexity", "-j"], check=True,
+    subprocess.run(["cmake", "--build", str(folder), "--target", "llama-perplexity", "-j", "2"], check=True,
                    stdout=subprocess.DEVNULL)
     return tool
 
