@@ -120,6 +120,7 @@ def full_log_probs(model, windows):
 
 
 def test_kl_with_tail_draws_is_unbiased_and_the_bucket_alone_a_lower_bound(tokenizer, windows):
+    windows = windows[:12]  # about 1,500 positions: enough to average the draws' noise, cheap to score 4 times
     fp32, other = build_model(tokenizer, seed=0), build_model(tokenizer, seed=0)
     with torch.no_grad():
         for p in other.parameters():
@@ -131,7 +132,7 @@ def test_kl_with_tail_draws_is_unbiased_and_the_bucket_alone_a_lower_bound(token
         reference = scoring.as_reference(scoring.score_text(ModelRuntime(fp32), windows, keep=keep))
         return scoring.TextQuality.against_reference(scoring.score_text(ModelRuntime(other), windows, reference))
 
-    bucket, drawn, whole = kl((8, 0)), kl((8, 64)), kl((len(tokenizer), 64))
+    bucket, drawn, whole = kl((8, 0)), kl((8, 512)), kl((len(tokenizer), 64))
     assert 0 < bucket.kl_div < 0.9 * exact  # 8 of 400 tokens: the tail holds much of the KL
     assert drawn.kl_div == pytest.approx(exact, rel=0.03)  # the draws restore it (within their noise)
     assert whole.kl_div == pytest.approx(exact, rel=1e-4)  # the whole vocabulary kept: exact
