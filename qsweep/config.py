@@ -203,15 +203,41 @@ def _backends_with(key: str) -> List[str]:
     return sorted(p.stem for p in BACKEND_CONF.glob("*.yaml") if key in (OmegaConf.load(p) or {}))
 
 
+QUALITY_METHODS = ("qsweep", "llama-perplexity")
+
+
 @dataclass
 class QualityConfig:
     # Evaluation windows scored for perplexity and KL (about 700 tokens each on Gemma 3: the text makes 3);
     # None: the whole text. Fewer give a rougher estimate sooner (a first look at a large model; the tests).
     windows: Optional[int] = None
+    text: str = "builtin"  # builtin, wikitext-2, or the path of a text or .jsonl file (docs/quality.md)
+    text_field: str = "text"  # the field of each JSONL line to read
+    max_tokens: Optional[int] = None  # a budget of scored tokens; None: the whole text
+    # qsweep: the text cut into equal windows, every token scored; llama-perplexity: windows of `context`
+    # tokens (512 unless set), the second half of each scored (what llama.cpp's llama-perplexity scores)
+    method: str = "qsweep"
+    context: Optional[int] = None  # tokens per window; None: 1024 (qsweep), 512 (llama-perplexity)
 
     def __post_init__(self) -> None:
         require(self.windows is None or self.windows >= 1,
                 f"quality.windows={self.windows} must be at least 1 (or null for the whole evaluation text)")
+        one_of(self.method, QUALITY_METHODS, "quality.method")
+        require(self.max_tokens is None or self.max_tokens >= 1,
+                f"quality.max_tokens={self.max_tokens} must be at least 1 (or null for the whole text)")
+        require(self.context is None or self.context >= 4,
+                f"quality.context={self.context} must be at least 4 tokens (or null for the method's default)")
+        from qsweep import textsource  # no torch: reading the file here fails before any model loads
+
+        try:
+            text = textsource.read(self.text, self.text_field)
+        except textsource.TextError as e:
+            raise ConfigError(f"quality.text={self.text}: {e}") from None
+        # a token holds at least one byte: fewer bytes than a window's tokens cannot fill one window
+        window = self.context or (512 if self.method == "llama-perplexity" else 2)
+        require(len(text.text.encode()) >= window,
+                f"quality.text={self.text} is shorter than one window of quality.context={window} tokens "
+                f"({len(text.text.encode())} bytes): give a longer text or a smaller quality.context")
 
 
 @dataclass

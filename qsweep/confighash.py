@@ -33,7 +33,8 @@ LATER_FIELDS = {"backend": {"name": BackendConfig.name},
                                "repeat_time_cap_s": GenerationConfig.repeat_time_cap_s,
                                "chat_template": GenerationConfig.chat_template},
                 "model": {"gguf_file": None},
-                "quality": {"windows": None}}
+                "quality": {"windows": None, "text": "builtin", "text_field": "text", "max_tokens": None,
+                            "method": "qsweep", "context": None}}
 
 
 def hashed_fields(cfg: RunConfig) -> dict:

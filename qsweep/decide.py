@@ -5,7 +5,8 @@ shape): no MLflow, no torch. recommend.py picks one setting under constraints fr
 
 Ties: two speeds tie when their interquartile ranges overlap, taking each as median ± IQR/2 (the IQR
 centred on the median, an approximation: the samples are not reported one by one). A tie is equal speed:
-neither setting is faster.
+neither setting is faster. Two KLs tie when their intervals KL ± standard error overlap (the SE of the
+evaluation text's sample, kl_div_vs_fp32_se; at least KL_RESOLUTION / 2 wide): neither is lower.
 
 The front is computed per model, device, batch size, new tokens and prompt length (SHAPE). A setting
 is beaten when another is at least as good on all three of speed, KL and memory and strictly better on
@@ -22,10 +23,11 @@ from typing import Dict, Iterable, List, Optional, Set, Tuple
 
 from qsweep.report_rows import broken_beyond_fp32
 from qsweep.tables import markdown_table
-from qsweep.tracking.names import TAG_DEGENERATE_REASON, TAG_EMULATED
+from qsweep.tracking.names import TAG_DEGENERATE_REASON, TAG_EMULATED, TAG_WEIGHTS_ORIGIN
 
 # Figures this close count as equal (the report's decimals): RSS moves by a few MB from run to run, and KL
-# differences below 1e-4 nats (fp32 in another runtime: about 1e-7) are rounding, not quality.
+# differences below 1e-4 nats (fp32 in another runtime: about 1e-7) are rounding, not quality (the least
+# width of a KL interval: runs recorded before standard errors, and fp32's own SE of 0).
 MEMORY_RESOLUTION_GB = 0.01
 KL_RESOLUTION = 1e-4
 
@@ -45,6 +47,29 @@ class Speed:
 
     def text(self) -> str:
         return f"{self.median:.2f}" + (f" ± {self.iqr / 2:.2f}" if self.iqr else "")
+
+
+@dataclass(frozen=True)
+class Quality:
+    """KL vs fp32 with its standard error (NaN: not recorded)."""
+    kl: float
+    se: float
+
+    def half_width(self) -> float:
+        return max(self.se if math.isfinite(self.se) else 0.0, KL_RESOLUTION / 2)
+
+    def ties(self, other: "Quality") -> bool:
+        """The intervals KL ± SE overlap."""
+        return (self.kl - self.half_width() <= other.kl + other.half_width()
+                and other.kl - other.half_width() <= self.kl + self.half_width())
+
+    def lower(self, other: "Quality") -> bool:
+        return self.kl < other.kl and not self.ties(other)
+
+    def text(self) -> str:
+        if not math.isfinite(self.kl):
+            return "–"
+        return f"{self.kl:.4f}" + (f" ± {self.se:.4f}" if math.isfinite(self.se) and self.se else "")
 
 
 @dataclass(frozen=True)
@@ -68,6 +93,9 @@ class Candidate:
     run_id: str
     emulated: str = ""  # why this machine only emulates the setting (the run's TAG_EMULATED), else ""
     degenerate: str = ""  # the degenerate_reason of an output broken where fp32's is not, else ""
+    kl_se: float = math.nan  # the KL's standard error (kl_div_vs_fp32_se; NaN: not recorded)
+    origin: str = ""  # the quantized type the weights were dequantized from (TAG_WEIGHTS_ORIGIN), else ""
+    runtime: str = ""  # the backend's runtime and weight format ("llama.cpp Q4_K_M")
 
     def speed(self, throughput: bool) -> Speed:
         return self.throughput if throughput else self.decode
@@ -76,9 +104,21 @@ class Candidate:
         """KL for comparing: a run without a KL figure counts as the worst."""
         return self.kl if math.isfinite(self.kl) else math.inf
 
+    def kl_interval(self) -> Quality:
+        """What KL comparisons compare: a run without a KL figure is the worst, and ties only its like."""
+        return Quality(self.quality(), self.kl_se)
+
+    @property
+    def on_origin_grid(self) -> bool:
+        """A llama.cpp type of the same family (block type) as the file the weights came from: quantizing
+        weights already on that grid back onto it is close to lossless, a KL no 16-bit model would show."""
+        family = self.origin[:4]  # Q4_K_M -> Q4_K: Q4_K_S and Q4_K_M store Q4_K blocks
+        return bool(family) and self.runtime.startswith("llama.cpp ") and self.runtime.split()[-1].startswith(family)
+
     def label(self, batch: bool = False) -> str:
         return (self.setting + (f", batch {self.batch_size}" if batch else "")
-                + (" (emulated)" if self.emulated else "") + (" ⚠ degenerate" if self.degenerate else ""))
+                + (" (emulated)" if self.emulated else "") + (" ⚠ degenerate" if self.degenerate else "")
+                + (f" ⚠ weights already on its {self.origin} grid" if self.on_origin_grid else ""))
 
 
 def _metric(metrics: dict, name: str) -> float:
@@ -114,7 +154,8 @@ def candidate(row) -> Optional[Candidate]:
         _metric(m, "kl_div_vs_fp32"),
         _metric(m, "peak_vram_gb" if on_gpu else "peak_rss_gb"), "VRAM" if on_gpu else "RSS",
         row.job.config_hash or "-", row.job.run_id, tags.get(TAG_EMULATED, ""),
-        tags.get(TAG_DEGENERATE_REASON, "?") if broken_beyond_fp32(m) else "")
+        tags.get(TAG_DEGENERATE_REASON, "?") if broken_beyond_fp32(m) else "", _metric(m, "kl_div_vs_fp32_se"),
+        tags.get(TAG_WEIGHTS_ORIGIN, ""), row.runtime)
 
 
 def candidates(rows: Iterable) -> List[Candidate]:
@@ -162,18 +203,18 @@ def memory_steps(c: Candidate) -> int:
 
 
 def kl_steps(c: Candidate) -> int:
-    """KL in KL_RESOLUTION steps: what quality comparisons compare."""
+    """KL in KL_RESOLUTION steps: how far from a cap a run is, as the report rounds it."""
     return _steps(c.kl, KL_RESOLUTION)
 
 
 def better(a: Candidate, b: Candidate, throughput: bool) -> List[str]:
     """How a beats b ("faster", "lower KL", "less memory"), or [] when it does not: at least as good on
-    all three (a speed tie is as good) and strictly better on one."""
+    all three (a speed or KL tie is as good) and strictly better on one."""
     sa, sb = a.speed(throughput), b.speed(throughput)
-    (ka, kb), (ma, mb) = (kl_steps(a), kl_steps(b)), (memory_steps(a), memory_steps(b))
-    if sb.faster(sa) or ka > kb or ma > mb:
+    (ka, kb), (ma, mb) = (a.kl_interval(), b.kl_interval()), (memory_steps(a), memory_steps(b))
+    if sb.faster(sa) or kb.lower(ka) or ma > mb:
         return []
-    return [why for why, strictly in (("faster", sa.faster(sb)), ("lower KL", ka < kb), ("less memory", ma < mb))
+    return [why for why, strictly in (("faster", sa.faster(sb)), ("lower KL", ka.lower(kb)), ("less memory", ma < mb))
             if strictly]
 
 
@@ -216,6 +257,15 @@ def fronts(rows: Iterable) -> Dict[str, Tuple[bool, List[Ranked]]]:
     return out
 
 
+def origin_note(cands: List[Candidate]) -> List[str]:
+    """What a user must know before generalising from a model whose weights came from a quantized file."""
+    origins = {(c.model, c.origin) for c in cands if c.origin}
+    return [f"{model}'s weights were dequantized from a {origin} file: every KL here is measured against weights "
+            f"already on {origin}'s grid, so settings of its family (marked) measure close to lossless; their "
+            "quality does not transfer to the model trained in 16 bits (docs/quality.md)"
+            for model, origin in sorted(origins)]
+
+
 def _status(r: Ranked, ranked: List[Ranked], throughput: bool) -> str:
     if not r.on_front:
         return f"beaten by {r.beaten_by.label()}: {r.why}" if r.beaten_by else r.why
@@ -233,15 +283,17 @@ def front_section(rows: Iterable) -> Tuple[str, Set[str]]:
     for name, (throughput, ranked) in fronts(rows).items():
         members |= {r.candidate.run_id for r in ranked if r.on_front}
         has_kl = any(math.isfinite(r.candidate.kl) for r in ranked)
-        body = [[c.label(), c.speed(throughput).text(), f"{c.kl:.4f}" if math.isfinite(c.kl) else "–",
+        body = [[c.label(), c.speed(throughput).text(), Quality(c.kl, c.kl_se).text(),
                  f"{c.memory_gb:.2f} {c.memory_kind}", c.config_hash, _status(r, ranked, throughput)]
                 for r in ranked for c in [r.candidate]]
         parts += [f"### Settings worth deploying: {name}", "",
                   f"The front: settings not beaten on {speed_name(throughput)}, KL vs FP32 and peak memory "
-                  "(a speed tie, overlapping interquartile ranges, counts as equal); the beaten ones after."
+                  "(a tie counts as equal: speeds whose interquartile ranges overlap, KLs whose intervals "
+                  "± standard error overlap); the beaten ones after."
                   + ("" if has_kl else " No KL figure (random weights): speed and memory only."), "",
                   markdown_table(["Setting", speed_name(throughput), "KL vs FP32", "Peak memory (GB)",
                                   "config_hash", "Front"], body, ["<", ">", ">", ">", "<", "<"]), ""]
+        parts += [f"⚠ {note}.\n" for note in origin_note([r.candidate for r in ranked])]
         emulated = {r.candidate.setting: r.candidate.emulated for r in ranked if r.candidate.emulated}
         parts += ["Emulated by the machine that measured it: "
                   + "; ".join(f"{s}: {why}" for s, why in emulated.items()) + ".", ""] if emulated else []

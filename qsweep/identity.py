@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 from qsweep import backends, gguf_source, sources
+from qsweep.backends import _gguf as gguf_files
 from qsweep.config import GGUF_PRECISION, BackendConfig, PrecisionConfig, RunConfig
 from qsweep.confighash import config_hash
 from qsweep.environment import resolve_device
@@ -52,20 +53,24 @@ def run_tags(cfg: RunConfig) -> dict:
             TAG_PROMPT_TOKENS: cfg.generation.prompt_tokens or "text",
             TAG_SETTING: f"{cfg.device.name.upper()} {precision_label(cfg).upper()}"
                          + (" compiled" if cfg.generation.compile else ""), **weights_tag(cfg),
-            **fine_tune_tags(cfg), **gguf_tags(cfg)}
+            **fine_tune_tags(cfg), **origin_tags(cfg)}
 
 
-def gguf_tags(cfg: RunConfig) -> dict:
-    """A GGUF model: its type (weights_origin, on every runtime), and why it has no quality reference where
-    transformers cannot read it. Nothing where the file cannot be read now (the job fails with the reason)."""
+def origin_tags(cfg: RunConfig) -> dict:
+    """Weights dequantized from a quantized file (the bundled Gemma; a GGUF model of a quantized type, on every
+    runtime): its type, for the provenance note; and for a GGUF transformers cannot read, why there is no quality
+    reference. Nothing where a GGUF cannot be read now (the job fails with the reason)."""
+    if not cfg.model.is_gguf:
+        origin = sources.quantized_origin(cfg.model)
+        return {TAG_WEIGHTS_ORIGIN: origin} if origin else {}
     try:
-        described = gguf_source.describe(cfg.model) if cfg.model.is_gguf else None
+        described = gguf_source.describe(cfg.model)
     except (gguf_source.GgufUnavailable, OSError):
         return {}
-    if described is None:
-        return {}
     why = gguf_source.without_reference(described["architecture"])
-    return {TAG_WEIGHTS_ORIGIN: f"GGUF {described['file_type']}", **({TAG_QUALITY_UNAVAILABLE: why} if why else {})}
+    quantized = described["file_type"] not in gguf_files.WRITTEN_HERE
+    return {**({TAG_WEIGHTS_ORIGIN: described["file_type"]} if quantized else {}),
+            **({TAG_QUALITY_UNAVAILABLE: why} if why else {})}
 
 
 def weights_tag(cfg: RunConfig) -> dict:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, List, Optional
 
 from qsweep.decide import (KL_RESOLUTION, MEMORY_RESOLUTION_GB, SHAPE, Candidate, by_throughput, candidates, groups,
-                           kl_steps, memory_steps, speed_name)
+                           kl_steps, memory_steps, origin_note, speed_name)
 
 DEFAULT_MAX_KL = 0.01  # the report's default: llama.cpp's Q5_K_M-like closeness to the full model (issue 22)
 
@@ -44,7 +44,7 @@ class Recommendation:
 
 
 def _figures(c: Candidate, throughput: bool) -> str:
-    kl = f"KL vs fp32 {c.kl:.4f}" if math.isfinite(c.kl) else "no KL figure"
+    kl = f"KL vs fp32 {c.kl_interval().text()}" if math.isfinite(c.kl) else "no KL figure"
     return (f"{c.speed(throughput).text()} {speed_name(throughput)}, {kl}, peak {c.memory_kind} "
             f"{c.memory_gb:.2f} GB, config_hash {c.config_hash}")
 
@@ -82,7 +82,7 @@ def _unmet(pool: List[Candidate], limits: Constraints) -> str:
 
 
 def recommend_one(title: str, cands: List[Candidate], limits: Constraints, throughput: bool) -> Recommendation:
-    rec = Recommendation(title, throughput)
+    rec = Recommendation(title, throughput, notes=origin_note(cands))
     pool = [c for c in cands if (limits.batch_size is None or c.batch_size == limits.batch_size)
             and (limits.device is None or c.device == limits.device)]
     if not pool:
@@ -119,11 +119,23 @@ def recommend_one(title: str, cands: List[Candidate], limits: Constraints, throu
                          f"({faster[0].emulated}): not picked")
     second = rec.runner_up
     if second and second.speed(throughput).ties(rec.pick.speed(throughput)):
-        wins = [w for w, yes in (("lower KL", kl_steps(second) < kl_steps(rec.pick)),
+        wins = [w for w, yes in (("lower KL", second.kl_interval().lower(rec.pick.kl_interval())),
                                  ("less memory", memory_steps(second) < memory_steps(rec.pick))) if yes]
         rec.notes.append("the runner-up ties on speed (their interquartile ranges overlap)"
                          + (f" and has {' and '.join(wins)}: consider it" if wins else ""))
+    rec.notes += _cap_inside(rec.pick, limits)
     return rec
+
+
+def _cap_inside(pick: Candidate, limits: Constraints) -> List[str]:
+    """The KL cap inside the pick's interval (KL ± standard error): another sample of text could put the
+    pick over it."""
+    interval = pick.kl_interval()
+    if limits.max_kl is None or not interval.kl <= limits.max_kl < interval.kl + interval.se:
+        return []
+    return [f"the KL cap {limits.max_kl:g} lies inside the pick's interval (KL vs fp32 {interval.text()}): "
+            "the evaluation text cannot tell whether it meets the cap; a longer text (quality.text, "
+            "quality.max_tokens) narrows the interval"]
 
 
 def recommend(cands: List[Candidate], limits: Constraints) -> List[Recommendation]:

@@ -10,13 +10,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
-from qsweep import measure, quality, trackers
+from qsweep import measure, quality, textsource, trackers
 from qsweep.backends import PrecisionCheck
 from qsweep.config import RunConfig
 from qsweep.tracking import (CONFIG_FILE, CONTEXT_EVAL, CONTEXT_PROMPTS, ENVIRONMENT_FILE, GENERATIONS_FILE,
                              GENERATIONS_MARKDOWN, GENERATIONS_TABLE, PRECISION_FILE, QUALITY_FILE,
                              TAG_CONVERSION, TAG_DEGENERATE_REASON, TAG_PRECISION_CHECK, TAG_QUALITY,
-                             TAG_QUALITY_REFERENCE, TAG_QUALITY_SCORES, RunWriter)
+                             TAG_QUALITY_REFERENCE, TAG_QUALITY_SCORES, TAG_QUALITY_TEXT, TAG_QUALITY_TEXT_SHA256,
+                             RunWriter)
 
 
 @dataclass
@@ -74,9 +75,9 @@ def record_inputs(run: RunWriter, cfg: RunConfig) -> None:
     run.log_dataset("prompts", {"prompt": prompts}, f"{run.artifact_uri()}/{CONFIG_FILE}",
                     _digest(json.dumps(prompts)), CONTEXT_PROMPTS)
     if cfg.model.weights == "pretrained":
-        text = quality.eval_text()
-        run.log_dataset("eval_text", {"line": text.splitlines()}, str(quality.eval_text_file()), _digest(text),
-                        CONTEXT_EVAL)
+        text = textsource.read(cfg.quality.text, cfg.quality.text_field)
+        source = str(quality.eval_text_file()) if text.name == textsource.BUILTIN else text.name
+        run.log_dataset("eval_text", {"line": text.text.splitlines()}, source, _digest(text.text), CONTEXT_EVAL)
 
 
 def _digest(text: str) -> str:
@@ -108,7 +109,9 @@ def record(run: RunWriter, result: JobResult, phases: JobPhases, started: float)
     if result.quality is not None:
         files[QUALITY_FILE] = result.quality.details
         tags.update({TAG_QUALITY: "measured", TAG_DEGENERATE_REASON: result.quality.degenerate_reason,
-                     TAG_QUALITY_REFERENCE: result.quality.reference, TAG_QUALITY_SCORES: result.quality.scores})
+                     TAG_QUALITY_REFERENCE: result.quality.reference, TAG_QUALITY_SCORES: result.quality.scores,
+                     TAG_QUALITY_TEXT: result.quality.details["text"],
+                     TAG_QUALITY_TEXT_SHA256: result.quality.details["text_sha256"]})
     run.log_files(files)
     run.log_table(generation_table(result), GENERATIONS_TABLE)
     phases.phase_recording_s += time.perf_counter() - begin

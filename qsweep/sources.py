@@ -19,6 +19,9 @@ from qsweep.staging import build_once
 
 BUNDLED_PREFIX = "bundled:"
 BUNDLED_MODELS = ("gemma-3-270m",)
+# The llama.cpp type of the quantized file a bundled model's weights were dequantized from: its "fp32"
+# already sits on that grid, so settings of that type measure close to lossless (docs/quality.md).
+BUNDLED_ORIGINS = {"gemma-3-270m": "Q4_K_M"}
 WEIGHT_FILES = ("*.safetensors", "*.bin")
 CHAT_TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")  # where tokenizers save it beside the config
 PROVENANCE_FILE = "train_merge.json"  # in a checkpoint train_merge made: its run and model (also its artifact)
@@ -59,6 +62,14 @@ def _gguf_checkpoint(model: ModelConfig, cache_dir: Path) -> Checkpoint:
         raise ModelUnavailable(str(err)) from None
     return Checkpoint(None if folder is None else str(folder), None if folder is None else str(folder),
                       gguf=str(path), no_reference=why)
+
+
+def quantized_origin(model: ModelConfig) -> Optional[str]:
+    """The quantization type the model's weights came from (a bundled GGUF, dequantized); None for weights
+    that were never quantized as far as qsweep knows (a hub checkpoint, a folder, random weights)."""
+    if model.weights != "pretrained" or not model.name_or_path.startswith(BUNDLED_PREFIX):
+        return None
+    return BUNDLED_ORIGINS.get(model.name_or_path[len(BUNDLED_PREFIX):])
 
 
 def local_folder(model: ModelConfig) -> Optional[Path]:

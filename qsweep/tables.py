@@ -27,8 +27,8 @@ SERVING_COLUMNS = (  # shown when the sweep varies the batch size or sets the pr
 )
 QUALITY_COLUMNS = (  # shown when some run has them (measured by qsweep/quality.py)
     ("Perplexity", "perplexity", 2, None),
-    ("KL vs FP32", "kl_div_vs_fp32", 4, None),
-    ("Top-1 agreement vs FP32", "top1_agreement_vs_fp32", 3, None),
+    ("KL vs FP32", "kl_div_vs_fp32", 4, "kl_div_vs_fp32_se"),
+    ("Top-1 agreement vs FP32", "top1_agreement_vs_fp32", 3, "top1_agreement_vs_fp32_se"),
     ("Output match vs FP32", "output_match_vs_fp32", 3, None),
 )
 UNFINISHED = "Jobs that did not finish (failed, killed or still running)"
@@ -41,19 +41,23 @@ LEGEND = (
     "memory and load time). Tokens/sec = new tokens of one sequence / median latency (the T4 notebook's "
     "definition, prefill included); decode tokens/sec leaves out the first token; throughput = batch size x new "
     "tokens / median latency (what the machine delivers); prefill = prompt tokens of the batch / TTFT. VRAM = "
-    f"torch's peak allocated GPU memory ({DASH} on the CPU); RSS = the process's peak resident memory. GB are GiB.")
+    f"torch's peak allocated GPU memory ({DASH} on the CPU); RSS = the process's peak resident memory. GB are GiB. "
+    "Quality figures vs FP32 show ± their standard error (the sample of evaluation text, docs/quality.md).")
 
 
-def fmt(value: Optional[float], decimals: int, spread: Optional[float] = None) -> str:
+def fmt(value: Optional[float], decimals: int, half_width: Optional[float] = None) -> str:
     if value is None or value != value:  # missing or NaN
         return DASH
     text = f"{value:.{decimals}f}"
-    return f"{text} ± {spread / 2:.{decimals}f}" if spread else text
+    return f"{text} ± {half_width:.{decimals}f}" if half_width else text
 
 
 def cell(row: Row, metric: str, decimals: int, spread_metric: Optional[str]) -> str:
+    """The figure ± half its IQR (a timed figure), or ± its standard error (a quality figure, *_se)."""
     m = row.metrics
-    spread = m.get(spread_metric) if spread_metric and m.get("timed_samples", 0) > 1 else None
+    raw = m.get(spread_metric) if spread_metric else None
+    spread = None if raw is None or raw != raw else (  # missing or NaN: no spread
+        raw if spread_metric.endswith("_se") else raw / 2 if m.get("timed_samples", 0) > 1 else None)
     if metric == "peak_vram_gb" and row.device != "cuda":
         return DASH
     return fmt(m.get(metric), decimals, spread)

@@ -11,17 +11,19 @@ from qsweep.tracking import TAG_EMULATED, RunRecord
 
 
 def run(precision, decode, kl=None, rss=1.0, iqr=0.0, model="m", batch=1, backend="transformers", emulated="",
-        degenerate=False, device="cpu", vram=None):
+        degenerate=False, device="cpu", vram=None, kl_se=None, runtime=None, origin=""):
     """A finished job as the report reads it back: decode speed (median, IQR), KL vs fp32, peak memory."""
     name = f"{model}-{precision}-{device}-b{batch}-{backend}"
     metrics = dict(decode_tokens_per_s=decode, decode_tokens_per_s_iqr=iqr, latency_s=10.0, latency_iqr_s=1.0,
                    throughput_tokens_per_s=batch * decode, peak_rss_gb=rss, timed_samples=8,
                    degenerate_output=int(degenerate))
     metrics.update({} if kl is None else {"kl_div_vs_fp32": kl})
+    metrics.update({} if kl_se is None else {"kl_div_vs_fp32_se": kl_se})
     metrics.update({} if vram is None else {"peak_vram_gb": vram})
     tags = {"model": model, "device": device, "precision": precision, "backend": backend, "max_new_tokens": "64",
             "batch_size": str(batch), "config_hash": f"{abs(hash(name)) % 16**12:012x}",
-            "runtime": backend, "degenerate_reason": "repetition_loop" if degenerate else "none",
+            "runtime": runtime or backend, "degenerate_reason": "repetition_loop" if degenerate else "none",
+            **({"weights_quantized_from": origin} if origin else {}),
             **({TAG_EMULATED: emulated} if emulated else {})}
     return RunRecord(f"id-{name}", name, "FINISHED", metrics, tags)
 
@@ -46,6 +48,50 @@ def test_speeds_tie_when_their_interquartile_ranges_overlap():
     assert not decide.Speed(100, 20).ties(decide.Speed(116, 10))
     assert decide.Speed(116, 10).faster(decide.Speed(100, 20))
     assert not decide.Speed(105, 20).faster(decide.Speed(100, 20))  # a higher median inside the spread
+
+
+def test_kls_tie_when_their_standard_error_intervals_overlap():
+    # 0.0300 ± 0.0020 spans 0.028-0.032; 0.0350 ± 0.0030 spans 0.032-0.038: they touch, a tie
+    assert decide.Quality(0.03, 0.002).ties(decide.Quality(0.035, 0.003))
+    assert decide.Quality(0.03, 0.002).lower(decide.Quality(0.0351, 0.003))  # 0.0321-0.0381: apart
+    # without a standard error (runs recorded before them, fp32's own 0) the interval is ± KL_RESOLUTION / 2
+    assert decide.Quality(0.0, float("nan")).ties(decide.Quality(0.9e-4, float("nan")))
+    assert decide.Quality(0.0, 0.0).lower(decide.Quality(1.1e-4, 0.0))
+    # on the front: the slower setting's KL is inside the faster one's interval, so it is beaten (not "lower KL")
+    front = ranked(run("int8", 40, kl=0.0300, kl_se=0.002), run("int4", 30, kl=0.0290, kl_se=0.001))
+    assert not front["CPU INT4"].on_front and front["CPU INT4"].why == "faster"
+    apart = ranked(run("int8", 40, kl=0.0300, kl_se=0.0002), run("int4", 30, kl=0.0290, kl_se=0.0001))
+    assert apart["CPU INT4"].on_front
+    assert "0.0300 ± 0.0020" in decide.front_section(report.rows_by_model(
+        [run("int8", 40, kl=0.0300, kl_se=0.002)])["m"])[0]
+
+
+def test_recommend_says_when_the_cap_lies_inside_the_picks_interval():
+    inside = recommended(run("fp32", 20, kl=0.0), run("int8", 40, kl=0.0095, kl_se=0.001), max_kl=0.01)
+    assert inside.pick.setting == "CPU INT8"
+    assert any("the KL cap 0.01 lies inside the pick's interval (KL vs fp32 0.0095 ± 0.0010)" in n
+               for n in inside.notes)
+    clear = recommended(run("fp32", 20, kl=0.0), run("int8", 40, kl=0.0085, kl_se=0.001), max_kl=0.01)
+    assert clear.pick.setting == "CPU INT8" and not any("inside" in n for n in clear.notes)
+
+
+def test_weights_from_a_quantized_file_are_said_beside_the_settings_of_its_family():
+    def jobs(origin):
+        return [run(t, 70, kl=kl, backend="llama-cpp", runtime=f"llama.cpp {t}", origin=origin)
+                for t, kl in (("Q4_K_M", 0.0038), ("Q4_K_S", 0.005), ("Q5_K_M", 0.0243), ("Q8_0", 0.0024))]
+
+    rows = report.rows_by_model(jobs("Q4_K_M"))["m"]
+    marked = {c.setting for c in decide.candidates(rows) if c.on_origin_grid}
+    assert marked == {c.setting for c in decide.candidates(rows) if "Q4_K" in c.setting}
+    section, _ = decide.front_section(rows)
+    assert section.count("⚠ weights already on its Q4_K_M grid") == 2
+    assert "m's weights were dequantized from a Q4_K_M file" in section
+    rec = recommended(*jobs("Q4_K_M"), max_kl=0.01)
+    assert any("dequantized from a Q4_K_M file" in n for n in rec.notes)
+    # weights never quantized (a random-weight tiny model, a hub checkpoint): no mark, no note
+    plain = report.rows_by_model(jobs(""))["m"]
+    assert "⚠" not in decide.front_section(plain)[0] and not any(c.on_origin_grid for c in decide.candidates(plain))
+    assert not any("dequantized" in n for n in recommended(*jobs(""), max_kl=0.01).notes)
 
 
 def test_three_settings_on_the_front_and_a_dominated_one_with_what_beats_it():

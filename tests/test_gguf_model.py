@@ -55,7 +55,7 @@ def test_a_gguf_is_measured_as_it_is_and_quantized_against_its_dequantized_refer
         run = jobs[("llama-cpp", precision)]
         m, tags = run.data.metrics, run.data.tags
         assert run.info.status == "FINISHED" and SPEED | QUALITY <= set(m), (precision, tags.get("error"))
-        assert tags["runtime"] == f"llama.cpp {gguf_type}" and tags["weights_origin"] == "GGUF F32"
+        assert tags["runtime"] == f"llama.cpp {gguf_type}" and "weights_quantized_from" not in tags
         check = json.loads(open(sweep.client().download_artifacts(run.info.run_id, "precision_check.json")).read())
         assert check["file_type"] == gguf_type and check["architecture"] == "gemma3"
         kl[precision] = m["kl_div_vs_fp32"]
@@ -66,7 +66,7 @@ def test_a_gguf_is_measured_as_it_is_and_quantized_against_its_dequantized_refer
     assert abs(kl["gguf"]) < 1e-4 and as_is.data.metrics["output_match_vs_fp32"] == 1
     assert kl["gguf"] < kl["int8"] < kl["int4"], kl
     dequantized = jobs[("ctranslate2", "int8")]  # another runtime takes the same file, through transformers
-    assert dequantized.info.status == "FINISHED" and dequantized.data.tags["weights_origin"] == "GGUF F32"
+    assert dequantized.info.status == "FINISHED" and "weights_quantized_from" not in dequantized.data.tags
     assert QUALITY <= set(dequantized.data.metrics)
     refused = jobs[("ctranslate2", "gguf")]
     assert refused.info.status == "FAILED" and refused.data.tags["error"] == (
@@ -109,7 +109,7 @@ def test_a_gguf_transformers_cannot_read_is_tagged_and_refused_where_it_needs_tr
     runtimes that load it through transformers say in one line that they cannot."""
     model = ["model=gemma-3-270m", f"model.name_or_path={write_gguf(tmp_path / 'x.gguf', 'rwkv6')}", "device=cpu"]
     tags = identity.run_tags(compose_run(*model, "backend=llama-cpp", "precision=gguf"))
-    assert tags["weights_origin"] == "GGUF Q8_0" and tags["runtime"] == "llama.cpp Q8_0"
+    assert tags["weights_quantized_from"] == "Q8_0" and tags["runtime"] == "llama.cpp Q8_0"
     assert tags["quality_unavailable"].startswith("transformers cannot read GGUF architecture rwkv6, so it has no "
                                                   "fp32 reference")
     for backend in ("transformers", "ctranslate2"):

@@ -2,8 +2,10 @@
 stored reference reused, and random weights carrying no quality metrics."""
 
 import dataclasses
+import hashlib
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -13,7 +15,7 @@ from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from qsweep import quality
 from qsweep.quality import outputs, scoring
-from qsweep.quality.cache import TOP_K
+from qsweep.quality.cache import KEEP, TOP_K
 
 QUALITY_METRICS = {f.name for f in dataclasses.fields(quality.QualityMetrics)}
 
@@ -106,10 +108,10 @@ def test_a_model_with_uniform_predictions_has_the_vocabulary_size_as_perplexity(
 
 def test_kl_of_identical_models_is_zero_and_top1_agrees_everywhere(tokenizer, windows):
     model = build_model(tokenizer)
-    reference = scoring.as_reference(scoring.score_text(ModelRuntime(model), windows, keep_top_k=TOP_K))
+    reference = scoring.as_reference(scoring.score_text(ModelRuntime(model), windows, keep=KEEP))
     scores = scoring.score_text(ModelRuntime(build_model(tokenizer)), windows, reference=reference)  # same seed, same weights
-    assert scores.kl_sum / scores.positions == pytest.approx(0.0, abs=1e-7)
-    assert scores.top1_same == scores.positions
+    assert torch.cat(scores.kl).mean().item() == pytest.approx(0.0, abs=1e-7)
+    assert bool(torch.cat(scores.top1_same).all())
 
 
 def full_log_probs(model, windows):
@@ -117,24 +119,41 @@ def full_log_probs(model, windows):
         return torch.cat([torch.log_softmax(model(torch.tensor([w])).logits[0, :-1].float(), -1) for w in windows])
 
 
-def test_topk_kl_of_a_different_model_is_positive_and_a_lower_bound_of_the_exact_kl(tokenizer, windows):
+def test_kl_with_tail_draws_is_unbiased_and_the_bucket_alone_a_lower_bound(tokenizer, windows):
+    windows = windows[:12]  # about 1,500 positions: enough to average the draws' noise, cheap to score 4 times
     fp32, other = build_model(tokenizer, seed=0), build_model(tokenizer, seed=0)
     with torch.no_grad():
         for p in other.parameters():
             p.add_(0.02 * torch.randn_like(p))  # a "quantization error"
-    reference = scoring.as_reference(scoring.score_text(ModelRuntime(fp32), windows, keep_top_k=TOP_K))
-    scores = scoring.score_text(ModelRuntime(other), windows, reference=reference)
-    approx = scores.kl_sum / scores.positions
     p, q = full_log_probs(fp32, windows), full_log_probs(other, windows)
     exact = (p.exp() * (p - q)).sum(-1).mean().item()
-    assert 0 < approx <= exact + 1e-6
-    # with k = the whole vocabulary the approximation is exact
-    whole = scoring.as_reference(scoring.score_text(ModelRuntime(fp32), windows, keep_top_k=len(tokenizer)))
-    exact_scores = scoring.score_text(ModelRuntime(other), windows, reference=whole)
-    assert exact_scores.kl_sum / exact_scores.positions == pytest.approx(exact, rel=1e-4)
-    assert 0 < scores.top1_same < scores.positions
-    # the stored sizes stay sane: k entries per position, whatever the vocabulary
-    assert reference.top_ids.shape == (scores.positions, TOP_K)
+
+    def kl(keep):
+        reference = scoring.as_reference(scoring.score_text(ModelRuntime(fp32), windows, keep=keep))
+        return scoring.TextQuality.against_reference(scoring.score_text(ModelRuntime(other), windows, reference))
+
+    bucket, drawn, whole = kl((8, 0)), kl((8, 512)), kl((len(tokenizer), 64))
+    assert 0 < bucket.kl_div < 0.9 * exact  # 8 of 400 tokens: the tail holds much of the KL
+    assert drawn.kl_div == pytest.approx(exact, rel=0.03)  # the draws restore it (within their noise)
+    assert whole.kl_div == pytest.approx(exact, rel=1e-4)  # the whole vocabulary kept: exact
+    assert 0 < whole.top1_agreement < 1 and 0 < whole.kl_div_se < whole.kl_div
+    # the stored sizes stay sane: k + draws entries per position, whatever the vocabulary
+    reference = scoring.as_reference(scoring.score_text(ModelRuntime(fp32), windows, keep=KEEP))
+    assert reference.top_ids.shape == reference.tail_ids.shape == (bucket.positions, TOP_K)
+
+
+def test_batch_means_standard_error_by_hand():
+    # 1..8 in blocks of 2: means 1.5 3.5 5.5 7.5, their sd (n - 1) = sqrt(20 / 3) = 2.581989, / sqrt(4) = 1.290994
+    assert scoring.batch_means_se(torch.arange(1.0, 9.0), block=2) == pytest.approx(1.290994, rel=1e-6)
+    # a last, shorter block is folded into the one before: 1..7 in blocks of 3 -> (1 2 3) (4 5 6 7): means 2, 5.5
+    # sd = 2.474874, / sqrt(2) = 1.75
+    assert scoring.batch_means_se(torch.arange(1.0, 8.0), block=3) == pytest.approx(1.75, rel=1e-6)
+    # fewer than two blocks: the per-token SE, sd(1 2 3 4) / 2 = 1.290994 / 2
+    assert scoring.batch_means_se(torch.arange(1.0, 5.0), block=4) == pytest.approx(0.645497, rel=1e-6)
+    # correlated neighbours (each value repeated 4 times) get a larger SE than the per-token one
+    repeated = torch.arange(16.0).repeat_interleave(4)
+    assert scoring.batch_means_se(repeated, block=4) > 1.9 * scoring.batch_means_se(repeated, block=1)
+    assert math.isnan(scoring.batch_means_se(torch.tensor([1.0])))
 
 
 def test_kl_percentiles_of_a_hand_computed_example():
@@ -157,7 +176,7 @@ def test_distribution_delta_p_and_perplexity_ratio_by_hand():
     fp32 = torch.tensor([[0.8, 0.2], [0.8, 0.2], [0.5, 0.5]]).log()
     run = torch.tensor([[0.8, 0.2], [0.6, 0.4], [0.5, 0.5]]).log()
     window = [[0, 0, 1]]
-    reference = scoring.as_reference(scoring.score_text(FixedLogits(fp32), window, keep_top_k=2))
+    reference = scoring.as_reference(scoring.score_text(FixedLogits(fp32), window, keep=(2, 4)))
 
     def against_fp32(logits):
         return scoring.TextQuality.against_reference(scoring.score_text(FixedLogits(logits), window, reference))
@@ -170,6 +189,10 @@ def test_distribution_delta_p_and_perplexity_ratio_by_hand():
     assert got.rms_delta_p == pytest.approx(0.141421, rel=1e-5)
     assert got.ln_ppl_ratio == pytest.approx(-math.log(2) / 2, rel=1e-5)
     assert got.top1_agreement == 1.0  # 0.6 > 0.4: the run's top token is still fp32's
+    # standard errors: two positions make fewer than two blocks, so per-token: sd(x1, x2) / sqrt(2) = |x1 - x2| / 2
+    assert got.kl_div_se == pytest.approx(kl_2 / 2, rel=1e-5)
+    assert got.ln_ppl_ratio_se == pytest.approx(math.log(2) / 2, rel=1e-5)
+    assert got.top1_agreement_se == 0.0
     # against itself every figure is what an fp32 job records for itself: 0 (and top-1 agreement 1)
     assert against_fp32(fp32) == scoring.TextQuality.of_reference(scoring.score_text(FixedLogits(fp32), window))
 
@@ -264,6 +287,7 @@ def test_random_weight_runs_carry_no_quality_metrics(sweep):
     assert result.returncode == 0, result.stderr[-3000:]
     (run,) = sweep.runs()
     assert run.data.tags["quality"] == "not_applicable" and "degenerate_reason" not in run.data.tags
+    assert "weights_quantized_from" not in run.data.tags  # random weights: no provenance note
     assert not QUALITY_METRICS & set(run.data.metrics) and "tokens_per_s" in run.data.metrics
     assert "quality.json" not in {a.path for a in sweep.client().list_artifacts(run.info.run_id)}
 
@@ -312,6 +336,23 @@ def test_real_weight_runs_record_quality_and_reuse_the_fp32_reference(sweep, che
         assert again.data.metrics[metric] == bf16.metrics[metric], metric
 
 
+@pytest.mark.slow
+def test_a_users_jsonl_file_is_the_quality_text_end_to_end(sweep, checkpoint, tmp_path):
+    data = tmp_path / "dialogues.jsonl"
+    data.write_text("".join(json.dumps({"utterance": line}) + "\n" for line in quality.eval_text().splitlines()[:12]))
+    result = sweep.run("model=tiny-gpt2", "model.weights=pretrained", f"model.name_or_path={checkpoint}", "device=cpu",
+                       "generation.max_new_tokens=4", "generation.repeats=1", "generation.warmup=0", "precision=bf16",
+                       f"paths.cache_dir={tmp_path / 'cache'}", f"quality.text={data}", "quality.text_field=utterance")
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run,) = sweep.runs()
+    text = "\n\n".join(quality.eval_text().splitlines()[:12])
+    assert run.data.tags["quality_text"] == str(data)
+    assert run.data.tags["quality_text_sha256"] == hashlib.sha256(text.encode()).hexdigest()
+    m = run.data.metrics
+    assert 0 < m["kl_div_vs_fp32_se"] < m["kl_div_vs_fp32"] and m["ln_ppl_ratio_vs_fp32_se"] > 0
+    assert "weights_quantized_from" not in run.data.tags  # a tiny model's own weights: no provenance note
+
+
 def test_the_sweep_summary_shows_quality_and_names_degenerate_runs():
     from qsweep import report
 
@@ -329,3 +370,57 @@ def test_the_sweep_summary_shows_quality_and_names_degenerate_runs():
     assert "CPU FP16 ⚠" in text and "yes: non_finite_logits,empty_output" in text
     assert text.splitlines()[-1].startswith("Degenerate output") and "g-fp16 (non_finite_logits,empty_output)" in text
     assert "g-fp32 (" not in text
+
+
+# ------------------------------------------------------------------------------ text and provenance
+
+def test_the_text_named_by_quality_text_and_its_bad_forms(tmp_path):
+    from qsweep.config import ConfigError, QualityConfig
+    from qsweep.textsource import read
+
+    assert read("builtin").text == quality.eval_text() and len(read("builtin").sha256) == 64
+    plain = tmp_path / "mine.txt"
+    plain.write_text("Table for two at eight, please.\n" * 40)
+    assert read(str(plain)).name == str(plain) and read(str(plain)).text.startswith("Table for two")
+    lines = tmp_path / "dialogues.jsonl"
+    lines.write_text('{"text": "A table for two?", "id": 1}\n\n{"text": "Yes, by the window."}\n')
+    assert read(str(lines)).text == "A table for two?\n\nYes, by the window."
+    empty = tmp_path / "empty.txt"
+    empty.write_text(" \n")
+    bad = {"quality.text=nowhere.txt: no such file": dict(text="nowhere.txt"),
+           f"{empty} has no text to score": dict(text=str(empty)),
+           f"{lines} line 1 has no text field 'dialogue' (it has: text, id): name the field": dict(
+               text=str(lines), text_field="dialogue"),
+           "is shorter than one window of quality.context=512 tokens": dict(text=str(lines), method="llama-perplexity"),
+           "quality.method='perplexity' is not valid": dict(method="perplexity")}
+    for message, fields in bad.items():
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            QualityConfig(**fields)
+
+
+def test_llama_perplexity_windows_score_the_second_half_of_fixed_windows(tokenizer):
+    from qsweep.config import QualityConfig
+
+    text_ids = tokenizer(quality.eval_text(), add_special_tokens=False).input_ids
+    cut = quality.windows_for(QualityConfig(method="llama-perplexity", context=64), tokenizer, 10**9)
+    assert cut.scored_from == 32 and cut.scored_per_window == 31 and len(cut.windows) == (len(text_ids) + 1) // 64
+    assert all(len(w) == 64 and w[0] == tokenizer.bos_token_id for w in cut.windows)
+    # llama-perplexity's chunks: BOS + text, cut every 64 tokens, each chunk's first token replaced by BOS
+    assert cut.windows[1][1:] == ([tokenizer.bos_token_id] + text_ids)[65:128]
+    budget = quality.windows_for(QualityConfig(method="llama-perplexity", context=64, max_tokens=100), tokenizer, 10**9)
+    assert len(budget.windows) == 3  # 100 // 31 whole windows
+    first = quality.windows_for(QualityConfig(max_tokens=100, context=64), tokenizer, 10**9)
+    assert sum(len(w) - 1 for w in first.windows) == 100 and first.scored_from == 0
+    # fewer tokens than one window: said before anything is scored
+    longer = len(text_ids) + 2  # BOS + the text is one token short of a window
+    with pytest.raises(ValueError, match=f"fewer than one window of quality.context={longer}"):
+        quality.windows_for(QualityConfig(method="llama-perplexity", context=longer), tokenizer, 10**9)
+
+
+def test_the_bundled_gemma_is_tagged_as_dequantized_from_q4_k_m_and_random_weights_are_not():
+    from conftest import compose_run
+
+    from qsweep import identity
+
+    assert identity.run_tags(compose_run("device=cpu"))["weights_quantized_from"] == "Q4_K_M"
+    assert "weights_quantized_from" not in identity.run_tags(compose_run("model=tiny-gpt2", "device=cpu"))

@@ -11,14 +11,16 @@ model are stored separately, per (checkpoint, prompts, max_new_tokens, device). 
 both from its own work; any other job finds them, or builds them once (loading the checkpoint in
 fp32 on its device) under a file lock.
 
-KL divergence with the top-k reference (the approximation): KL(P_fp32 || Q_run) is computed over the
-reference's top-k tokens plus one bucket "every other token", i.e. between the two distributions
-coarsened to k + 1 outcomes. By the log-sum inequality this never exceeds the exact KL; it misses only
-how the two models share out the reference's tail mass among tail tokens (with k = 64 that tail is a
-few percent of the mass or less at most positions).
+KL divergence from the stored reference: KL(P_fp32 || Q_run) splits (chain rule) into the KL between the
+two distributions coarsened to the reference's top-k tokens plus one bucket "every other token" (exact,
+and by the log-sum inequality a lower bound), plus P_rest times the KL between the two distributions
+within the rest. The reference stores tokens drawn from its rest in proportion to their probability, so
+that second term is estimated without bias by their mean log-ratio. Why: a 262k-token vocabulary's tail
+carries a sizeable share of the KL (top-64 + one bucket read 0.82 of the full KL on Gemma 3), and the full
+distributions (1 MB per position) are too large to store.
 
 The modules, each importing only those before it (and the layers below quality: backends, measure):
-    text        the evaluation text and its windows
+    text        the evaluation text (quality.text, read by qsweep.textsource) and its windows
     scoring     a model's scores on the windows: perplexity, KL and top-1 agreement against a reference
     outputs     greedy outputs: agreement with fp32's, and the broken-output check
     cache       the references and a setting's scores on disk (keys, formats, atomic writes)
@@ -29,7 +31,7 @@ The modules, each importing only those before it (and the layers below quality: 
 from qsweep.quality.evaluation import NOT_APPLICABLE, QualityMetrics, QualityResult, applicable, evaluate
 from qsweep.quality.outputs import matching_tokens
 from qsweep.quality.scoring import perplexity
-from qsweep.quality.text import eval_text, eval_text_file, eval_windows, starts_with_bos
+from qsweep.quality.text import eval_text, eval_text_file, eval_windows, starts_with_bos, windows_for
 
 __all__ = ["NOT_APPLICABLE", "QualityMetrics", "QualityResult", "applicable", "evaluate", "matching_tokens",
-           "perplexity", "eval_text", "eval_text_file", "eval_windows", "starts_with_bos"]
+           "perplexity", "eval_text", "eval_text_file", "eval_windows", "starts_with_bos", "windows_for"]

@@ -18,10 +18,14 @@ from qsweep.config import RunConfig
 from qsweep.quality.scoring import TextQuality, TextReference
 from qsweep.staging import write_file
 
-TOP_K = 64  # reference log-probabilities kept per position
+# Per position the reference keeps its TOP_K most likely tokens and TAIL_DRAWS tokens drawn from the rest
+# (scoring.kl_estimate): 8 bytes each, 4 KB per position (2,100 positions of the built-in text: 8.6 MB).
+TOP_K, TAIL_DRAWS = 256, 256
+KEEP = (TOP_K, TAIL_DRAWS)
 # Bump when what is stored changes meaning: every key changes, so files of an older format are never read
 # (they are rebuilt). 2: the text reference holds fp32's NLL per position, the scores the KL distribution.
-FORMAT = 2
+# 3: draws from the reference's tail (an unbiased KL), standard errors in the scores.
+FORMAT = 3
 
 
 def _key(*parts) -> str:
@@ -36,10 +40,11 @@ class ReferencePaths:
     lock: Path
 
 
-def reference_paths(cfg: RunConfig, checkpoint_path: str, windows, prompt_ids: List[List[int]]) -> ReferencePaths:
+def reference_paths(cfg: RunConfig, checkpoint_path: str, windows, scored_from: int,
+                    prompt_ids: List[List[int]]) -> ReferencePaths:
     folder = Path(cfg.paths.cache_dir).expanduser() / "references"
     fingerprint = sources.fingerprint(checkpoint_path)
-    text_key = _key(fingerprint, cfg.device.name, windows, TOP_K)
+    text_key = _key(fingerprint, cfg.device.name, windows, scored_from, KEEP)
     greedy_key = _key(fingerprint, cfg.device.name, prompt_ids, cfg.generation.max_new_tokens)
     # the text scores depend on the weights, windows, runtime, precision, device and library versions only
     scores_key = _key(text_key, dataclasses.asdict(cfg.backend), dataclasses.asdict(cfg.precision),
@@ -63,12 +68,13 @@ def _save_tensors(tensors: dict, path: Path, metadata: dict) -> None:
 
 def load_text_reference(path: Path) -> TextReference:
     data = load_file(str(path))
-    return TextReference(data["top_logprobs"], data["top_ids"].long(), data["log_rest"], data["nll"])
+    return TextReference(**{f.name: data[f.name].long() if f.name.endswith("_ids") else data[f.name]
+                            for f in dataclasses.fields(TextReference)})
 
 
 def save_text_reference(ref: TextReference, path: Path, metadata: dict) -> None:
-    _save_tensors({"top_logprobs": ref.top_logprobs, "top_ids": ref.top_ids.int(), "log_rest": ref.log_rest,
-                   "nll": ref.nll}, path, metadata)
+    _save_tensors({f.name: t.int() if f.name.endswith("_ids") else t
+                   for f, t in zip(dataclasses.fields(TextReference), ref.tensors())}, path, metadata)
 
 
 def load_greedy(path: Path) -> List[List[int]]:

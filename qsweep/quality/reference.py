@@ -11,16 +11,18 @@ from filelock import FileLock
 from qsweep import backends, measure
 from qsweep.backends import Files, Runtime
 from qsweep.config import BackendConfig, PrecisionConfig, RunConfig
-from qsweep.quality.cache import TOP_K, ReferencePaths, save_greedy, save_text_reference
+from qsweep.quality.cache import KEEP, ReferencePaths, save_greedy, save_text_reference
 from qsweep.quality.scoring import TextScores, as_reference, score_text
+from qsweep.quality.text import Windows
 from qsweep.sources import Checkpoint
 
 
-def store_own(runtime: Runtime, paths: ReferencePaths, windows, greedy: Optional[List[List[int]]], meta: dict,
+def store_own(runtime: Runtime, paths: ReferencePaths, cut: Windows, greedy: Optional[List[List[int]]], meta: dict,
               need_scores: bool) -> Optional[TextScores]:
     """An fp32 job is the reference: store its text reference, and its greedy outputs (`greedy`, when
     given), where missing. Its scores when it scored the text (need_scores, or no text reference yet)."""
-    scores = score_text(runtime, windows, keep_top_k=TOP_K) if need_scores or not paths.text.is_file() else None
+    scored = need_scores or not paths.text.is_file()
+    scores = score_text(runtime, cut.windows, keep=KEEP, scored_from=cut.scored_from) if scored else None
     meta = {**meta, "built_by": "fp32 job"}
     with FileLock(str(paths.lock)):
         if not paths.text.is_file():
@@ -30,7 +32,7 @@ def store_own(runtime: Runtime, paths: ReferencePaths, windows, greedy: Optional
     return scores
 
 
-def build_missing(cfg: RunConfig, checkpoint: Checkpoint, paths: ReferencePaths, windows, prompt_ids) -> bool:
+def build_missing(cfg: RunConfig, checkpoint: Checkpoint, paths: ReferencePaths, cut: Windows, prompt_ids) -> bool:
     """Build whatever reference is missing, under the lock; True when this job built it (False when it
     was there, or another job built it while this one waited)."""
     if paths.text.is_file() and paths.greedy.is_file():
@@ -38,11 +40,11 @@ def build_missing(cfg: RunConfig, checkpoint: Checkpoint, paths: ReferencePaths,
     with FileLock(str(paths.lock)):
         if paths.text.is_file() and paths.greedy.is_file():
             return False
-        _build(cfg, checkpoint, paths, windows, prompt_ids)
+        _build(cfg, checkpoint, paths, cut, prompt_ids)
         return True
 
 
-def _build(cfg: RunConfig, checkpoint: Checkpoint, paths: ReferencePaths, windows, prompt_ids) -> None:
+def _build(cfg: RunConfig, checkpoint: Checkpoint, paths: ReferencePaths, cut: Windows, prompt_ids) -> None:
     """Load the checkpoint as the reference runtime on the run's device and store what is missing."""
     fp32 = dataclasses.replace(cfg, precision=PrecisionConfig(name="fp32", dtype="float32"),
                                backend=BackendConfig(), generation=dataclasses.replace(
@@ -51,7 +53,8 @@ def _build(cfg: RunConfig, checkpoint: Checkpoint, paths: ReferencePaths, window
     try:
         meta = {"checkpoint": checkpoint.path, "device": cfg.device.name, "built_by": "reference build"}
         if not paths.text.is_file():
-            save_text_reference(as_reference(score_text(reference, windows, keep_top_k=TOP_K)), paths.text, meta)
+            scores = score_text(reference, cut.windows, keep=KEEP, scored_from=cut.scored_from)
+            save_text_reference(as_reference(scores), paths.text, meta)
         if not paths.greedy.is_file():
             _, outputs = measure.generate_timed(reference, prompt_ids, fp32.generation, cfg.device.name)
             save_greedy([o.output_ids for o in outputs], paths.greedy, meta)

@@ -8,6 +8,7 @@ TAG_KIND = "qsweep.kind"  # job, sweep or train_merge
 TAG_OWNER = "qsweep.owner"  # host id:pid:start time of the process that must end the run
 TAG_SKIPPED_PREFIX = "qsweep.skipped."  # on a sweep run: qsweep.skipped.<config_hash> = the run it points to
 TAG_WEIGHTS = "weights_sha256"  # local checkpoint folders: what the folder held when measured
+TAG_WEIGHTS_ORIGIN = "weights_quantized_from"  # weights dequantized from a quantized file: its type (Q4_K_M)
 TAG_REPRODUCES = "reproduces"  # on a reproduction: the run it measured again
 TAG_SWEEP_OVERRIDES = "sweep_overrides"
 TAG_SKIPPED_JOBS = "skipped_jobs"
@@ -31,9 +32,6 @@ TAG_MAX_NEW_TOKENS = "max_new_tokens"
 TAG_BATCH_SIZE = "batch_size"
 TAG_PROMPT_TOKENS = "prompt_tokens"  # a number, or "text" for the text prompts
 TAG_SETTING = "setting"  # the label shown in the UI, e.g. "CPU INT4 FP4 compiled"
-# Where the weights come from when they were quantized before qsweep saw them: "GGUF Q4_K_M" for a GGUF model
-# (on every runtime: transformers and CTranslate2 load its dequantized weights)
-TAG_WEIGHTS_ORIGIN = "weights_origin"
 # What it found (results.record)
 TAG_PRECISION_CHECK = "precision_check"
 TAG_CONVERSION = "conversion"  # made or reused: the backend's files from the checkpoint
@@ -42,6 +40,8 @@ TAG_DEGENERATE_REASON = "degenerate_reason"
 TAG_QUALITY_REFERENCE = "quality_reference"
 TAG_QUALITY_SCORES = "quality_scores"
 TAG_QUALITY_UNAVAILABLE = "quality_unavailable"  # why a model has no fp32 reference (a GGUF transformers cannot read)
+TAG_QUALITY_TEXT = "quality_text"  # the text scored: builtin, wikitext-2 or the file's path
+TAG_QUALITY_TEXT_SHA256 = "quality_text_sha256"  # its content's SHA-256
 # A fine-tune run (train_merge) and the model it logged
 TAG_BASE_CHECKPOINT = "base_checkpoint"
 TAG_BASE_MODEL = "base_model"
