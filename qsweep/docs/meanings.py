@@ -44,20 +44,25 @@ METRICS = {
                     "own share",
     "power_limit_w": "CUDA only: the GPU's enforced power limit (NVML)",
     # quality (qsweep.quality.QualityMetrics); how each is computed: quality.md
-    "perplexity": "of the model as loaded (quantized, on its device) on the evaluation text shipped in the package "
+    "perplexity": "of the model as loaded (quantized, on its device) on the evaluation text (`quality.text`) "
                   "([quality](quality.md#perplexity))",
     "kl_div_vs_fp32": "mean KL(P_fp32 ‖ Q_run) of the next-token distributions over the same positions, in nats; 0 "
-                      "for fp32 itself (top-64 approximation, [quality](quality.md#kl-divergence))",
+                      "for fp32 itself (top 256 exact + the tail estimated, [quality](quality.md#how-the-kl-is-computed))",
+    "kl_div_vs_fp32_se": "standard error of `kl_div_vs_fp32` by batch means over blocks of 32 positions "
+                         "([quality](quality.md#standard-errors)); 0 for fp32",
     "kl_div_median_vs_fp32": "median of the per-position KL: the typical position, which a few very bad ones cannot "
                              "move",
     "kl_div_p99_vs_fp32": "99th percentile of the per-position KL: how bad the worst 1% of positions get",
     "kl_div_p999_vs_fp32": "99.9th percentile of the per-position KL: the rare positions where the run goes wrong",
     "kl_div_max_vs_fp32": "the worst position's KL",
     "top1_agreement_vs_fp32": "share of positions where the run's most likely token is fp32's; 1 for fp32",
+    "top1_agreement_vs_fp32_se": "standard error of `top1_agreement_vs_fp32` (batch means, as the KL's)",
     "rms_delta_p_vs_fp32": "root mean square, over the positions, of the change in probability of fp32's most likely "
                            "token (0.01 is llama.cpp's \"RMS Δp 1%\"); 0 for fp32",
     "ln_ppl_ratio_vs_fp32": "ln(perplexity / fp32's perplexity) on the same positions: above 0 the run predicts the "
                             "text worse than fp32; 0 for fp32",
+    "ln_ppl_ratio_vs_fp32_se": "standard error of `ln_ppl_ratio_vs_fp32`, of the paired per-position NLL "
+                               "difference (batch means)",
     "output_match_vs_fp32": "per prompt, the share of fp32's greedy tokens the run reproduces before the first "
                             "difference; mean over prompts",
     "degenerate_output": "1 when the output is broken (the `degenerate_reason` tag says how: "
@@ -111,6 +116,9 @@ TAGS = {
     "qsweep.owner": "host, pid namespace, pid and start time of the process that must end the run",
     "qsweep.skipped.": "on a sweep run, `qsweep.skipped.<config_hash>`: the earlier run a skipped job stands for",
     "weights_sha256": "local checkpoint folders: what the folder held when it was measured",
+    "weights_quantized_from": "weights dequantized from a quantized file (the bundled Gemma: Q4_K_M; a GGUF model of a "
+                              "quantized type): its type; settings of its family are marked in the report and "
+                              "`recommend` ([quality](quality.md#weights-that-were-quantized-before-qsweep-got-them))",
     "reproduces": "on a reproduction: the run it measured again",
     "sweep_overrides": "on a sweep run: its command-line overrides",
     "skipped_jobs": "on a sweep run: how many jobs `sweep.skip_completed=true` skipped",
@@ -136,6 +144,9 @@ TAGS = {
     "degenerate_reason": "`none`, or why the output is broken: `non_finite_logits`, `empty_output`, "
                          "`repetition_loop`, `sentence_loop`",
     "quality_reference": "the fp32 reference: `self` (an fp32 job), `reused` or `built` by this job",
+    "quality_unavailable": "why a model has no fp32 reference (a GGUF whose architecture transformers cannot read)",
+    "quality_text": "the text scored: `builtin`, `wikitext-2` or the file's path (`quality.text`)",
+    "quality_text_sha256": "the SHA-256 of the scored text's content",
     "quality_scores": "`measured` by this job, or `reused` from an earlier job of the same setting",
     "base_checkpoint": "a fine-tune run: the base checkpoint folder",
     "base_model": "a fine-tune's logged model: the base model id",
