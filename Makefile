@@ -18,8 +18,18 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # + llama.cpp and CTranslate2 (backend=llama-cpp, backend=ctranslate2; llama.cpp builds in ~4 min on 2 cores)
-# and the test tools
+# and the test tools. llama-cpp-python's source distribution is downloaded once: the wheel is built from it, and
+# llama.cpp's own converter (convert_hf_to_gguf.py, conversion/, gguf-py) is extracted from it beside the venv's
+# packages, so that backend=llama-cpp converts any architecture it handles offline, at the version it runs.
+LLAMA_VERSION := $(shell sed -n 's/.*"llama-cpp-python==\([^"]*\)".*/\1/p' pyproject.toml)
+LLAMA_SDIST := $(VENV)/share/qsweep/llama_cpp_python-$(LLAMA_VERSION).tar.gz
+LLAMA_SOURCE := $(VENV)/share/qsweep/llama.cpp-$(LLAMA_VERSION)
 $(VENV)/.installed-all: $(VENV)/.installed
+	$(PY) -m pip download -q --no-deps --no-binary :all: llama-cpp-python==$(LLAMA_VERSION) -d $(dir $(LLAMA_SDIST))
+	mkdir -p $(LLAMA_SOURCE)
+	tar -xzf $(LLAMA_SDIST) -C $(LLAMA_SOURCE) --strip-components=3 \
+		$(addprefix llama_cpp_python-$(LLAMA_VERSION)/vendor/llama.cpp/,convert_hf_to_gguf.py conversion gguf-py LICENSE)
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PY) -m pip install -q $(LLAMA_SDIST)
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PY) -m pip install -q -e '.[test]'
 	touch $@
 

@@ -4,6 +4,7 @@ identify its run, and, for a local checkpoint folder, which weights it held and 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from qsweep import backends, gguf_source, sources
 from qsweep.backends import _gguf as gguf_files
@@ -34,25 +35,36 @@ def run_name(cfg) -> str:
 
 
 def precision_label(cfg) -> str:
-    """int4, or int4 fp4 for 4-bit FP4 (NF4 is int4's default), or a GGUF model's own type (gguf Q4_K_M): what
-    the name and the setting show."""
+    """int4, or int4 fp4 for bitsandbytes' 4-bit FP4 (NF4 is int4's default; other runtimes have their own
+    types, which the setting names), or a GGUF model's own type (gguf Q4_K_M): what the name and the setting
+    show."""
     if cfg.precision.name == GGUF_PRECISION:
         return f"{GGUF_PRECISION} {gguf_source.file_type(cfg.model) or 'file'}"
-    quant_type = getattr(cfg.precision, "quant_type", DEFAULT_QUANT_TYPE)
+    quant_type = getattr(cfg.precision, "quant_type", DEFAULT_QUANT_TYPE) if _bitsandbytes(cfg) else DEFAULT_QUANT_TYPE
     return cfg.precision.name + (f" {quant_type}" if quant_type != DEFAULT_QUANT_TYPE else "")
 
 
+def _bitsandbytes(cfg) -> bool:
+    """precision.quant_type is bitsandbytes' setting: only backend=transformers uses it."""
+    return cfg.backend.name == DEFAULT_BACKEND
+
+
 def run_tags(cfg: RunConfig) -> dict:
-    """What the run measured, one value per tag (the report reads these), and the UI's label (setting)."""
-    quant_type = {TAG_QUANT_TYPE: cfg.precision.quant_type} if cfg.precision.quantization == "int4" else {}
+    """What the run measured, one value per tag (the report reads these), and the UI's label (setting): the
+    runtime's own quantization (the runtime tag: GGUF type, CTranslate2 compute type), never a setting it
+    does not use."""
+    quant_type = {TAG_QUANT_TYPE: cfg.precision.quant_type} \
+        if cfg.precision.quantization == "int4" and _bitsandbytes(cfg) else {}
+    runtime = backends.get(cfg.backend.name).label(cfg)
     return {TAG_HASH: config_hash(cfg), TAG_MODEL: cfg.model.name, TAG_PRECISION: cfg.precision.name,
             **quant_type, TAG_COMPILE: str(cfg.generation.compile).lower(),
             TAG_DEVICE: cfg.device.name, TAG_BACKEND: cfg.backend.name,
-            TAG_RUNTIME: backends.get(cfg.backend.name).label(cfg), TAG_WEIGHTS_KIND: cfg.model.weights,
+            TAG_RUNTIME: runtime, TAG_WEIGHTS_KIND: cfg.model.weights,
             TAG_MAX_NEW_TOKENS: cfg.generation.max_new_tokens, TAG_BATCH_SIZE: cfg.generation.batch_size,
             TAG_PROMPT_TOKENS: cfg.generation.prompt_tokens or "text",
             TAG_SETTING: f"{cfg.device.name.upper()} {precision_label(cfg).upper()}"
-                         + (" compiled" if cfg.generation.compile else ""), **weights_tag(cfg),
+                         + (" compiled" if cfg.generation.compile else "")
+                         + ("" if _bitsandbytes(cfg) else f" {runtime}"), **weights_tag(cfg),
             **fine_tune_tags(cfg), **origin_tags(cfg)}
 
 
@@ -79,7 +91,7 @@ def weights_tag(cfg: RunConfig) -> dict:
     folder = sources.local_folder(cfg.model) if cfg.model.weights == "pretrained" else None
     if folder is None or not (folder / "config.json").is_file():
         return {}  # a missing checkpoint fails in the worker, with its remedy
-    return {TAG_WEIGHTS: sources.weights_sha256(folder)}
+    return {TAG_WEIGHTS: sources.weights_sha256(folder, Path(cfg.paths.cache_dir).expanduser())}
 
 
 def fine_tune_tags(cfg: RunConfig) -> dict:

@@ -53,6 +53,9 @@ def run_job(cfg: RunConfig, tags: Optional[dict] = None) -> tracking.RunRecord:
                 phase_imports_s=spent.init_s, phase_recording_s=recording_s,
                 phase_prepare_s=result.phases.phase_prepare_s + prepare_spent.fn_s)
             results.record(run, result, phases, started)
+            if (result.runtime_tokenizer or "").startswith("differs"):  # scored on the checkpoint's ids all the same
+                console.say(f"{name}: the runtime's own tokenizer splits {result.runtime_tokenizer[9:]} otherwise "
+                            "than the checkpoint's; every runtime was fed the checkpoint's token ids")
     except Exception as err:
         if run_id is None:  # the store refused the run: nothing was recorded, so say it loudly
             raise
@@ -156,6 +159,8 @@ def measure_job(cfg: RunConfig) -> results.JobResult:
         speed, generations = measure.generate_timed(runtime, prompt_ids, cfg.generation, cfg.device.name,
                                                      tracked.timed)
     texts = results.texts(prompt_texts, generations, runtime.tokenizer)
+    own_splits = prompts.own_splits(runtime, list(cfg.generation.prompts) if cfg.generation.prompt_tokens is None
+                                    else [])
     judged = None  # quality: after the timed and memory-tracked region, so it cannot change their figures
     try:
         if quality.applicable(cfg, runtime.tokenizer):
@@ -168,7 +173,7 @@ def measure_job(cfg: RunConfig) -> results.JobResult:
     return results.JobResult(
         load=results.LoadMetrics(runtime.load_time_s, runtime.footprint_gb, files.conversion_time_s),
         speed=speed, tracked=tracked.results(), precision=runtime.precision, texts=texts,
-        environment=machine, quality=judged,
+        environment=machine, quality=judged, runtime_tokenizer=own_splits,
         conversion=None if files.conversion_time_s is None else "made" if files.converted_now else "reused",
         phases=results.JobPhases(phase_prepare_s=prepare_s, phase_environment_s=time.perf_counter() - recorded))
 

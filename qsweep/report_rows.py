@@ -79,9 +79,17 @@ def row(job: RunRecord) -> Row:
     return Row(job, tags[TAG_MODEL], tags.get(TAG_DEVICE, "?"), tags.get(TAG_PRECISION, "?"),
                int(tags.get(TAG_MAX_NEW_TOKENS, job.metrics.get("new_tokens", 0))), int(tags.get(TAG_BATCH_SIZE, 1)),
                int(prompt) if prompt.isdigit() else prompt,
-               tags.get(TAG_QUANT_TYPE) or job.params.get(PARAM_QUANT_TYPE, DEFAULT_QUANT_TYPE),
+               _quant_type(job),
                (tags.get(TAG_COMPILE) or job.params.get(PARAM_COMPILE, "false")) == "true",
                tags.get(TAG_BACKEND, DEFAULT_BACKEND), tags.get(TAG_RUNTIME, ""))
+
+
+def _quant_type(job: RunRecord) -> str:
+    """bitsandbytes' 4-bit type, on backend=transformers only (runs of other backends before issue 26 were
+    tagged with it too, and their params hold it: their runtime tag names their own type)."""
+    if job.tags.get(TAG_BACKEND, DEFAULT_BACKEND) != DEFAULT_BACKEND:
+        return DEFAULT_QUANT_TYPE
+    return job.tags.get(TAG_QUANT_TYPE) or job.params.get(PARAM_QUANT_TYPE, DEFAULT_QUANT_TYPE)
 
 
 def rows_by_model(jobs: List[RunRecord]) -> Dict[str, List[Row]]:

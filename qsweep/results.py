@@ -17,7 +17,7 @@ from qsweep.tracking import (CONFIG_FILE, CONTEXT_EVAL, CONTEXT_PROMPTS, ENVIRON
                              GENERATIONS_MARKDOWN, GENERATIONS_TABLE, PRECISION_FILE, QUALITY_FILE,
                              TAG_CONVERSION, TAG_DEGENERATE_REASON, TAG_PRECISION_CHECK, TAG_QUALITY,
                              TAG_QUALITY_REFERENCE, TAG_QUALITY_SCORES, TAG_QUALITY_TEXT, TAG_QUALITY_TEXT_SHA256,
-                             RunWriter)
+                             TAG_RUNTIME_TOKENIZER, RunWriter)
 
 
 @dataclass
@@ -52,6 +52,7 @@ class JobResult:
     conversion: Optional[str] = None  # made (by this job) or reused; None: the backend loads the checkpoint
     phases: Optional[JobPhases] = None  # the worker's part: prepare, environment (the job adds the rest)
     tracked: List[trackers.Result] = field(default_factory=list)  # one per tracker the job ran (memory, energy, ...)
+    runtime_tokenizer: Optional[str] = None  # prompts.own_splits: None where the runtime has no tokenizer of its own
 
 
 def texts(prompts: List[str], generations: List[measure.Generation], tokenizer) -> List[dict]:
@@ -106,6 +107,8 @@ def record(run: RunWriter, result: JobResult, phases: JobPhases, started: float)
     tags.update({name: value for tracked in result.tracked for name, value in tracked.tags.items()})
     if result.conversion:
         tags[TAG_CONVERSION] = result.conversion
+    if result.runtime_tokenizer:
+        tags[TAG_RUNTIME_TOKENIZER] = result.runtime_tokenizer
     if result.quality is not None:
         files[QUALITY_FILE] = result.quality.details
         tags.update({TAG_QUALITY: "measured", TAG_DEGENERATE_REASON: result.quality.degenerate_reason,

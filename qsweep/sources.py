@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
@@ -113,16 +114,50 @@ def fingerprint_key(path: str) -> str:
     return hashlib.sha256(json.dumps(fingerprint(path), sort_keys=True).encode()).hexdigest()[:16]
 
 
-def weights_sha256(folder: Path) -> str:
+def weights_sha256(folder: Path, cache_dir: Optional[Path] = None) -> str:
     """What a checkpoint folder holds, wherever it is: SHA-256 (16 hex) of config.json and every weight
-    file. A folder rewritten in place (a new fine-tune) gets a new one; a copy elsewhere keeps it."""
+    file. A folder rewritten in place (a new fine-tune) gets a new one; a copy elsewhere keeps it. With a
+    cache folder it is read once per folder state (<cache>/sha256/, keyed by the files' paths, sizes and
+    modification times): a 7B checkpoint takes 10-30 s to hash, and every job of a sweep asks again."""
+    files = [folder / "config.json", *weight_files(folder)]
+    state = [[str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+    known = None if cache_dir is None else \
+        cache_dir / "sha256" / hashlib.sha256(json.dumps(state).encode()).hexdigest()[:32]
+    if known is not None and known.is_file():
+        return known.read_text()
     digest = hashlib.sha256()
-    for file in [folder / "config.json", *weight_files(folder)]:
+    for file in files:
         digest.update(file.name.encode())
         with open(file, "rb") as stream:
             while chunk := stream.read(1 << 24):
                 digest.update(chunk)
+    if known is not None:
+        known.parent.mkdir(parents=True, exist_ok=True)
+        staged = known.with_suffix(f".{os.getpid()}")  # written whole, then renamed: a parallel job reads all
+        staged.write_text(digest.hexdigest()[:16])
+        staged.replace(known)
     return digest.hexdigest()[:16]
+
+
+def declared_config(model: ModelConfig) -> Optional[dict]:
+    """The model's config.json fields without loading anything (model_type, architectures): from the local
+    folder, the hub cache, the bundled model or model.architecture; None where they are not at hand."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    if model.name_or_path.startswith(BUNDLED_PREFIX):
+        return {"model_type": "gemma3_text", "architectures": ["Gemma3ForCausalLM"]}
+    if model.is_gguf:  # its architecture is in its header: the backends check the file itself
+        return None
+    local = local_folder(model)
+    if local is None and not (model.weights == "random" and model.architecture):
+        cached = _hub_cached(model, "config.json")
+        local = Path(cached) if cached else None
+    if local is not None:
+        return json.loads((local / "config.json").read_text()) if (local / "config.json").is_file() else None
+    if model.architecture:
+        model_type = model.architecture["model_type"]
+        return {**model.architecture, "architectures": [MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(model_type, "")]}
+    return None
 
 
 def _pretrained_checkpoint(model: ModelConfig) -> Checkpoint:
@@ -158,7 +193,7 @@ def _architecture_for_random(model: ModelConfig):
 
     if model.architecture and local_folder(model) is None:
         arch = dict(model.architecture)
-        return AutoConfig.for_model(arch.pop("model_type"), **arch), None
+        return AutoConfig.for_model(arch.pop("model_type"), **arch), _hub_cached(model, "tokenizer_config.json")
     try:
         source = _pretrained_checkpoint(model)
         return AutoConfig.from_pretrained(source.path, trust_remote_code=model.trust_remote_code), source.tokenizer_path
@@ -168,6 +203,18 @@ def _architecture_for_random(model: ModelConfig):
         raise ModelUnavailable(
             f"model.weights=random needs the architecture of {model.name_or_path!r}, which is neither "
             "cached nor reachable: add model.architecture (config.json fields) to the model's config") from None
+
+
+def _hub_cached(model: ModelConfig, file: str) -> Optional[str]:
+    """The hub cache's snapshot folder holding this model's `file`, if it was ever downloaded (no network):
+    random weights then get the model's real tokenizer, as its own weights would."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        found = try_to_load_from_cache(model.name_or_path, file, revision=model.revision)
+    except ValueError:  # not a hub id (HFValidationError)
+        return None
+    return str(Path(found).parent) if isinstance(found, str) else None
 
 
 def _random_checkpoint(model: ModelConfig, cache_dir: Path) -> Checkpoint:

@@ -52,8 +52,8 @@ def empty_store() -> Path:
 
 # The modules that took longest under `make test` (--durations, two processes): they start first, so that neither
 # process is left with a long one at the end while the other idles (make test passes --no-loadscope-reorder).
-LONGEST_FIRST = ("test_backends", "test_resume", "test_scale_out", "test_interrupt", "test_report", "test_bad_input",
-                 "test_credentials")
+LONGEST_FIRST = ("test_architectures", "test_backends", "test_resume", "test_scale_out", "test_interrupt", "test_report",
+                 "test_bad_input", "test_credentials")
 
 
 def pytest_collection_modifyitems(items):

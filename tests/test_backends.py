@@ -167,7 +167,7 @@ def test_ctranslate2_refusals_name_what_would_work():
     from qsweep.backends import BackendUnsupported, ctranslate2
 
     with pytest.raises(BackendUnsupported, match=r"^backend=ctranslate2 cannot run precision=int4 on cpu here .*"
-                       r"use precision=fp32 or int8, .*or backend=llama-cpp, which runs Gemma 3 at precision=int4"):
+                       r"use precision=fp32 or int8, .*or backend=llama-cpp, which runs this model at precision=int4"):
         ctranslate2.check(compose_run("device=cpu", "backend=ctranslate2", "precision=int4"))
     with pytest.raises(BackendUnsupported, match=r"^backend.compute_type=bogus is not a compute type of "
                        r"CTranslate2 on cpu here \(this machine offers .*float32.*\): use one of those$"):

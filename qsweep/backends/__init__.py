@@ -24,7 +24,7 @@ from typing import Callable, List, Optional
 
 import torch
 
-from qsweep.config import RunConfig, backend_class
+from qsweep.config import BACKEND_CONF, PrecisionConfig, RunConfig, backend_class
 from qsweep.staging import build_once
 
 CONVERSION_FILE = "qsweep_conversion.json"  # how long making the files took, kept beside them
@@ -74,6 +74,11 @@ class Runtime:
         """Next-token logits at every position of one sequence: [len(ids), vocab] (row i predicts ids[i+1])."""
         raise NotImplementedError
 
+    def own_tokens(self, text: str) -> Optional[List[int]]:
+        """How the runtime's own tokenizer splits `text` (a GGUF carries its own vocabulary); None: it has
+        none and uses the checkpoint's. Only compared, never fed: every runtime gets the checkpoint's ids."""
+        return None
+
     def close(self) -> None:
         """Free what the runtime holds outside Python's reach."""
 
@@ -88,6 +93,39 @@ def require_package(backend: str, module: str, distribution: str) -> None:
     if importlib.util.find_spec(module) is None:
         raise BackendUnsupported(f"backend={backend} needs {distribution}, which is not installed: run `make runtimes` "
                                  "(pip install -e '.[runtimes]' with the Makefile's CMAKE_ARGS)")
+
+
+def require_own_quantization(cfg: RunConfig) -> None:
+    """precision.quant_type and double_quant are bitsandbytes' (backend=transformers): another runtime has its
+    own types, so asking for them there is refused rather than silently ignored."""
+    if (cfg.precision.quant_type, cfg.precision.double_quant) != (PrecisionConfig.quant_type,
+                                                                   PrecisionConfig.double_quant):
+        raise BackendUnsupported(f"precision.quant_type and precision.double_quant are bitsandbytes' settings "
+                                 f"(backend=transformers), unused by backend={cfg.backend.name}: name its own type "
+                                 "instead (backend.gguf_type, backend.compute_type)")
+
+
+def takers(config: dict, asking: str) -> List[str]:
+    """The other backends in conf/backend/ that take this architecture (config.json's fields): those whose
+    module's takes(config) says so, where it is installed."""
+    names = sorted(p.stem for p in BACKEND_CONF.glob("*.yaml") if p.stem != asking)
+    found = []
+    for name in names:
+        try:
+            takes = getattr(get(name), "takes", None)
+            if takes is None or takes(config):
+                found.append(name)
+        except (ImportError, RuntimeError):  # not installed, or its converter is missing
+            continue
+    return found
+
+
+def refuse_architecture(backend: str, config: dict, why: str) -> None:
+    """One line: this backend cannot convert the architecture, and which backends can run it."""
+    architecture = (config.get("architectures") or [config.get("model_type")])[0]
+    others = takers(config, backend)
+    raise BackendUnsupported(f"backend={backend} cannot run {architecture} ({why}): "
+                             + (f"use backend={' or '.join(others)}" if others else "no backend here runs it"))
 
 
 def convert_once(target: Path, convert: Callable[[Path], None]) -> Files:

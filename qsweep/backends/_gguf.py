@@ -1,10 +1,13 @@
-"""GGUF files for the llama-cpp backend, made from a Hugging Face Gemma 3 text checkpoint with the `gguf` package.
+"""GGUF files for the llama-cpp backend: the hand-written Gemma 3 writer, llama.cpp's quantizer and a header reader.
 
-Hyper-parameters come from the checkpoint's config.json; the tokenizer (every `tokenizer.*` key) from a
-template GGUF of the same vocabulary: the Gemma 3 GGUF that qsweep ships. Tensor names are the inverse
-of what transformers uses to load a GGUF (gguf.get_tensor_name_map), and Gemma's norms are stored as
-1 + w, as transformers subtracts 1 when it loads them. F32/F16/BF16 are written here; every other type
-is llama.cpp's own quantizer (llama_model_quantize) applied to the F32 file.
+Every architecture goes through llama.cpp's own converter (_hf_to_gguf.py) but one case: a Gemma 3 text
+checkpoint whose tokenizer exists only as tokenizer.json (the bundled gemma-3-270m, rebuilt by transformers from
+the GGUF it ships as, and fine-tunes of it), since the converter reads a Gemma vocabulary from tokenizer.model.
+That is written here with the `gguf` package: hyper-parameters from config.json, the tokenizer (every
+`tokenizer.*` key) from the bundled Gemma 3 GGUF, tensor names the inverse of what transformers uses to load a
+GGUF (gguf.get_tensor_name_map), and Gemma's norms stored as 1 + w, as transformers subtracts 1 when it loads
+them. F32/F16/BF16 are written; every other type is llama.cpp's own quantizer (llama_model_quantize) applied to
+the F32 file.
 """
 
 from __future__ import annotations

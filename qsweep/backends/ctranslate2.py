@@ -1,5 +1,5 @@
 """CTranslate2 on a model converted once from the checkpoint per compute type (its
-TransformersConverter: GPT-2 and Gemma 3 among others).
+TransformersConverter: GPT-2, Llama, Mistral, Qwen2/3, Phi-3, Gemma 3 among others; takes() says which).
 
 Precisions map to compute types: fp32/int8 = float32/int8 on the CPU, fp16/bf16/int8 =
 float16/bfloat16/int8_float16 on CUDA, or backend.compute_type; int4 does not exist. Token ids go in and
@@ -21,9 +21,9 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 import torch
 
-from qsweep import environment, gguf_source
+from qsweep import backends, environment, gguf_source, sources
 from qsweep.backends import (BackendUnsupported, Files, PrecisionCheck, Runtime, context_length, convert_once,
-                             require_package, require_precision)
+                             refuse_architecture, require_own_quantization, require_package, require_precision)
 from qsweep.config import BackendConfig, RunConfig
 from qsweep.sources import Checkpoint, fingerprint_key
 
@@ -49,10 +49,25 @@ def label(cfg: RunConfig) -> str:
     return f"CTranslate2 {compute_type(cfg) or '-'}"
 
 
+def takes(config: dict) -> bool:
+    """Whether CTranslate2's converter has a loader for this architecture (config.json's fields): it keys them
+    by the transformers config class (GPT2Config, LlamaConfig, Qwen3Config, ...)."""
+    from ctranslate2.converters.transformers import _MODEL_LOADERS
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    return CONFIG_MAPPING_NAMES.get(config.get("model_type", ""), "") in _MODEL_LOADERS
+
+
 def check(cfg: RunConfig) -> None:
     require_package("ctranslate2", "ctranslate2", "ctranslate2")
     gguf_source.require_dequantized(cfg)
     import ctranslate2
+
+    require_own_quantization(cfg)
+    config = sources.declared_config(cfg.model)  # None: a hub model not yet downloaded; the converter decides
+    if config is not None and not takes(config):
+        refuse_architecture("ctranslate2", config, f"CTranslate2 {ctranslate2.__version__}'s converter has no "
+                            f"loader for model_type={config.get('model_type')}")
 
     if cfg.generation.batch_size > 1 and cfg.generation.prompt_tokens is None:
         raise BackendUnsupported("backend=ctranslate2 batches prompts of one length only (it has no padding mask "
@@ -68,11 +83,12 @@ def check(cfg: RunConfig) -> None:
         raise BackendUnsupported(f"backend.compute_type={wanted} is not a compute type of CTranslate2 on "
                                  f"{cfg.device.name} here ({offered}): use one of those")
     precisions = [p for p, t in COMPUTE_TYPES.get(cfg.device.name, {}).items() if t in supported]
-    llama_cpp = cfg.device.name == "cpu" and cfg.model.weights != "random"  # it needs a real Gemma 3 checkpoint
+    llama_cpp = (cfg.device.name == "cpu" and cfg.model.weights != "random"  # llama.cpp needs a real vocabulary
+                 and "llama-cpp" in backends.takers(config or {}, "ctranslate2"))
     raise BackendUnsupported(
         f"backend=ctranslate2 cannot run precision={cfg.precision.name} on {cfg.device.name} here (compute type "
         f"{wanted or 'none'}; {offered}): use precision={' or '.join(precisions)}, backend.compute_type=<one of "
-        "those>" + (f", or backend=llama-cpp, which runs Gemma 3 at precision={cfg.precision.name} on the CPU"
+        "those>" + (f", or backend=llama-cpp, which runs this model at precision={cfg.precision.name} on the CPU"
                     if llama_cpp else ""))
 
 

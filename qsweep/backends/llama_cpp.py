@@ -1,6 +1,7 @@
-"""llama.cpp (llama-cpp-python) on GGUF files made once from the checkpoint (_gguf.py), or on the GGUF file
-the user named as the model: as it is (precision=gguf, or the precision of its own type), or quantized from it
-where it is F32/F16/BF16 (an already quantized file only with backend.requantize=true).
+"""llama.cpp (llama-cpp-python) on GGUF files made once from the checkpoint by llama.cpp's own converter
+(_hf_to_gguf.py; the bundled Gemma 3 by _gguf.py), or on the GGUF file the user named as the model: as it is
+(precision=gguf, or the precision of its own type), or quantized from it where it is F32/F16/BF16 (an already
+quantized file only with backend.requantize=true).
 
 Precisions map to GGUF types: fp32/fp16/bf16/int8/int4 = F32/F16/BF16/Q8_0/Q4_K_M, or
 backend.gguf_type. Generation is llama.cpp's own decode loop driven token by token (greedy argmax, so
@@ -10,18 +11,23 @@ together in one batch, each with its own sequence id in the KV cache. Built here
 
 from __future__ import annotations
 
+import hashlib
+import json
+import shutil
 import time
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Callable, List, Optional
 
 import numpy as np
 import torch
 
-from qsweep import gguf_source
+from qsweep import gguf_source, sources
 from qsweep.backends import (BackendUnsupported, Files, PrecisionCheck, Runtime, context_length, convert_once,
-                             require_package, require_precision)
+                             refuse_architecture, require_own_quantization, require_package, require_precision)
 from qsweep.backends import _gguf as gguf_files
+from qsweep.backends import _hf_to_gguf as hf_to_gguf
 from qsweep.config import GGUF_PRECISION, BackendConfig, RunConfig
 from qsweep.sources import Checkpoint, fingerprint_key
 
@@ -64,6 +70,19 @@ def _from_file(cfg: RunConfig, file_type: str) -> str:
         "quantize it anyway")
 
 
+def takes(config: dict) -> bool:
+    """Whether llama.cpp can run this architecture (config.json's fields): its own converter registers it, or
+    it is a Gemma 3 text checkpoint without a SentencePiece file, which _gguf.py writes."""
+    return _gemma_writer(config) or any(hf_to_gguf.converts(a) for a in config.get("architectures") or [])
+
+
+def _gemma_writer(config: dict, folder: Optional[Path] = None) -> bool:
+    """The bundled Gemma 3 (and checkpoints made from it) has its tokenizer as tokenizer.json only, rebuilt by
+    transformers from the GGUF it ships as; llama.cpp's converter reads a Gemma vocabulary from tokenizer.model.
+    Such checkpoints are written by _gguf.py, with the bundled GGUF's own tokenizer."""
+    return config.get("model_type") == "gemma3_text" and (folder is None or not (folder / "tokenizer.model").is_file())
+
+
 def check(cfg: RunConfig) -> None:
     require_package("llama-cpp", "llama_cpp", "llama-cpp-python")
     if cfg.device.name != "cpu":
@@ -80,31 +99,47 @@ def check(cfg: RunConfig) -> None:
         raise BackendUnsupported(f"backend=llama-cpp has no GGUF type for precision={cfg.precision.name} "
                                  f"(backend.gguf_type={cfg.backend.gguf_type}): use one of "
                                  f"{', '.join(gguf_files.FTYPES)}")
+    require_own_quantization(cfg)
+    try:
+        config = sources.declared_config(cfg.model)  # None: a hub model not yet downloaded; prepare() decides
+        if config is not None and not takes(config):
+            refuse_architecture("llama-cpp", config, f"llama.cpp's converter "
+                                f"(llama-cpp-python {metadata.version('llama-cpp-python')}) does not convert it")
+    except hf_to_gguf.ConverterMissing as err:
+        raise BackendUnsupported(str(err)) from None
 
 
 def prepare(cfg: RunConfig, checkpoint: Checkpoint) -> Files:
-    """<cache>/gguf/<checkpoint key>/<type>/model.gguf: the F32 file converted once, the others
-    quantized from it by llama.cpp; for a GGUF model, its file or files quantized from it."""
+    """<cache>/gguf/<checkpoint key>/<type>/model.gguf: F32 (F16, BF16) converted once by llama.cpp's own
+    converter, the other types quantized from the F32 file by llama.cpp; for a GGUF model, its file or files
+    quantized from it."""
     if checkpoint.gguf:
         return _prepare_from_file(cfg, Path(checkpoint.gguf))
     if not checkpoint.has_tokenizer:
         raise BackendUnsupported("backend=llama-cpp needs a checkpoint with its tokenizer (a GGUF carries its "
                                  "vocabulary): use backend=transformers or ctranslate2 for random weights")
     cache = Path(cfg.paths.cache_dir).expanduser()
-    folder = cache / "gguf" / fingerprint_key(checkpoint.path)
+    source, tokenizer = Path(checkpoint.path), Path(checkpoint.tokenizer_path)
+    key = fingerprint_key(checkpoint.path) + ("" if tokenizer == source else
+                                              "-" + hashlib.sha256(str(tokenizer).encode()).hexdigest()[:8])
     threads = cfg.device.num_threads or torch.get_num_threads()
+    config = json.loads((source / "config.json").read_text())
 
     def write(kind: str) -> Files:
         def make(staging: Path) -> None:
-            if kind in gguf_files.WRITTEN_HERE:
-                gguf_files.convert(Path(checkpoint.path), staging / "model.gguf", kind, gguf_files.template(cache))
+            out = staging / "model.gguf"
+            if kind not in gguf_files.WRITTEN_HERE:
+                gguf_files.quantize(Path(write("F32").path) / "model.gguf", out, kind, threads)
+            elif _gemma_writer(config, tokenizer):
+                gguf_files.convert(source, out, kind, gguf_files.template(cache))
             else:
-                gguf_files.quantize(Path(write("F32").path) / "model.gguf", staging / "model.gguf", kind, threads)
-        return convert_once(folder / kind, make)
+                hf_to_gguf.convert(hf_to_gguf.stage(source, tokenizer, staging / "checkpoint"), out, kind)
+                shutil.rmtree(staging / "checkpoint")
+        return convert_once(cache / "gguf" / key / kind, make)
 
     try:
         return write(gguf_type(cfg))
-    except gguf_files.Unconvertible as err:
+    except (gguf_files.Unconvertible, hf_to_gguf.ConverterMissing) as err:
         raise BackendUnsupported(str(err)) from None
 
 
@@ -153,6 +188,9 @@ class LlamaRuntime(Runtime):
         self.precision = PrecisionCheck(
             f"GGUF {found['file_type']}: tensors " + ", ".join(f"{t}:{n}" for t, n in found["tensor_types"].items()),
             {**found, "n_ctx": self.context_length, "n_batch": N_BATCH, "threads": self.threads})
+
+    def own_tokens(self, text: str) -> List[int]:
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=True, special=False)
 
     @property
     def ctx(self):

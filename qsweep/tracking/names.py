@@ -35,6 +35,8 @@ TAG_SETTING = "setting"  # the label shown in the UI, e.g. "CPU INT4 FP4 compile
 # What it found (results.record)
 TAG_PRECISION_CHECK = "precision_check"
 TAG_CONVERSION = "conversion"  # made or reused: the backend's files from the checkpoint
+# same, or "differs: <texts>": the runtime's own tokenizer against the checkpoint's (runtimes with their own)
+TAG_RUNTIME_TOKENIZER = "runtime_tokenizer"
 TAG_QUALITY = "quality"  # measured or not_applicable
 TAG_DEGENERATE_REASON = "degenerate_reason"
 TAG_QUALITY_REFERENCE = "quality_reference"
