@@ -144,6 +144,9 @@ TAGS = {
     "degenerate_reason": "`none`, or why the output is broken: `non_finite_logits`, `empty_output`, "
                          "`repetition_loop`, `sentence_loop`",
     "quality_reference": "the fp32 reference: `self` (an fp32 job), `reused` or `built` by this job",
+    "runtime_tokenizer": "llama.cpp: whether the GGUF's own tokenizer splits the evaluation text and the prompts as "
+                         "the checkpoint's does (`same`) or not (`differs: ...`); every runtime is fed the checkpoint's "
+                         "ids ([models](models.md#same-reference-same-tokens))",
     "quality_unavailable": "why a model has no fp32 reference (a GGUF whose architecture transformers cannot read)",
     "quality_text": "the text scored: `builtin`, `wikitext-2` or the file's path (`quality.text`)",
     "quality_text_sha256": "the SHA-256 of the scored text's content",
