@@ -9,7 +9,7 @@ together in one batch, each with its own sequence id in the KV cache. Built here
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, List, Optional
 
@@ -71,13 +71,14 @@ def prepare(cfg: RunConfig, checkpoint: Checkpoint) -> Files:
         return convert_once(folder / kind, make)
 
     try:
-        return write(gguf_type(cfg))
+        files = write(gguf_type(cfg))
+        return replace(files, artifact=str(Path(files.path) / "model.gguf"))
     except gguf_files.Unconvertible as err:
         raise BackendUnsupported(str(err)) from None
 
 
 def load(cfg: RunConfig, checkpoint: Checkpoint, files: Files) -> "LlamaRuntime":
-    return LlamaRuntime(cfg, checkpoint, Path(files.path) / "model.gguf")
+    return LlamaRuntime(cfg, checkpoint, Path(files.artifact))
 
 
 class LlamaRuntime(Runtime):

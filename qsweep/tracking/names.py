@@ -38,6 +38,10 @@ TAG_QUALITY = "quality"  # measured or not_applicable
 TAG_DEGENERATE_REASON = "degenerate_reason"
 TAG_QUALITY_REFERENCE = "quality_reference"
 TAG_QUALITY_SCORES = "quality_scores"
+# The measured artifact (artifacts.py): the file or folder the runtime loaded, what it held then, the tokenizer
+TAG_ARTIFACT = "artifact"  # the GGUF file, the CTranslate2 folder or the checkpoint folder
+TAG_ARTIFACT_STAMP = "artifact_stamp"  # its bytes and newest modification time when measured
+TAG_ARTIFACT_TOKENIZER = "artifact_tokenizer"  # the folder of the tokenizer it was run with ("" for none)
 # A fine-tune run (train_merge) and the model it logged
 TAG_BASE_CHECKPOINT = "base_checkpoint"
 TAG_BASE_MODEL = "base_model"
@@ -49,6 +53,10 @@ TAG_ADAPTER = "adapter"
 PARAM_QUANT_TYPE = "precision.quant_type"
 PARAM_QUANTIZATION = "precision.quantization"
 PARAM_COMPILE = "generation.compile"
+
+# A registered pick (recommend --register): the alias moved to it, and the model version's own tags
+ALIAS_RECOMMENDED = "recommended"
+TAG_ARTIFACT_SHA256 = "artifact_sha256"  # of the GGUF, or of every file of a folder in name order
 
 KIND_JOB, KIND_SWEEP, KIND_TRAIN = "job", "sweep", "train_merge"
 
