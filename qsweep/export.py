@@ -14,8 +14,10 @@ from typing import Dict, List, Optional
 
 from qsweep import artifacts, handover, tracking
 from qsweep.artifacts import ArtifactUnavailable
-from qsweep.tracking import (ALIAS_RECOMMENDED, ENVIRONMENT_FILE, PRECISION_FILE, TAG_ARTIFACT_SHA256, TAG_BACKEND,
-                             TAG_HASH, TAG_MODEL, TAG_PRECISION, TAG_RUNTIME, TAG_SETTING, RunRecord)
+from qsweep.tracking import (ALIAS_RECOMMENDED, ENVIRONMENT_FILE, PRECISION_FILE, TAG_ARTIFACT, TAG_ARTIFACT_SHA256,
+                             TAG_BACKEND, TAG_BATCH_SIZE, TAG_CONSTRAINTS, TAG_DEVICE, TAG_HASH, TAG_MAX_NEW_TOKENS,
+                             TAG_MODEL, TAG_OBJECTIVE, TAG_PICKED_FROM, TAG_PICKED_FROM_RUN, TAG_PRECISION,
+                             TAG_RUNTIME, TAG_SETTING, RunRecord)
 
 README = "README.md"
 # The figures a README and a model version carry, with their names there
@@ -76,7 +78,7 @@ def readme(store: tracking.Store, run: RunRecord, artifact: artifacts.Artifact, 
            tokenizer: Optional[Path], how: str) -> str:
     env = tracking.read_json(store, run.run_id, ENVIRONMENT_FILE) or {}
     when = datetime.datetime.fromtimestamp(run.start_time / 1000, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    machine = env.get("gpu_name") if run.tags.get("device") == "cuda" else env.get("cpu")
+    machine = env.get("gpu_name") if run.tags.get(TAG_DEVICE) == "cuda" else env.get("cpu")
     figures = [f"- {label}: {run.metrics[name]:.4g}" for name, label in FIGURES.items()
                if math.isfinite(run.metrics.get(name, math.nan))]
     return "\n".join([
@@ -86,7 +88,7 @@ def readme(store: tracking.Store, run: RunRecord, artifact: artifacts.Artifact, 
         f"Where: measured {when} on {machine or 'an unrecorded machine'} "
         f"({env.get('cpu_count', '?')} cores; qsweep commit {env.get('git_commit') or 'unknown'}), "
         f"recorded in {store.uri}.", "",
-        f"Figures ({run.tags.get('max_new_tokens')} new tokens, batch {run.tags.get('batch_size')}):", "", *figures, "",
+        f"Figures ({run.tags.get(TAG_MAX_NEW_TOKENS)} new tokens, batch {run.tags.get(TAG_BATCH_SIZE)}):", "", *figures, "",
         "How to run it:", "", *handover.how_to_run(_measured(store, run), target, tokenizer), "",
         f"Measure it again: `python -m qsweep reproduce {run.config_hash}` (with the store above as --tracking-uri).",
         ""])
@@ -99,10 +101,10 @@ def register(store: tracking.Store, name: str, run: RunRecord, constraints: str,
     artifact = artifacts.measured(run)
     folder = artifact.path.parent if artifact.path.is_file() else artifact.path  # a source is a folder
     tags: Dict[str, str] = {
-        TAG_HASH: run.config_hash, "run_id": run.run_id, "sweep": sweep, "objective": objective,
-        "constraints": constraints, TAG_RUNTIME: run.tags.get(TAG_RUNTIME, ""),
+        TAG_HASH: run.config_hash, TAG_PICKED_FROM_RUN: run.run_id, TAG_PICKED_FROM: sweep, TAG_OBJECTIVE: objective,
+        TAG_CONSTRAINTS: constraints, TAG_RUNTIME: run.tags.get(TAG_RUNTIME, ""),
         TAG_PRECISION: run.tags.get(TAG_PRECISION, ""), TAG_BACKEND: run.tags.get(TAG_BACKEND, ""),
-        "device": run.tags.get("device", ""), tracking.TAG_ARTIFACT: str(artifact.path),
+        TAG_DEVICE: run.tags.get(TAG_DEVICE, ""), TAG_ARTIFACT: str(artifact.path),
         TAG_ARTIFACT_SHA256: artifacts.sha256(artifact.path),
         **{metric: f"{run.metrics[metric]:.6g}" for metric in FIGURES if metric in run.metrics}}
     version, new = tracking.register_artifact(

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
 
-from qsweep.tracking import PARAM_COMPILE, PARAM_QUANT_TYPE, PARAM_QUANTIZATION, TAG_BACKEND, TAG_DEVICE, RunRecord
+from qsweep.tracking import (PARAM_COMPILE, PARAM_DOUBLE_QUANT, PARAM_DTYPE, PARAM_QUANT_TYPE, PARAM_QUANTIZATION,
+                             TAG_BACKEND, TAG_DEVICE, RunRecord)
 
 PROMPT = "The capital of France is"
 NEW_TOKENS = 16
@@ -38,8 +39,8 @@ def measured(run: RunRecord, precision: dict, environment: dict) -> Measured:
     threads = precision.get("threads") or environment.get("torch_threads")
     return Measured(run.tags.get(TAG_BACKEND, "transformers"), run.tags.get(TAG_DEVICE, "cpu"),
                     int(threads) if threads else None, precision.get("n_ctx"), precision.get("requested", ""),
-                    p.get("precision.dtype", "float32"), p.get(PARAM_QUANTIZATION, "none"),
-                    p.get(PARAM_QUANT_TYPE, "nf4"), p.get("precision.double_quant", "True") == "True",
+                    p.get(PARAM_DTYPE, "float32"), p.get(PARAM_QUANTIZATION, "none"),
+                    p.get(PARAM_QUANT_TYPE, "nf4"), p.get(PARAM_DOUBLE_QUANT, "True") == "True",
                     p.get(PARAM_COMPILE, "False") == "True")
 
 

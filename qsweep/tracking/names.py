@@ -53,10 +53,16 @@ TAG_ADAPTER = "adapter"
 PARAM_QUANT_TYPE = "precision.quant_type"
 PARAM_QUANTIZATION = "precision.quantization"
 PARAM_COMPILE = "generation.compile"
+PARAM_DTYPE = "precision.dtype"
+PARAM_DOUBLE_QUANT = "precision.double_quant"
 
 # A registered pick (recommend --register): the alias moved to it, and the model version's own tags
 ALIAS_RECOMMENDED = "recommended"
 TAG_ARTIFACT_SHA256 = "artifact_sha256"  # of the GGUF, or of every file of a folder in name order
+TAG_PICKED_FROM_RUN = "run_id"  # the job run that measured it
+TAG_PICKED_FROM = "sweep"  # the runs recommend chose among: "sweep <name>" or "experiment <name>"
+TAG_OBJECTIVE = "objective"  # speed, quality or memory
+TAG_CONSTRAINTS = "constraints"  # the caps it met, as recommend says them
 
 KIND_JOB, KIND_SWEEP, KIND_TRAIN = "job", "sweep", "train_merge"
 
