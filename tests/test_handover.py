@@ -17,6 +17,7 @@ from types import SimpleNamespace
 import mlflow
 import pytest
 from mlflow import MlflowClient
+from mlflow.entities import Metric
 
 from conftest import Sweep, empty_store
 from test_backends import tiny_gemma  # noqa: F401  (the session's tiny Gemma checkpoint, made once)
@@ -47,9 +48,9 @@ class Store:
                 **artifacts.tags(SimpleNamespace(artifact=str(gguf), path=str(folder)),
                                  SimpleNamespace(tokenizer_path=None))}
         run = self.client.create_run(self.experiment, run_name=f"m-{precision}", tags=tags)
-        for name, value in dict(decode_tokens_per_s=decode, kl_div_vs_fp32=kl, peak_rss_gb=1.0, timed_samples=8,
-                                latency_s=1.0, throughput_tokens_per_s=decode).items():
-            self.client.log_metric(run.info.run_id, name, value)
+        self.client.log_batch(run.info.run_id, metrics=[Metric(name, value, 0, 0) for name, value in dict(
+            decode_tokens_per_s=decode, kl_div_vs_fp32=kl, peak_rss_gb=1.0, timed_samples=8, latency_s=1.0,
+            throughput_tokens_per_s=decode).items()])
         self.client.log_dict(run.info.run_id, {"threads": 2, "n_ctx": 2048}, "precision_check.json")
         self.client.set_terminated(run.info.run_id, "FINISHED")
         return SimpleNamespace(run_id=run.info.run_id, hash=the_hash, gguf=gguf)
@@ -223,3 +224,16 @@ def test_the_registered_pick_downloads_as_the_file_that_was_measured(three_runti
     got = _download(uri, "tiny", tmp_path / "got", monkeypatch)
     got = got / measured.name if measured.is_file() else got
     assert artifacts.sha256(got) == artifacts.sha256(measured) == version.tags["artifact_sha256"]
+
+
+@pytest.mark.slow
+def test_an_exported_ctranslate2_folder_runs_from_its_readme(three_runtimes, tmp_path):
+    job = three_runtimes.jobs["ctranslate2"]
+    dest = tmp_path / "ct2"
+    assert main(["export", job.config_hash, str(dest), "--tracking-uri", three_runtimes.sweep.uri]) == 0
+    assert (dest / "model" / "model.bin").stat().st_ino == (Path(job.tags["artifact"]) / "model.bin").stat().st_ino
+    assert (dest / "tokenizer" / "tokenizer.json").is_file()  # its converted folder has no tokenizer of its own
+    (snippet,) = _python_blocks((dest / "README.md").read_text().splitlines())
+    assert job.tags["artifact"] not in snippet and str(dest / "model") in snippet  # DEST's files, not the cache's
+    ran = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True, timeout=300)
+    assert ran.returncode == 0 and ran.stdout.strip(), ran.stderr[-2000:]
