@@ -41,29 +41,30 @@ class Constraints:
 
 @dataclass(frozen=True)
 class Cap:
-    """One constraint: what it says, whether a run meets it, and the run nearest to it, named."""
+    """One constraint: what it says, whether a run meets it, which run comes nearest (the smallest `nearness`)
+    and what is said of that run when none meets it."""
     text: str
     meets: Callable[[Candidate], bool]
-    nearest: Callable[[List[Candidate]], str]  # "no run has ... (the lowest: ...)"
+    nearness: Callable[[Candidate], float]
+    missed: Callable[[Candidate], str]
 
 
 def caps(limits: Constraints, throughput: bool) -> List[Cap]:
-    out = []
+    out, speed = [], lambda c: c.speed(throughput).median
     if limits.max_kl is not None:
-        out.append(Cap(f"KL vs fp32 <= {limits.max_kl:g}", lambda c: c.quality() <= limits.max_kl, lambda pool: (
-            lambda b: f"no run has KL vs fp32 <= {limits.max_kl:g} (the lowest: {b.kl:.4f}, {b.label()})")(
-            min(pool, key=Candidate.quality))))
+        out.append(Cap(f"KL vs fp32 <= {limits.max_kl:g}", lambda c: c.quality() <= limits.max_kl, Candidate.quality,
+                       lambda b: f"no run has KL vs fp32 <= {limits.max_kl:g} (the lowest: {b.kl:.4f}, {b.label()})"))
     if limits.max_memory_gb is not None:
         out.append(Cap(f"peak memory <= {limits.max_memory_gb:g} GB", lambda c: c.memory_gb <= limits.max_memory_gb,
-                       lambda pool: (lambda b: f"no run peaks at <= {limits.max_memory_gb:g} GB (the least: "
-                                     f"{b.memory_gb:.2f} GB {b.memory_kind}, {b.label()})")(
-                           min(pool, key=lambda c: c.memory_gb))))
+                       lambda c: c.memory_gb,
+                       lambda b: f"no run peaks at <= {limits.max_memory_gb:g} GB (the least: {b.memory_gb:.2f} GB "
+                                 f"{b.memory_kind}, {b.label()})"))
     if limits.min_tokens_per_s:
-        out.append(Cap(f"{speed_name(throughput)} >= {limits.min_tokens_per_s:g}",
-                       lambda c: c.speed(throughput).median >= limits.min_tokens_per_s,
-                       lambda pool: (lambda b: f"no run reaches {limits.min_tokens_per_s:g} {speed_name(throughput)} "
-                                     f"(the fastest: {b.speed(throughput).median:.2f}, {b.label()}): lower "
-                                     "--min-tokens-per-s")(max(pool, key=lambda c: c.speed(throughput).median))))
+        name = speed_name(throughput)
+        out.append(Cap(f"{name} >= {limits.min_tokens_per_s:g}", lambda c: speed(c) >= limits.min_tokens_per_s,
+                       lambda c: -speed(c),
+                       lambda b: f"no run reaches {limits.min_tokens_per_s:g} {name} (the fastest: {speed(b):.2f}, "
+                                 f"{b.label()}): lower --min-tokens-per-s"))
     return out
 
 
@@ -102,7 +103,7 @@ def _excess(c: Candidate, limits: Constraints, throughput: bool, rounded: bool =
 def _unmet(pool: List[Candidate], limits: Constraints, throughput: bool) -> str:
     """Which constraint no run meets (with the best figure there is), or that none meets them together."""
     every = caps(limits, throughput)
-    missing = [cap.nearest(pool) for cap in every if not any(map(cap.meets, pool))]
+    missing = [cap.missed(min(pool, key=cap.nearness)) for cap in every if not any(map(cap.meets, pool))]
     if missing:
         return "; ".join(missing)
     together = "both" if len(every) == 2 else "all of them"
