@@ -112,23 +112,65 @@ def _at_least(low: float, kind=float):
 
 
 def _recommend(args: argparse.Namespace) -> int:
-    from qsweep import console, recommend, report, report_rows
+    from qsweep import console, export, recommend, report, report_rows
+    from qsweep.artifacts import ArtifactUnavailable
 
     selected = _recommend_jobs(args)
     if selected is None:
         return 2
     store, jobs, source = selected
-    limits = recommend.Constraints(args.max_kl, args.max_memory_gb, args.batch_size, args.device)
+    limits = recommend.Constraints(args.max_kl, args.max_memory_gb, args.batch_size, args.device,
+                                   args.min_tokens_per_s)
     recs = recommend.recommend(recommend.candidates(r for rows in report_rows.rows_by_model(jobs).values()
-                                                    for r in rows), limits)
-    console.say(f"{source}, {limits.text()}:\n" + recommend.render(recs, limits, report.store_option(store.uri)),
+                                                    for r in rows), limits, args.objective)
+    runs = {job.run_id: job for job in jobs}
+    how = {c.run_id: export.how_to_run(store, runs[c.run_id]) for rec in recs for c in (rec.pick, rec.runner_up) if c}
+    console.say(f"{source}, {limits.text()}, objective {args.objective}:\n"
+                + recommend.render(recs, limits, report.store_option(store.uri), args.objective, how),
                 prefix="qsweep recommend")
-    return 0 if recs and all(rec.pick for rec in recs) else 1
+    picked = all(rec.pick for rec in recs) and bool(recs)
+    if args.register:
+        if len(recs) != 1 or not picked:
+            console.refuse(f"--register {args.register} needs one pick, and these runs give {len(recs)} "
+                           f"recommendation(s){'' if picked else ' without a pick'}: narrow them with --sweep, "
+                           "--device or --batch-size, or relax the caps", prefix="qsweep recommend")
+            return 1
+        try:
+            console.say(export.register(store, args.register, runs[recs[0].pick.run_id], limits.text(),
+                                        args.objective, source), prefix="qsweep recommend")
+        except ArtifactUnavailable as err:
+            console.refuse(str(err), prefix="qsweep recommend")
+            return 1
+    return 0 if picked else 1
+
+
+def _export(args: argparse.Namespace) -> int:
+    from qsweep import export, tracking
+    from qsweep.artifacts import ArtifactUnavailable
+    from qsweep.config import TrackingConfig
+    from qsweep.reproduce import ReproduceError
+
+    try:
+        store = tracking.open_for_reading(tracking.store_uri(TrackingConfig(uri=args.tracking_uri)))
+        done = export.export(store, args.hash, Path(args.dest))
+    except (ArtifactUnavailable, ReproduceError) as err:
+        console.refuse(str(err), prefix="qsweep export")
+        return 1
+    console.say(done, prefix="qsweep export")
+    return 0
+
+
+def _model_name(text: str) -> str:
+    """An argparse type: a registered model name that MLflow's filters can quote."""
+    if not text.strip() or "'" in text or '"' in text:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a model name: give a name without quotes")
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The `qsweep` command line (tests/test_docs.py parses the documented commands with it)."""
-    from qsweep.recommend import DEFAULT_MAX_KL
+    from qsweep.recommend import DEFAULT_MAX_KL, OBJECTIVES
+    from qsweep.tracking.names import ALIAS_RECOMMENDED
 
     parser = argparse.ArgumentParser(prog="qsweep", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -157,9 +199,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="run even when today's code hashes the recorded config differently")
     again.set_defaults(func=_reproduce)
 
-    pick = commands.add_parser("recommend", help="per model, the fastest setting that meets quality and memory caps",
+    pick = commands.add_parser("recommend", help="per model, the best setting that meets quality, memory and speed caps",
                                description="Per model: the fastest setting (decode tokens/s; throughput when the runs "
-                               "vary the batch size) meeting the caps, the command that measures it again, and the "
+                               "vary the batch size), or the most faithful or smallest (--objective), meeting the caps; "
+                               "how to run it with its runtime, the command that measures it again, and the "
                                "runner-up; ties, emulated and degenerate settings said. Exit 1 when some model has "
                                "no setting meeting the caps. Default: the latest sweep in the store.")
     pick.add_argument("--sweep", metavar="RUN_ID", help="the sweep's parent run id (default: the latest sweep)")
@@ -173,7 +216,25 @@ def build_parser() -> argparse.ArgumentParser:
                       help="highest peak memory, GiB: VRAM on cuda, RSS on the CPU")
     pick.add_argument("--batch-size", type=_at_least(1, int), help="only runs at this batch size")
     pick.add_argument("--device", choices=("cpu", "cuda"), help="only runs on this device")
+    pick.add_argument("--min-tokens-per-s", type=_at_least(0.0), metavar="X",
+                      help="lowest speed: decode tokens/s per sequence (throughput when the runs vary the batch size)")
+    pick.add_argument("--objective", choices=tuple(OBJECTIVES), default="speed",
+                      help="what to optimise among the settings that meet every cap: " + ", ".join(
+                          f"{name} ({what})" for name, what in OBJECTIVES.items()) + "; default speed")
+    pick.add_argument("--register", metavar="NAME", type=_model_name,
+                      help="log the pick's artifact as a new version of the MLflow registered model NAME (its "
+                           f"source is the artifact where it lies: not copied) and move the alias "
+                           f"'{ALIAS_RECOMMENDED}' to it")
     pick.set_defaults(func=_recommend)
+
+    ship = commands.add_parser("export", help="a run's measured artifact (GGUF file or folder) and a README, into DEST",
+                               description="Hard-link (or, across file systems, copy) the artifact that the newest "
+                               "FINISHED run of the config_hash measured into DEST, with a README.md: what it is, "
+                               "where it was measured, its figures, how to run it.")
+    ship.add_argument("hash", help="the run's config_hash (a unique prefix is enough)")
+    ship.add_argument("dest", help="a new folder (never overwritten)")
+    ship.add_argument("--tracking-uri", help="the MLflow store (default: $MLFLOW_TRACKING_URI, else mlruns/)")
+    ship.set_defaults(func=_export)
     return parser
 
 

@@ -18,8 +18,8 @@ from typing import Optional
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from qsweep import (backends, console, emulation, environment, identity, measure, prompts, quality, results,
-                    sources, trackers, tracking, worker)
+from qsweep import (artifacts, backends, console, emulation, environment, identity, measure, prompts, quality,
+                    results, sources, trackers, tracking, worker)
 from qsweep.config import ConfigError, RunConfig, TrackingConfig
 from qsweep.confighash import config_hash, flatten, to_yaml
 
@@ -174,6 +174,7 @@ def measure_job(cfg: RunConfig) -> results.JobResult:
         load=results.LoadMetrics(runtime.load_time_s, runtime.footprint_gb, files.conversion_time_s),
         speed=speed, tracked=tracked.results(), precision=runtime.precision, texts=texts,
         environment=machine, quality=judged, runtime_tokenizer=own_splits,
+        artifact=artifacts.tags(files, checkpoint),
         conversion=None if files.conversion_time_s is None else "made" if files.converted_now else "reused",
         phases=results.JobPhases(phase_prepare_s=prepare_s, phase_environment_s=time.perf_counter() - recorded))
 

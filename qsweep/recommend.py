@@ -1,5 +1,6 @@
-"""`qsweep recommend`: per model, the fastest setting that meets the constraints, the command that measures
-it again, and the runner-up; when none meets them, which constraint no run meets and the closest run.
+"""`qsweep recommend`: per model, the best setting by an objective (the fastest by default; or the lowest KL vs
+fp32, or the least peak memory) among those that meet the constraints, the command that measures it again, and
+the runner-up; when none meets them, which constraint no run meets and the closest run.
 
 Pure logic on decide.Candidates (no MLflow, no torch). Speed is decode tokens/s per sequence, or throughput
 when the model's runs vary the batch size (decide.by_throughput). A degenerate run is never picked; an
@@ -8,14 +9,17 @@ emulated one (decide.Candidate.emulated) only when no other meets the constraint
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Iterable, List, Optional
+from typing import Callable, Dict, Iterable, List, Optional
 
-from qsweep.decide import (KL_RESOLUTION, MEMORY_RESOLUTION_GB, SHAPE, Candidate, by_throughput, candidates, groups,
-                           kl_steps, memory_steps, origin_note, speed_name)
+from qsweep.decide import (KL_RESOLUTION, MEMORY_RESOLUTION_GB, SHAPE, Candidate, better, by_throughput, candidates,
+                           groups, kl_steps, memory_steps, origin_note, speed_name)
 
 DEFAULT_MAX_KL = 0.01  # the report's default: llama.cpp's Q5_K_M-like closeness to the full model (issue 22)
+# What to optimise among the settings that meet every constraint, as the closing recommendation says it
+OBJECTIVES = {"speed": "the fastest", "quality": "the lowest KL vs fp32", "memory": "the least peak memory"}
 
 
 @dataclass(frozen=True)
@@ -24,13 +28,44 @@ class Constraints:
     max_memory_gb: Optional[float] = None  # peak VRAM on cuda, peak RSS on the CPU
     batch_size: Optional[int] = None
     device: Optional[str] = None
+    min_tokens_per_s: Optional[float] = None  # the speed: decode tokens/s, or throughput when the batch varies
 
     def text(self) -> str:
         return ", ".join([f"KL vs fp32 <= {self.max_kl:g}" if self.max_kl is not None else "no KL cap",
                           f"peak memory <= {self.max_memory_gb:g} GB" if self.max_memory_gb is not None
                           else "no memory cap",
+                          *([f"speed >= {self.min_tokens_per_s:g} tokens/s"] if self.min_tokens_per_s else []),
                           *([f"batch {self.batch_size}"] if self.batch_size is not None else []),
                           *([f"device {self.device}"] if self.device else [])])
+
+
+@dataclass(frozen=True)
+class Cap:
+    """One constraint: what it says, whether a run meets it, which run comes nearest (the smallest `nearness`)
+    and what is said of that run when none meets it."""
+    text: str
+    meets: Callable[[Candidate], bool]
+    nearness: Callable[[Candidate], float]
+    missed: Callable[[Candidate], str]
+
+
+def caps(limits: Constraints, throughput: bool) -> List[Cap]:
+    out, speed = [], lambda c: c.speed(throughput).median
+    if limits.max_kl is not None:
+        out.append(Cap(f"KL vs fp32 <= {limits.max_kl:g}", lambda c: c.quality() <= limits.max_kl, Candidate.quality,
+                       lambda b: f"no run has KL vs fp32 <= {limits.max_kl:g} (the lowest: {b.kl:.4f}, {b.label()})"))
+    if limits.max_memory_gb is not None:
+        out.append(Cap(f"peak memory <= {limits.max_memory_gb:g} GB", lambda c: c.memory_gb <= limits.max_memory_gb,
+                       lambda c: c.memory_gb,
+                       lambda b: f"no run peaks at <= {limits.max_memory_gb:g} GB (the least: {b.memory_gb:.2f} GB "
+                                 f"{b.memory_kind}, {b.label()})"))
+    if limits.min_tokens_per_s:
+        name = speed_name(throughput)
+        out.append(Cap(f"{name} >= {limits.min_tokens_per_s:g}", lambda c: speed(c) >= limits.min_tokens_per_s,
+                       lambda c: -speed(c),
+                       lambda b: f"no run reaches {limits.min_tokens_per_s:g} {name} (the fastest: {speed(b):.2f}, "
+                                 f"{b.label()}): lower --min-tokens-per-s"))
+    return out
 
 
 @dataclass
@@ -49,7 +84,7 @@ def _figures(c: Candidate, throughput: bool) -> str:
             f"{c.memory_gb:.2f} GB, config_hash {c.config_hash}")
 
 
-def _excess(c: Candidate, limits: Constraints, rounded: bool = False) -> float:
+def _excess(c: Candidate, limits: Constraints, throughput: bool, rounded: bool = False) -> float:
     """How far a run is from the caps: the largest ratio of figure to cap (<= 1 meets them all); rounded:
     of the figures as decide compares them (equal within its resolutions)."""
     kl = kl_steps(c) * KL_RESOLUTION if rounded else c.quality()
@@ -59,29 +94,41 @@ def _excess(c: Candidate, limits: Constraints, rounded: bool = False) -> float:
         ratios.append(kl / limits.max_kl if limits.max_kl else 0.0 if kl == 0 else math.inf)
     if limits.max_memory_gb is not None:
         ratios.append(memory / limits.max_memory_gb)
+    if limits.min_tokens_per_s:  # a floor: how many times too slow
+        speed = c.speed(throughput).median
+        ratios.append(limits.min_tokens_per_s / speed if speed > 0 else math.inf)
     return max(ratios, default=0.0)
 
 
-def _unmet(pool: List[Candidate], limits: Constraints) -> str:
+def _unmet(pool: List[Candidate], limits: Constraints, throughput: bool) -> str:
     """Which constraint no run meets (with the best figure there is), or that none meets them together."""
-    missing = []
-    if limits.max_kl is not None and not any(c.quality() <= limits.max_kl for c in pool):
-        best = min(pool, key=Candidate.quality)
-        missing.append(f"no run has KL vs fp32 <= {limits.max_kl:g} (the lowest: {best.kl:.4f}, {best.label()})")
-    if limits.max_memory_gb is not None and not any(c.memory_gb <= limits.max_memory_gb for c in pool):
-        best = min(pool, key=lambda c: c.memory_gb)
-        missing.append(f"no run peaks at <= {limits.max_memory_gb:g} GB (the least: {best.memory_gb:.2f} GB "
-                       f"{best.memory_kind}, {best.label()})")
+    every = caps(limits, throughput)
+    missing = [cap.missed(min(pool, key=cap.nearness)) for cap in every if not any(map(cap.meets, pool))]
     if missing:
         return "; ".join(missing)
-    alone = [(f"KL vs fp32 <= {limits.max_kl:g}", [c for c in pool if c.quality() <= limits.max_kl]),
-             (f"peak memory <= {limits.max_memory_gb:g} GB", [c for c in pool if c.memory_gb <= limits.max_memory_gb])]
+    together = "both" if len(every) == 2 else "all of them"
     return "each cap alone is met (" + "; ".join(
-        f"{cap} by " + (", ".join(c.label() for c in met) if len(met) <= 3 else f"{len(met)} runs")
-        for cap, met in alone) + "), but no run meets both"
+        f"{cap.text} by " + (", ".join(c.label() for c in met) if len(met) <= 3 else f"{len(met)} runs")
+        for cap in every for met in [[c for c in pool if cap.meets(c)]]) + f"), but no run meets {together}"
 
 
-def recommend_one(title: str, cands: List[Candidate], limits: Constraints, throughput: bool) -> Recommendation:
+def rank(meets: List[Candidate], objective: str, throughput: bool) -> List[Candidate]:
+    """The settings that meet the caps, best first by the objective; emulated ones last. Equal on quality (KL
+    intervals that overlap the lowest one's) or memory (within decide's resolution), the front decides: one
+    another setting beats comes after it, then the faster one first."""
+    lowest = min(meets, key=Candidate.quality).kl_interval() if meets else None
+
+    def key(c: Candidate):
+        first = {"speed": lambda: 0,
+                 "quality": lambda: 0 if c.kl_interval().ties(lowest) else 1 + kl_steps(c),
+                 "memory": lambda: memory_steps(c)}[objective]()
+        beaten = objective != "speed" and any(better(o, c, throughput) for o in meets)
+        return bool(c.emulated), first, beaten, -c.speed(throughput).median
+    return sorted(meets, key=key)
+
+
+def recommend_one(title: str, cands: List[Candidate], limits: Constraints, throughput: bool,
+                  objective: str = "speed") -> Recommendation:
     rec = Recommendation(title, throughput, notes=origin_note(cands))
     pool = [c for c in cands if (limits.batch_size is None or c.batch_size == limits.batch_size)
             and (limits.device is None or c.device == limits.device)]
@@ -99,18 +146,19 @@ def recommend_one(title: str, cands: List[Candidate], limits: Constraints, throu
         return rec
     if limits.max_kl is not None and not any(math.isfinite(c.kl) for c in pool):
         rec.notes.append("no run has a KL figure (random weights): the KL cap is not applied")
-        limits = Constraints(None, limits.max_memory_gb)
-    meets = [c for c in pool if _excess(c, limits) <= 1]
+        limits = dataclasses.replace(limits, max_kl=None)
+    meets = [c for c in pool if _excess(c, limits, throughput) <= 1]
     if not meets:
-        rec.notes.append("no setting meets the constraints: " + _unmet(pool, limits))
-        rec.closest = min(pool, key=lambda c: (_excess(c, limits, rounded=True), bool(c.emulated),
+        rec.notes.append("no setting meets the constraints: " + _unmet(pool, limits, throughput))
+        rec.closest = min(pool, key=lambda c: (_excess(c, limits, throughput, rounded=True), bool(c.emulated),
                                                -c.speed(throughput).median))
         return rec
-    ranked = sorted(meets, key=lambda c: (bool(c.emulated), -c.speed(throughput).median))
+    ranked = rank(meets, objective, throughput)
     rec.pick, rec.runner_up = ranked[0], (ranked[1] if len(ranked) > 1 else None)
     if rec.runner_up is None:
         rec.notes.append("no runner-up: the only setting that meets the constraints")
-    faster = [c for c in ranked if c.emulated and c.speed(throughput).faster(rec.pick.speed(throughput))]
+    faster = [c for c in ranked if c.emulated and objective == "speed"
+              and c.speed(throughput).faster(rec.pick.speed(throughput))]
     if rec.pick.emulated:
         rec.notes.append("only settings emulated by the CPU that measured them meet the constraints: "
                          + rec.pick.emulated)
@@ -118,7 +166,14 @@ def recommend_one(title: str, cands: List[Candidate], limits: Constraints, throu
         rec.notes.append(f"{faster[0].label()} measured faster, but its CPU only emulates it "
                          f"({faster[0].emulated}): not picked")
     second = rec.runner_up
-    if second and second.speed(throughput).ties(rec.pick.speed(throughput)):
+    if second and objective != "speed":
+        same = (second.kl_interval().ties(rec.pick.kl_interval()) if objective == "quality"
+                else memory_steps(second) == memory_steps(rec.pick))
+        if same:
+            why = better(rec.pick, second, throughput) or ["a higher median speed"]
+            rec.notes.append(f"the runner-up is as good by {objective} (within the resolution); the pick has "
+                             + " and ".join(why))
+    elif second and second.speed(throughput).ties(rec.pick.speed(throughput)):
         wins = [w for w, yes in (("lower KL", second.kl_interval().lower(rec.pick.kl_interval())),
                                  ("less memory", memory_steps(second) < memory_steps(rec.pick))) if yes]
         rec.notes.append("the runner-up ties on speed (their interquartile ranges overlap)"
@@ -138,25 +193,34 @@ def _cap_inside(pick: Candidate, limits: Constraints) -> List[str]:
             "quality.max_tokens) narrows the interval"]
 
 
-def recommend(cands: List[Candidate], limits: Constraints) -> List[Recommendation]:
+def recommend(cands: List[Candidate], limits: Constraints, objective: str = "speed") -> List[Recommendation]:
     """One recommendation per model, and per new tokens and prompt length when its runs vary them; speed as
     decide.by_throughput says for the model."""
-    return [recommend_one(title, group, limits, by_throughput([c for c in cands if c.model == group[0].model]))
+    return [recommend_one(title, group, limits, by_throughput([c for c in cands if c.model == group[0].model]),
+                          objective)
             for title, group in groups(cands, SHAPE[2:]).items()]
 
 
-def render(recs: List[Recommendation], limits: Constraints, store_option: str = "") -> str:
+def render(recs: List[Recommendation], limits: Constraints, store_option: str = "", objective: str = "speed",
+           how_to_run: Optional[Dict[str, List[str]]] = None) -> str:
     """Plain lines (Markdown list items): per model the pick, the command that measures it again, the
-    runner-up and the notes. store_option: what the reproduce command needs to find the store."""
-    lines = []
+    runner-up and the notes. store_option: what the reproduce command needs to find the store; how_to_run:
+    per run id, the lines that say how to run it (handover.how_to_run), shown under the pick and the runner-up."""
+    lines, how_to_run = [], how_to_run or {}
+
+    def how(c: Candidate) -> List[str]:
+        return [f"    {line}" if line else "" for line in how_to_run.get(c.run_id, [])]
+
     for rec in recs:
         batch = rec.throughput and limits.batch_size is None  # the batch size is part of the choice
-        lines.append(f"- **{rec.title}** (the fastest by {speed_name(rec.throughput)} with {limits.text()}):")
+        best = OBJECTIVES[objective] + (f" by {speed_name(rec.throughput)}" if objective == "speed" else "")
+        lines.append(f"- **{rec.title}** ({best} with {limits.text()}; objective {objective}):")
         if rec.pick:
-            lines += [f"  - pick: {rec.pick.label(batch)}: {_figures(rec.pick, rec.throughput)}",
+            lines += [f"  - pick: {rec.pick.label(batch)}: {_figures(rec.pick, rec.throughput)}", *how(rec.pick),
                       f"  - measure it again: `python -m qsweep reproduce {rec.pick.config_hash}{store_option}`"]
         if rec.runner_up:
-            lines.append(f"  - runner-up: {rec.runner_up.label(batch)}: {_figures(rec.runner_up, rec.throughput)}")
+            lines += [f"  - runner-up: {rec.runner_up.label(batch)}: {_figures(rec.runner_up, rec.throughput)}",
+                      *how(rec.runner_up)]
         if rec.closest:
             lines.append(f"  - closest: {rec.closest.label(batch)}: {_figures(rec.closest, rec.throughput)}")
         lines += [f"  - {note}" for note in rec.notes]

@@ -53,6 +53,7 @@ class JobResult:
     phases: Optional[JobPhases] = None  # the worker's part: prepare, environment (the job adds the rest)
     tracked: List[trackers.Result] = field(default_factory=list)  # one per tracker the job ran (memory, energy, ...)
     runtime_tokenizer: Optional[str] = None  # prompts.own_splits: None where the runtime has no tokenizer of its own
+    artifact: Dict[str, str] = field(default_factory=dict)  # the artifact's tags (artifacts.tags)
 
 
 def texts(prompts: List[str], generations: List[measure.Generation], tokenizer) -> List[dict]:
@@ -103,7 +104,7 @@ def record(run: RunWriter, result: JobResult, phases: JobPhases, started: float)
     begin = time.perf_counter()
     files = {PRECISION_FILE: result.precision.details, ENVIRONMENT_FILE: result.environment,
              GENERATIONS_FILE: result.texts, GENERATIONS_MARKDOWN: "\n\n".join(map(_markdown, result.texts))}
-    tags = {TAG_PRECISION_CHECK: result.precision.summary, TAG_QUALITY: quality.NOT_APPLICABLE}
+    tags = {TAG_PRECISION_CHECK: result.precision.summary, TAG_QUALITY: quality.NOT_APPLICABLE, **result.artifact}
     tags.update({name: value for tracked in result.tracked for name, value in tracked.tags.items()})
     if result.conversion:
         tags[TAG_CONVERSION] = result.conversion

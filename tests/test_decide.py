@@ -183,6 +183,41 @@ def test_a_model_without_kl_figures_is_judged_on_speed_and_memory_and_says_so():
     assert rec.pick.precision == "bf16" and "KL cap is not applied" in rec.notes[0]
 
 
+def test_a_speed_floor_with_the_quality_objective_picks_the_most_faithful_setting_fast_enough():
+    jobs = [run("fp32", 20, kl=0.0, rss=2.0), run("bf16", 35, kl=0.004, rss=1.4),
+            run("int8", 60, kl=0.008, rss=1.2), run("int4", 90, kl=0.009, rss=1.0)]
+    assert recommended(*jobs, min_tokens_per_s=30).pick.precision == "int4"  # speed: the fastest, as before
+    (rec,) = recommend.recommend(decide.candidates(report.rows_by_model(jobs)["m"]),
+                                 recommend.Constraints(min_tokens_per_s=30), "quality")
+    assert (rec.pick.precision, rec.runner_up.precision) == ("bf16", "int8")  # fp32 is too slow
+    (small,) = recommend.recommend(decide.candidates(report.rows_by_model(jobs)["m"]),
+                                   recommend.Constraints(min_tokens_per_s=30), "memory")
+    assert small.pick.precision == "int4"
+    text = recommend.render([rec], recommend.Constraints(min_tokens_per_s=30), objective="quality")
+    assert text.startswith("- **m** (the lowest KL vs fp32 with KL vs fp32 <= 0.01, no memory cap, speed >= 30 "
+                           "tokens/s; objective quality):")
+
+
+def test_equal_quality_is_decided_as_the_front_decides_it():
+    """KL within the resolution: the setting the other beats (as fast, less memory) comes second."""
+    jobs = [run("fp32", 20, kl=0.0, rss=2.0, iqr=4), run("bf16", 21, kl=0.00004, rss=1.4, iqr=4),
+            run("int8", 60, kl=0.008, rss=1.2)]
+    (rec,) = recommend.recommend(decide.candidates(report.rows_by_model(jobs)["m"]), recommend.Constraints(),
+                                 "quality")
+    assert (rec.pick.precision, rec.runner_up.precision) == ("bf16", "fp32")
+    assert "the runner-up is as good by quality (within the resolution); the pick has less memory" in rec.notes
+
+
+def test_a_speed_floor_no_run_meets_is_named_with_the_fastest_run():
+    rec = recommended(run("fp32", 20, kl=0.0), run("int8", 35, kl=0.02), min_tokens_per_s=50)
+    assert rec.pick is None and rec.closest.precision == "int8"
+    assert rec.notes == ["no setting meets the constraints: no run reaches 50 decode tokens/s (the fastest: 35.00, "
+                         "CPU INT8): lower --min-tokens-per-s"]
+    both = recommended(run("fp32", 20, kl=0.0), run("int8", 35, kl=0.02), min_tokens_per_s=30)
+    assert both.notes[0].endswith("(KL vs fp32 <= 0.01 by CPU FP32; decode tokens/s >= 30 by CPU INT8), but no run "
+                                  "meets both")
+
+
 # --- emulated settings ---------------------------------------------------------------------------------------
 
 EPYC = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 f16c avx512f avx512bw avx512_bf16 avx512_vnni\n"

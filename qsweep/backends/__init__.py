@@ -44,6 +44,7 @@ class Files:
     path: str
     conversion_time_s: Optional[float] = None  # None: nothing was converted for this backend
     converted_now: bool = False  # this job made them (the tag `conversion`: made / reused)
+    artifact: Optional[str] = None  # what a user loads, where not `path` itself (the GGUF file in its folder)
 
 
 @dataclass

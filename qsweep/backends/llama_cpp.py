@@ -15,7 +15,7 @@ import hashlib
 import json
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import metadata
 from pathlib import Path
 from typing import Callable, List, Optional
@@ -114,7 +114,8 @@ def prepare(cfg: RunConfig, checkpoint: Checkpoint) -> Files:
     converter, the other types quantized from the F32 file by llama.cpp; for a GGUF model, its file or files
     quantized from it."""
     if checkpoint.gguf:
-        return _prepare_from_file(cfg, Path(checkpoint.gguf))
+        files = _prepare_from_file(cfg, Path(checkpoint.gguf))
+        return replace(files, artifact=str(Path(files.path) / "model.gguf"))  # as is: the user's file (a link)
     if not checkpoint.has_tokenizer:
         raise BackendUnsupported("backend=llama-cpp needs a checkpoint with its tokenizer (a GGUF carries its "
                                  "vocabulary): use backend=transformers or ctranslate2 for random weights")
@@ -138,7 +139,8 @@ def prepare(cfg: RunConfig, checkpoint: Checkpoint) -> Files:
         return convert_once(cache / "gguf" / key / kind, make)
 
     try:
-        return write(gguf_type(cfg))
+        files = write(gguf_type(cfg))
+        return replace(files, artifact=str(Path(files.path) / "model.gguf"))
     except (gguf_files.Unconvertible, hf_to_gguf.ConverterMissing) as err:
         raise BackendUnsupported(str(err)) from None
 
@@ -160,7 +162,7 @@ def _prepare_from_file(cfg: RunConfig, source: Path) -> Files:
 
 
 def load(cfg: RunConfig, checkpoint: Checkpoint, files: Files) -> "LlamaRuntime":
-    return LlamaRuntime(cfg, checkpoint, Path(files.path) / "model.gguf")
+    return LlamaRuntime(cfg, checkpoint, Path(files.artifact))
 
 
 class LlamaRuntime(Runtime):

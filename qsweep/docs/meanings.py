@@ -126,6 +126,18 @@ TAGS = {
     "fine_tune_run": "a run of a fine-tuned checkpoint: the fine-tune run that made it",
     "logged_model_id": "the MLflow logged model of the fine-tuned checkpoint",
     "model_version": "its registered model version, `<name>/<version>`",
+    "artifact": "the file or folder the runtime loaded (the GGUF, the CTranslate2 folder, the checkpoint): what "
+                "`qsweep export` and `recommend --register` hand over ([deciding](deciding.md#handing-over-the-pick))",
+    "artifact_stamp": "the artifact's bytes and newest modification time when it was measured (a changed artifact "
+                      "is refused)",
+    "artifact_tokenizer": "the folder of the tokenizer the artifact was run with (\"\" for none)",
+    "artifact_sha256": "on a model version `recommend --register` made: the SHA-256 of the GGUF, or of every file "
+                       "of the folder in name order",
+    "run_id": "on a model version `recommend --register` made: the job run that measured it",
+    "sweep": "on a model version `recommend --register` made: the runs it was chosen among (`sweep <name>` or "
+             "`experiment <name>`)",
+    "objective": "on a model version `recommend --register` made: `speed`, `quality` or `memory`",
+    "constraints": "on a model version `recommend --register` made: the caps it met",
     "model": "`model.name`",
     "precision": "fp32, fp16, bf16, int8 or int4",
     "quant_type": "int4 only: nf4 or fp4",

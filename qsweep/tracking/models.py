@@ -1,6 +1,7 @@
-"""A fine-tuned checkpoint as MLflow models: a logged model (MLflow 3) made by the fine-tune run, holding
-its held-out losses, and a version of a registered model (one per checkpoint folder name; each fine-tune
-is a new version) whose source is the folder: the weights are never copied into the store.
+"""Registered models. A fine-tuned checkpoint as MLflow models: a logged model (MLflow 3) made by the fine-tune
+run, holding its held-out losses, and a version of a registered model (one per checkpoint folder name; each
+fine-tune is a new version) whose source is the folder: the weights are never copied into the store. A pick of
+`qsweep recommend --register` likewise: a version whose source is the measured artifact's folder, with an alias.
 Runs that measure the checkpoint name it in tags, list the logged model among their inputs and log their
 metrics to it too, so the model's page lists them."""
 
@@ -8,10 +9,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Tuple
 
 from qsweep.tracking.names import TAG_CHECKPOINT
 from qsweep.tracking.runs import RunWriter
+from qsweep.tracking.store import Store
 
 MODEL_TYPE = "merged-checkpoint"
 
@@ -62,3 +64,25 @@ def link_model(run: RunWriter, model_id: str) -> bool:
     run.store.client.log_inputs(run.run_id, models=[LoggedModelInput(model_id)])
     run.model_id = model_id
     return True
+
+
+def register_artifact(store: Store, name: str, source: Path, run_id: str, tags: Dict[str, str], description: str,
+                      alias: str) -> Tuple[str, bool]:
+    """A version of the registered model `name` made by run `run_id`, whose source is the folder `source` as it
+    lies (nothing is copied into the store), tagged; `alias` moved to it. Registering the same run and folder
+    again reuses its version. Returns the version and whether it is new."""
+    from mlflow.exceptions import MlflowException
+
+    client = store.client
+    try:
+        client.create_registered_model(name, description="Settings picked by `qsweep recommend --register`: the "
+                                       "artifact each measured; the alias points at the latest pick")
+    except MlflowException as err:
+        if err.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    same = [v for v in client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+            if v.source == source.as_uri()]
+    version = same[0] if same else client.create_model_version(name, source=source.as_uri(), run_id=run_id,
+                                                               tags=tags, description=description)
+    client.set_registered_model_alias(name, alias, version.version)
+    return str(version.version), not same

@@ -44,6 +44,10 @@ TAG_QUALITY_SCORES = "quality_scores"
 TAG_QUALITY_UNAVAILABLE = "quality_unavailable"  # why a model has no fp32 reference (a GGUF transformers cannot read)
 TAG_QUALITY_TEXT = "quality_text"  # the text scored: builtin, wikitext-2 or the file's path
 TAG_QUALITY_TEXT_SHA256 = "quality_text_sha256"  # its content's SHA-256
+# The measured artifact (artifacts.py): the file or folder the runtime loaded, what it held then, the tokenizer
+TAG_ARTIFACT = "artifact"  # the GGUF file, the CTranslate2 folder or the checkpoint folder
+TAG_ARTIFACT_STAMP = "artifact_stamp"  # its bytes and newest modification time when measured
+TAG_ARTIFACT_TOKENIZER = "artifact_tokenizer"  # the folder of the tokenizer it was run with ("" for none)
 # A fine-tune run (train_merge) and the model it logged
 TAG_BASE_CHECKPOINT = "base_checkpoint"
 TAG_BASE_MODEL = "base_model"
@@ -57,6 +61,16 @@ TAG_QUANTIZATION = "quantization"  # the fine-tune's base: none, or int4 (QLoRA)
 PARAM_QUANT_TYPE = "precision.quant_type"
 PARAM_QUANTIZATION = "precision.quantization"
 PARAM_COMPILE = "generation.compile"
+PARAM_DTYPE = "precision.dtype"
+PARAM_DOUBLE_QUANT = "precision.double_quant"
+
+# A registered pick (recommend --register): the alias moved to it, and the model version's own tags
+ALIAS_RECOMMENDED = "recommended"
+TAG_ARTIFACT_SHA256 = "artifact_sha256"  # of the GGUF, or of every file of a folder in name order
+TAG_PICKED_FROM_RUN = "run_id"  # the job run that measured it
+TAG_PICKED_FROM = "sweep"  # the runs recommend chose among: "sweep <name>" or "experiment <name>"
+TAG_OBJECTIVE = "objective"  # speed, quality or memory
+TAG_CONSTRAINTS = "constraints"  # the caps it met, as recommend says them
 
 KIND_JOB, KIND_SWEEP, KIND_TRAIN = "job", "sweep", "train_merge"
 
