@@ -21,13 +21,13 @@ DEFAULT_MAX_KL = 0.01  # the report's default: llama.cpp's Q5_K_M-like closeness
 @dataclass(frozen=True)
 class Constraints:
     max_kl: Optional[float] = DEFAULT_MAX_KL  # KL vs fp32, nats
-    max_memory_gb: Optional[float] = None  # peak VRAM on cuda, peak RSS on the CPU
+    max_memory_gb: Optional[float] = None  # setting_memory_gb (an older run: its peak VRAM / RSS)
     batch_size: Optional[int] = None
     device: Optional[str] = None
 
     def text(self) -> str:
         return ", ".join([f"KL vs fp32 <= {self.max_kl:g}" if self.max_kl is not None else "no KL cap",
-                          f"peak memory <= {self.max_memory_gb:g} GB" if self.max_memory_gb is not None
+                          f"memory <= {self.max_memory_gb:g} GB" if self.max_memory_gb is not None
                           else "no memory cap",
                           *([f"batch {self.batch_size}"] if self.batch_size is not None else []),
                           *([f"device {self.device}"] if self.device else [])])
@@ -45,8 +45,8 @@ class Recommendation:
 
 def _figures(c: Candidate, throughput: bool) -> str:
     kl = f"KL vs fp32 {c.kl:.4f}" if math.isfinite(c.kl) else "no KL figure"
-    return (f"{c.speed(throughput).text()} {speed_name(throughput)}, {kl}, peak {c.memory_kind} "
-            f"{c.memory_gb:.2f} GB, config_hash {c.config_hash}")
+    return (f"{c.speed(throughput).text()} {speed_name(throughput)}, {kl}, {c.memory_text()}, "
+            f"config_hash {c.config_hash}")
 
 
 def _excess(c: Candidate, limits: Constraints, rounded: bool = False) -> float:
@@ -70,12 +70,12 @@ def _unmet(pool: List[Candidate], limits: Constraints) -> str:
         missing.append(f"no run has KL vs fp32 <= {limits.max_kl:g} (the lowest: {best.kl:.4f}, {best.label()})")
     if limits.max_memory_gb is not None and not any(c.memory_gb <= limits.max_memory_gb for c in pool):
         best = min(pool, key=lambda c: c.memory_gb)
-        missing.append(f"no run peaks at <= {limits.max_memory_gb:g} GB (the least: {best.memory_gb:.2f} GB "
-                       f"{best.memory_kind}, {best.label()})")
+        missing.append(f"no run needs <= {limits.max_memory_gb:g} GB (the least: {best.memory_text()}, "
+                       f"{best.label()})")
     if missing:
         return "; ".join(missing)
     alone = [(f"KL vs fp32 <= {limits.max_kl:g}", [c for c in pool if c.quality() <= limits.max_kl]),
-             (f"peak memory <= {limits.max_memory_gb:g} GB", [c for c in pool if c.memory_gb <= limits.max_memory_gb])]
+             (f"memory <= {limits.max_memory_gb:g} GB", [c for c in pool if c.memory_gb <= limits.max_memory_gb])]
     return "each cap alone is met (" + "; ".join(
         f"{cap} by " + (", ".join(c.label() for c in met) if len(met) <= 3 else f"{len(met)} runs")
         for cap, met in alone) + "), but no run meets both"

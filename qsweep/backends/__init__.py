@@ -18,6 +18,7 @@ import importlib.util
 import json
 import time
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from types import ModuleType
 from typing import Callable, List, Optional
@@ -104,6 +105,18 @@ def convert_once(target: Path, convert: Callable[[Path], None]) -> Files:
     build_once(target, timed, marker=CONVERSION_FILE)
     seconds = json.loads((target / CONVERSION_FILE).read_text())["conversion_time_s"]
     return Files(str(target), seconds, converted_now=bool(made))
+
+
+@lru_cache(maxsize=1)
+def tokenizer(path: Optional[str]):
+    """The checkpoint's Hugging Face tokenizer (None without one), loaded once per process. It is the harness's,
+    not the setting's (it encodes the prompts and decodes the outputs; a deployment feeds its runtime token ids):
+    a job loads it before its memory is tracked (a Gemma's 262k-token vocabulary holds about 0.3 GB)."""
+    if not path:
+        return None
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path)
 
 
 def context_length(text_config) -> Optional[int]:

@@ -23,7 +23,7 @@ import torch
 
 from qsweep import environment
 from qsweep.backends import (BackendUnsupported, Files, PrecisionCheck, Runtime, context_length, convert_once,
-                             require_package, require_precision)
+                             require_package, require_precision, tokenizer)
 from qsweep.config import BackendConfig, RunConfig
 from qsweep.sources import Checkpoint, fingerprint_key
 
@@ -144,7 +144,7 @@ def stored_types(model_bin: Path) -> Dict[str, int]:
 class CTranslate2Runtime(Runtime):
     def __init__(self, cfg: RunConfig, checkpoint: Checkpoint, folder: Path):
         import ctranslate2
-        from transformers import AutoConfig, AutoTokenizer
+        from transformers import AutoConfig
 
         threads = cfg.device.num_threads or torch.get_num_threads()
         wanted = compute_type(cfg)
@@ -153,7 +153,7 @@ class CTranslate2Runtime(Runtime):
                                                intra_threads=threads, inter_threads=1)
         self.load_time_s = time.perf_counter() - start
         self.device = cfg.device.name
-        self.tokenizer = AutoTokenizer.from_pretrained(checkpoint.tokenizer_path) if checkpoint.tokenizer_path else None
+        self.tokenizer = tokenizer(checkpoint.tokenizer_path)
         self.vocabulary = json.loads((folder / "vocabulary.json").read_text(encoding="utf-8"))
         self.vocab_size = len(self.vocabulary)
         self.end_tokens = [self.vocabulary[i] for i in json.loads((folder / EXTRA).read_text())["eos_token_ids"]
