@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import importlib
 import json
 import os
 import time
@@ -140,7 +141,11 @@ def measure_job(cfg: RunConfig, registry: Optional[tuple] = None) -> results.Job
     checkpoint = sources.resolve(cfg.model, Path(cfg.paths.cache_dir).expanduser())
     files = backend.prepare(cfg, checkpoint)
     prepare_s = time.perf_counter() - started
-    backends.tokenizer(checkpoint.tokenizer_path)  # the harness's: loaded before the memory is tracked
+    # Before the memory is tracked: the tokenizer (the harness's) and the runtime's code (its library, the same
+    # for every setting of the runtime; docs/measurement.md)
+    backends.tokenizer(checkpoint.tokenizer_path)
+    for module in getattr(backend, "LIBRARIES", ()):
+        importlib.import_module(module)
     tracked = trackers.Trackers(cfg.device.name, registry)  # every registered tracker this device supports
     with tracked.track():
         runtime = backend.load(cfg, checkpoint, files)

@@ -224,10 +224,10 @@ def test_adaptive_repeats_stop_at_a_small_spread_or_the_time_cap(tiny):
     loose = compose_run(*base, "generation.repeat_until_spread=100").generation  # any spread is small enough
     speed, _ = measure.generate_timed(tiny, prompts, loose, "cpu")
     assert speed.timed_samples == measure.MIN_SAMPLES * len(prompts)  # enough of each prompt's to judge its spread
-    cap = 3 * speed.phase_generation_s  # about three rounds on this machine now
+    cap = 1.5 * speed.phase_generation_s  # about four or five rounds on this machine now
     never = compose_run(*base, "generation.repeat_until_spread=1e-9", f"generation.repeat_time_cap_s={cap}").generation
     speed, _ = measure.generate_timed(tiny, prompts, never, "cpu")
-    assert speed.timed_samples > len(prompts) and speed.timed_samples % len(prompts) == 0  # whole rounds
+    assert speed.timed_samples > measure.MIN_SAMPLES * len(prompts) and speed.timed_samples % len(prompts) == 0
     assert speed.phase_generation_s >= cap  # it went on until the cap (and, returning, stopped there)
     assert speed.phase_warmup_s > 0
 

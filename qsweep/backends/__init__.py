@@ -7,6 +7,9 @@ which the YAML names as `_target_`, and these functions:
     prepare(cfg, checkpoint)     its files for the checkpoint at the precision, converted once into the cache
     load(cfg, checkpoint, files) a Runtime, loaded (timed) at the precision, the precision checked
 
+and optionally LIBRARIES, the modules of its runtime's library, which a job imports before its memory is tracked
+(its code is not the setting's: setting_memory_gb, docs/measurement.md).
+
 Every backend is measured by the same contract (qsweep/measure.py) and scored against the same fp32
 reference (qsweep/quality/) through the Runtime below, so nothing else names a backend.
 """

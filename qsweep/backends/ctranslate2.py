@@ -33,6 +33,7 @@ COMPUTE_TYPES = {"cpu": {"fp32": "float32", "int8": "int8"},
 SAME_TYPE = {"int8": ("int8", "int8_float32"), "int8_float32": ("int8_float32",)}
 STORED_TYPES = ("float32", "int8", "int16", "int32", "float16", "bfloat16")  # model.bin's type ids
 EXTRA = "qsweep_ct2.json"  # beside the converted model: the checkpoint's end-of-sequence ids
+LIBRARIES = ("ctranslate2",)  # imported by a job before its memory is tracked (backends/__init__.py)
 
 
 @dataclass

@@ -25,6 +25,7 @@ from qsweep.sources import Checkpoint, fingerprint_key
 PRECISION_TYPES = {"fp32": "F32", "fp16": "F16", "bf16": "BF16", "int8": "Q8_0", "int4": "Q4_K_M"}
 N_BATCH = 256  # tokens per llama_decode call; its compute buffer holds n_batch x vocabulary logits
 MAX_CONTEXT = 2048  # the KV cache: enough for the evaluation windows (1024) and long prompts
+LIBRARIES = ("llama_cpp",)  # imported by a job before its memory is tracked (backends/__init__.py)
 
 
 @dataclass
