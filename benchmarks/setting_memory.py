@@ -1,9 +1,9 @@
 """Is qsweep's setting_memory_gb what a minimal deployment of the setting needs?
 
-For each setting: qsweep measures it as a sweep does (a fresh worker from the fork server, measure_job, no
-more than one quality window, after its tracked region), and a bare process that imports only the setting's runtime loads the same artifact (the GGUF
-file, the CTranslate2 folder, the checkpoint) with the same options, generates the same tokens greedily from
-the same prompt ids and reads its peak RSS (VmHWM) above its RSS once the runtime is imported. Prints one JSON
+For each setting: qsweep measures it as a sweep does (a fresh worker from the fork server, measure_job; the
+quality pass, which runs after the tracked region, skipped for time), and a bare process that imports only
+the setting's runtime loads the same artifact (the GGUF file, the CTranslate2 folder, the checkpoint) with the
+same options, generates the same tokens greedily from the same prompt ids and reads its peak RSS (VmHWM) above its RSS once the runtime is imported. Prints one JSON
 line per setting: both figures, their ratio (target within 15 %), qsweep's harness and peak RSS, the runtime's
 import cost, and for llama.cpp its own accounting of its buffers (model, KV cache, compute, output).
 
@@ -15,6 +15,7 @@ Each setting is comma-separated overrides on model=gemma-3-270m (the embedded Ge
 
 import argparse
 import json
+import os
 import re
 import subprocess
 import sys
@@ -91,12 +92,21 @@ def _status_reset() -> None:
     Path("/proc/self/clear_refs").write_text("5")  # the peak from here on: the import's transient is not the setting's
 
 
+def measure_without_quality(cfg):
+    """job.measure_job, as a sweep runs it, without the quality pass (it runs after the tracked region and
+    changes no memory figure: skipped for time)."""
+    from qsweep import job, quality
+
+    quality.applicable = lambda *args: False
+    return job.measure_job(cfg)
+
+
 def qsweep_side(setting: str, tokens: int) -> dict:
     """qsweep's figures for the setting (measured in a fresh worker, as a sweep does) and the bare process's spec."""
     import torch
     from hydra import compose, initialize_config_dir
 
-    from qsweep import backends, job, prompts, sources, worker
+    from qsweep import backends, prompts, sources, worker
     from qsweep.backends import ctranslate2, llama_cpp
     from qsweep.config import register_schemas, validate
     from qsweep.environment import on_this_machine
@@ -105,12 +115,14 @@ def qsweep_side(setting: str, tokens: int) -> dict:
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         raw = compose(config_name="config", overrides=[
             "model=gemma-3-270m", "device=cpu", *setting.split(","), f"generation.max_new_tokens={tokens}",
-            f"generation.prompts=[{PROMPT}]", "generation.repeats=1", "quality.windows=1"])
+            f"generation.prompts=[{PROMPT}]", "generation.repeats=1"])
     cfg = on_this_machine(validate(raw))
     backend = backends.get(cfg.backend.name)
     checkpoint = sources.resolve(cfg.model, Path(cfg.paths.cache_dir).expanduser())
     files = backend.prepare(cfg, checkpoint)
-    result = worker.call(job.measure_job, cfg, True, cfg.runner.timeout_s)
+    from setting_memory import measure_without_quality  # by name: the worker imports it (this folder is on its path)
+
+    result = worker.call(measure_without_quality, cfg, True, cfg.runner.timeout_s)
     (memory,) = [r for r in result.tracked if hasattr(r, "setting_memory_gb")]
     ids = prompts.encode(cfg.generation, backends.tokenizer(checkpoint.tokenizer_path), 0, 0)[0][0]
     spec = {"runtime": cfg.backend.name, "ids": ids, "tokens": tokens, "threads": torch.get_num_threads()}
@@ -133,8 +145,8 @@ def main():
     parser.add_argument("--bare", help=argparse.SUPPRESS)  # the bare process's spec, JSON
     args = parser.parse_args()
     if args.bare:
-        print(json.dumps(bare(json.loads(args.bare))))
-        return
+        print(json.dumps(bare(json.loads(args.bare))), flush=True)
+        os._exit(0)  # no interpreter teardown: llama.cpp logs through a callback while it frees, after Python's
     sys.path.insert(0, str(ROOT))
     for setting in args.settings:
         figures, spec = qsweep_side(setting, args.tokens)
