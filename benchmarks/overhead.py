@@ -4,7 +4,9 @@ Same loaded model, same threads, same prompt, one process: rounds alternate qswe
 (fixed-length greedy, the first-token clock and the exact-length check, inside the job's trackers as in a
 job) with the library's own call of the same length: transformers' bare `model.generate`, llama-cpp-python's
 `create_completion` (EOS banned, greedy), CTranslate2's bare `generate_batch`. Prints one JSON line per
-setting: median tokens/s of each, their ratio (target >= 0.97) and the spread of the per-round ratios.
+setting: median tokens/s of each, their ratio (target >= 0.97), the spread of the per-round ratios, and
+`extra_threads`: the most threads alive during a qsweep generate call beyond those alive before its trackers
+started (target 0: nothing of qsweep's runs beside a timed generation).
 
     python benchmarks/overhead.py model=tiny-gpt2 model=gemma-3-270m backend=llama-cpp,precision=int4 --rounds 7
     python benchmarks/overhead.py model=gpt2,precision=fp16 model=gpt2,precision=int4 --device cuda   # GPU kit
@@ -17,6 +19,7 @@ import argparse
 import json
 import statistics
 import sys
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -92,10 +95,18 @@ def main():
         gen = replace(cfg.generation, prompts=cfg.generation.prompts[:1], warmup=0, repeats=1)
         ids = prompts.encode(gen, runtime.tokenizer, runtime.vocab_size, 0)[0]
         library = library_call(runtime, ids[0], args.tokens, args.device)
-        qsweep_rates, library_rates = [], []
+        qsweep_rates, library_rates, extra = [], [], [0]
+        generate = runtime.generate
+
+        def watched(*call):  # threads alive at each call: counted before it starts, outside its clock
+            extra[0] = max(extra[0], len({t.ident for t in threading.enumerate()} - before))
+            return generate(*call)
+
         with torch.inference_mode():
             library(), measure.generate_timed(runtime, ids, gen, args.device)  # warm-up, both paths
+            runtime.generate = watched
             for _ in range(args.rounds):
+                before = {t.ident for t in threading.enumerate()}
                 tracked = trackers.Trackers(args.device)
                 with tracked.track():  # as in a job
                     qsweep_rates.append(measure.generate_timed(runtime, ids, gen, args.device,
@@ -110,7 +121,8 @@ def main():
                           "new_tokens": args.tokens, "rounds": args.rounds, "qsweep_tokens_per_s": round(q, 2),
                           "library_tokens_per_s": round(b, 2), "ratio": round(q / b, 3),
                           "round_ratio_min": round(ratios[0], 3), "round_ratio_max": round(ratios[-1], 3),
-                          "device": args.device, "threads": torch.get_num_threads()}), flush=True)
+                          "extra_threads": extra[0], "device": args.device, "threads": torch.get_num_threads()}),
+              flush=True)
 
 
 if __name__ == "__main__":

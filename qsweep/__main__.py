@@ -213,7 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help=f"highest KL vs fp32 in nats (default {DEFAULT_MAX_KL:g}; not applied to a model "
                            "without KL figures, i.e. random weights)")
     pick.add_argument("--max-memory-gb", type=_at_least(0.0),
-                      help="highest peak memory, GiB: VRAM on cuda, RSS on the CPU")
+                      help="most memory the setting may need, GiB (setting_memory_gb: VRAM on cuda, RAM on the "
+                           "CPU; an older run without it: its peak VRAM / RSS)")
     pick.add_argument("--batch-size", type=_at_least(1, int), help="only runs at this batch size")
     pick.add_argument("--device", choices=("cpu", "cuda"), help="only runs on this device")
     pick.add_argument("--min-tokens-per-s", type=_at_least(0.0), metavar="X",

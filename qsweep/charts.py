@@ -116,10 +116,10 @@ def _grouped_bars(model, rows, out_dir, metric, iqr_metric, ylabel, what) -> Cha
 
 
 def _memory(model, rows, out_dir) -> Chart:
-    """Peak memory per setting (the largest over the lengths): process RSS, GPU VRAM, weights."""
+    """Memory per setting (the largest over the lengths): the setting's own, process RSS, GPU VRAM, weights."""
     settings = _settings(rows)
-    series = (("peak_rss_gb", "peak RSS (process)"), ("peak_vram_gb", "peak VRAM (torch)"),
-              ("model_footprint_gb", "weights in memory"))
+    series = (("setting_memory_gb", "the setting's own (model + runtime)"), ("peak_rss_gb", "peak RSS (process)"),
+              ("peak_vram_gb", "peak VRAM (torch)"), ("model_footprint_gb", "weights in memory"))
     series = [(m, label) for m, label in series if any(m in r.metrics for r in rows)]
     width = 0.8 / len(series)
     fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(settings) + 2), 4.2))
@@ -134,11 +134,12 @@ def _memory(model, rows, out_dir) -> Chart:
         ax.bar_label(bars, fmt="%.3g", fontsize=8, padding=2)
     ax.set_xticks(range(len(settings)), _tick_labels(settings, rows))
     ax.set_ylabel("GiB")
-    ax.set_title(f"{model}: peak memory")
+    ax.set_title(f"{model}: memory")
     _finish(ax, len(series))
     path = _save(fig, out_dir / f"{slug(model)}_memory.png")
-    return Chart(path, f"{model}: peak memory by setting, the largest over the lengths measured "
-                       "(RSS includes the Python and torch runtime)")
+    return Chart(path, f"{model}: memory by setting, the largest over the lengths measured (the setting's own: "
+                       "what its model and runtime need to generate; peak RSS also holds Python, torch and qsweep; "
+                       "runs recorded before setting_memory_gb existed show the peaks only)")
 
 
 KL = "kl_div_vs_fp32"

@@ -119,11 +119,12 @@ class GenerationConfig:
     prompts: List[str] = field(default_factory=list)
     batch_size: int = 1  # sequences generated together (the prompts cycled to fill the batch)
     prompt_tokens: Optional[int] = None  # None: the text prompts; N: prompts of exactly N tokens of the eval text
-    warmup: int = 1  # untimed generations before measuring
+    warmup: int = 1  # untimed rounds over every batch (every prompt length) before measuring
     repeats: int = 2  # timed generations per prompt
     compile: bool = False  # static KV cache + torch.compile: the fastest path for unquantized models
-    # Adaptive repeats: after `repeats` rounds, more rounds while the latencies' IQR / median is above this
-    # (e.g. 0.03), until repeat_time_cap_s of timed generation; timed_samples says how many it took.
+    # Adaptive repeats: after `repeats` rounds, more rounds while some prompt's own latencies have an IQR /
+    # median above this (e.g. 0.03) or fewer than 3 samples, until repeat_time_cap_s of timed generation;
+    # timed_samples says how many it took.
     repeat_until_spread: Optional[float] = None
     repeat_time_cap_s: float = 60.0
     chat_template: str = "none"  # wrap each text prompt in the model's chat template: none, auto or required

@@ -1,4 +1,4 @@
-"""The settings worth deploying: the Pareto front of speed, KL vs fp32 and peak memory.
+"""The settings worth deploying: the Pareto front of speed, KL vs fp32 and the setting's memory.
 
 Pure logic on the report's rows (report.Row: a RunRecord with its model, setting, device, precision and
 shape): no MLflow, no torch. recommend.py picks one setting under constraints from the same candidates.
@@ -49,6 +49,9 @@ class Speed:
         return f"{self.median:.2f}" + (f" ± {self.iqr / 2:.2f}" if self.iqr else "")
 
 
+SETTING = "setting memory"  # a Candidate's memory_kind when it is the run's setting_memory_gb
+
+
 @dataclass(frozen=True)
 class Quality:
     """KL vs fp32 with its standard error (NaN: not recorded)."""
@@ -75,7 +78,7 @@ class Quality:
 @dataclass(frozen=True)
 class Candidate:
     """One finished run as a decision sees it. kl is NaN when the run has no KL figure (random weights);
-    memory is peak VRAM on cuda, peak RSS elsewhere (memory_kind says which)."""
+    memory is the setting's own (decide.memory; memory_kind says which figure it is)."""
     model: str
     setting: str
     device: str
@@ -88,7 +91,7 @@ class Candidate:
     throughput: Speed  # throughput_tokens_per_s; spread from the latency's (latency_iqr_s / latency_s)
     kl: float
     memory_gb: float
-    memory_kind: str  # "VRAM" or "RSS"
+    memory_kind: str  # SETTING, or an older run's "peak VRAM" / "peak RSS"
     config_hash: str
     run_id: str
     emulated: str = ""  # why this machine only emulates the setting (the run's TAG_EMULATED), else ""
@@ -114,6 +117,10 @@ class Candidate:
         weights already on that grid back onto it is close to lossless, a KL no 16-bit model would show."""
         family = self.origin[:4]  # Q4_K_M -> Q4_K: Q4_K_S and Q4_K_M store Q4_K blocks
         return bool(family) and self.runtime.startswith("llama.cpp ") and self.runtime.split()[-1].startswith(family)
+
+    def memory_text(self) -> str:
+        return f"{self.memory_gb:.2f} GB " + (self.memory_kind if self.memory_kind == SETTING else
+                                              f"{self.memory_kind} (an older run: qsweep's own included)")
 
     def label(self, batch: bool = False) -> str:
         return (self.setting + (f", batch {self.batch_size}" if batch else "")
@@ -146,16 +153,26 @@ def candidate(row) -> Optional[Candidate]:
     decode = _metric(m, "decode_tokens_per_s")
     if not math.isfinite(decode):
         return None
-    on_gpu = row.device == "cuda" and math.isfinite(_metric(m, "peak_vram_gb"))
     return Candidate(
         row.model, row.setting, row.device, row.backend, row.precision, row.batch_size,
         row.max_new_tokens, str(row.prompt_tokens),
         Speed(decode, _spread(m, _metric(m, "decode_tokens_per_s_iqr"))), throughput_speed(row),
         _metric(m, "kl_div_vs_fp32"),
-        _metric(m, "peak_vram_gb" if on_gpu else "peak_rss_gb"), "VRAM" if on_gpu else "RSS",
+        *memory(row),
         row.job.config_hash or "-", row.job.run_id, tags.get(TAG_EMULATED, ""),
         tags.get(TAG_DEGENERATE_REASON, "?") if broken_beyond_fp32(m) else "", _metric(m, "kl_div_vs_fp32_se"),
         tags.get(TAG_WEIGHTS_ORIGIN, ""), row.runtime)
+
+
+def memory(row) -> tuple:
+    """(GB, which figure): the setting's own memory (setting_memory_gb), or for a run recorded before it
+    existed the process's peak VRAM on cuda, peak RSS elsewhere (both include qsweep's own memory)."""
+    m = row.metrics
+    if math.isfinite(_metric(m, "setting_memory_gb")):
+        return _metric(m, "setting_memory_gb"), SETTING
+    if row.device == "cuda" and math.isfinite(_metric(m, "peak_vram_gb")):
+        return _metric(m, "peak_vram_gb"), "peak VRAM"
+    return _metric(m, "peak_rss_gb"), "peak RSS"
 
 
 def candidates(rows: Iterable) -> List[Candidate]:
@@ -284,14 +301,14 @@ def front_section(rows: Iterable) -> Tuple[str, Set[str]]:
         members |= {r.candidate.run_id for r in ranked if r.on_front}
         has_kl = any(math.isfinite(r.candidate.kl) for r in ranked)
         body = [[c.label(), c.speed(throughput).text(), Quality(c.kl, c.kl_se).text(),
-                 f"{c.memory_gb:.2f} {c.memory_kind}", c.config_hash, _status(r, ranked, throughput)]
+                 c.memory_text(), c.config_hash, _status(r, ranked, throughput)]
                 for r in ranked for c in [r.candidate]]
         parts += [f"### Settings worth deploying: {name}", "",
-                  f"The front: settings not beaten on {speed_name(throughput)}, KL vs FP32 and peak memory "
+                  f"The front: settings not beaten on {speed_name(throughput)}, KL vs FP32 and memory "
                   "(a tie counts as equal: speeds whose interquartile ranges overlap, KLs whose intervals "
                   "± standard error overlap); the beaten ones after."
                   + ("" if has_kl else " No KL figure (random weights): speed and memory only."), "",
-                  markdown_table(["Setting", speed_name(throughput), "KL vs FP32", "Peak memory (GB)",
+                  markdown_table(["Setting", speed_name(throughput), "KL vs FP32", "Memory",
                                   "config_hash", "Front"], body, ["<", ">", ">", ">", "<", "<"]), ""]
         parts += [f"⚠ {note}.\n" for note in origin_note([r.candidate for r in ranked])]
         emulated = {r.candidate.setting: r.candidate.emulated for r in ranked if r.candidate.emulated}

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import importlib
 import json
 import os
 import time
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Optional
 
@@ -45,7 +46,9 @@ def run_job(cfg: RunConfig, tags: Optional[dict] = None) -> tracking.RunRecord:
             environment.require_device(cfg.device.name)
             isolated, timeout = cfg.runner.isolation == "process", cfg.runner.timeout_s
             prepared, prepare_spent = _prepare_once(cfg, timeout) if isolated else (None, worker.Spent())
-            result, spent = worker.call_timed(measure_job, cfg, isolated, timeout, warm=reuses_worker(cfg))
+            # the registry travels with the job: a worker forked from the fork server has only the default one
+            measuring = partial(measure_job, registry=tuple(trackers.REGISTRY))
+            result, spent = worker.call_timed(measuring, cfg, isolated, timeout, warm=reuses_worker(cfg))
             if prepared is not None and prepared.converted_now:  # the measuring worker found them made
                 result = dataclasses.replace(result, conversion="made")
             phases = dataclasses.replace(
@@ -140,8 +143,9 @@ def prepare_files(cfg: RunConfig) -> backends.Files:
     return backend.prepare(cfg, sources.resolve(cfg.model, Path(cfg.paths.cache_dir).expanduser()))
 
 
-def measure_job(cfg: RunConfig) -> results.JobResult:
-    """Load the model and measure it; runs in the worker process. No MLflow here."""
+def measure_job(cfg: RunConfig, registry: Optional[tuple] = None) -> results.JobResult:
+    """Load the model and measure it with the trackers of `registry` (default: this process's); runs in the
+    worker process. No MLflow here."""
     if cfg.device.num_threads:
         torch.set_num_threads(cfg.device.num_threads)
     started = time.perf_counter()
@@ -150,7 +154,12 @@ def measure_job(cfg: RunConfig) -> results.JobResult:
     checkpoint = sources.resolve(cfg.model, Path(cfg.paths.cache_dir).expanduser())
     files = backend.prepare(cfg, checkpoint)
     prepare_s = time.perf_counter() - started
-    tracked = trackers.Trackers(cfg.device.name)  # every registered tracker this device supports
+    # Before the memory is tracked: the tokenizer (the harness's) and the runtime's code (its library, the same
+    # for every setting of the runtime; docs/measurement.md)
+    backends.tokenizer(checkpoint.tokenizer_path)
+    for module in getattr(backend, "LIBRARIES", ()):
+        importlib.import_module(module)
+    tracked = trackers.Trackers(cfg.device.name, registry)  # every registered tracker this device supports
     with tracked.track():
         runtime = backend.load(cfg, checkpoint, files)
         prompt_ids, prompt_texts = prompts.encode(cfg.generation, runtime.tokenizer, runtime.vocab_size,
@@ -161,7 +170,7 @@ def measure_job(cfg: RunConfig) -> results.JobResult:
     texts = results.texts(prompt_texts, generations, runtime.tokenizer)
     own_splits = prompts.own_splits(runtime, list(cfg.generation.prompts) if cfg.generation.prompt_tokens is None
                                     else [])
-    judged = None  # quality: after the timed and memory-tracked region, so it cannot change their figures
+    judged = None  # quality: after the tracked region, whose figures were taken when it ended
     try:
         if quality.applicable(cfg, runtime.tokenizer):
             judged = quality.evaluate(cfg, runtime, checkpoint, generations, [t["output"] for t in texts])

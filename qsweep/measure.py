@@ -50,6 +50,7 @@ def _progress(total: int):
         return None
     from tqdm import tqdm
 
+    tqdm.monitor_interval = 0  # no monitor thread beside the timed generations
     return tqdm(total=total, desc="qsweep: timed generations", unit="gen", leave=False)
 
 
@@ -58,13 +59,21 @@ def batches(prompt_ids: List[List[int]], size: int) -> List[List[List[int]]]:
     return [[prompt_ids[(i + k) % len(prompt_ids)] for k in range(size)] for i in range(len(prompt_ids))]
 
 
-def _spread_too_wide(latencies: List[float], gen: GenerationConfig, timed_s: float) -> bool:
-    """generation.repeat_until_spread: another round while the latencies' IQR / median is above it, until
-    generation.repeat_time_cap_s of timed generation has passed."""
+def _spread_too_wide(per_batch: List[List[float]], gen: GenerationConfig, timed_s: float) -> bool:
+    """generation.repeat_until_spread: another round while some batch's own latencies (its prompt length's)
+    have an IQR / median above it, or fewer than MIN_SAMPLES, until generation.repeat_time_cap_s of timed
+    generation has passed. Batches of different prompt lengths are judged apart: their latencies differ by
+    the length, a spread more rounds would never shrink."""
     if gen.repeat_until_spread is None or timed_s >= gen.repeat_time_cap_s:
         return False
-    median, iqr = median_iqr(latencies)
-    return len(latencies) < 4 or iqr / median > gen.repeat_until_spread
+    for latencies in per_batch:
+        median, iqr = median_iqr(latencies)
+        if len(latencies) < MIN_SAMPLES or iqr / median > gen.repeat_until_spread:
+            return True
+    return False
+
+
+MIN_SAMPLES = 3  # a batch's latencies before its spread is judged (its median and quartiles differ from then)
 
 
 class WrongLength(RuntimeError):
@@ -95,21 +104,24 @@ def generate_timed(runtime: Runtime, prompt_ids: List[List[int]], gen: Generatio
 
     work = batches(prompt_ids, gen.batch_size)
     started = time.perf_counter()
-    # Compiled graphs depend on the prompt length: warm every batch up, or compilation is timed.
+    # Every batch (every prompt length) is warmed up: compiled graphs, a runtime's context or work buffers
+    # for a new shape, and the allocator's first use of a size are made here, not in a timed call.
     for _ in range(gen.warmup):
-        for batch in (work if gen.compile else work[:1]):
+        for batch in work:
             run(batch)
     warmed = time.perf_counter()
     latency, outputs = LatencyTracker(gen.max_new_tokens, gen.batch_size), {}
+    per_batch: List[List[float]] = [[] for _ in work]
     progress = _progress(gen.repeats * len(work))
     rounds = 0
     with timed() as counted:
-        while rounds < gen.repeats or _spread_too_wide(latency.latencies, gen, time.perf_counter() - warmed):
+        while rounds < gen.repeats or _spread_too_wide(per_batch, gen, time.perf_counter() - warmed):
             rounds += 1
             for i, batch in enumerate(work):
                 new, seconds, ttft = run(batch)
                 if progress is not None:  # outside the timed region
                     progress.update()
+                per_batch[i].append(seconds)
                 latency.add(sum(map(len, batch)), seconds, ttft)
                 counted.count(sum(map(len, batch)), len(batch) * gen.max_new_tokens)
                 outputs[i] = Generation(list(batch[0]), list(new[0]))

@@ -25,14 +25,14 @@ OBJECTIVES = {"speed": "the fastest", "quality": "the lowest KL vs fp32", "memor
 @dataclass(frozen=True)
 class Constraints:
     max_kl: Optional[float] = DEFAULT_MAX_KL  # KL vs fp32, nats
-    max_memory_gb: Optional[float] = None  # peak VRAM on cuda, peak RSS on the CPU
+    max_memory_gb: Optional[float] = None  # setting_memory_gb (an older run: its peak VRAM / RSS)
     batch_size: Optional[int] = None
     device: Optional[str] = None
     min_tokens_per_s: Optional[float] = None  # the speed: decode tokens/s, or throughput when the batch varies
 
     def text(self) -> str:
         return ", ".join([f"KL vs fp32 <= {self.max_kl:g}" if self.max_kl is not None else "no KL cap",
-                          f"peak memory <= {self.max_memory_gb:g} GB" if self.max_memory_gb is not None
+                          f"memory <= {self.max_memory_gb:g} GB" if self.max_memory_gb is not None
                           else "no memory cap",
                           *([f"speed >= {self.min_tokens_per_s:g} tokens/s"] if self.min_tokens_per_s else []),
                           *([f"batch {self.batch_size}"] if self.batch_size is not None else []),
@@ -55,10 +55,10 @@ def caps(limits: Constraints, throughput: bool) -> List[Cap]:
         out.append(Cap(f"KL vs fp32 <= {limits.max_kl:g}", lambda c: c.quality() <= limits.max_kl, Candidate.quality,
                        lambda b: f"no run has KL vs fp32 <= {limits.max_kl:g} (the lowest: {b.kl:.4f}, {b.label()})"))
     if limits.max_memory_gb is not None:
-        out.append(Cap(f"peak memory <= {limits.max_memory_gb:g} GB", lambda c: c.memory_gb <= limits.max_memory_gb,
+        out.append(Cap(f"memory <= {limits.max_memory_gb:g} GB", lambda c: c.memory_gb <= limits.max_memory_gb,
                        lambda c: c.memory_gb,
-                       lambda b: f"no run peaks at <= {limits.max_memory_gb:g} GB (the least: {b.memory_gb:.2f} GB "
-                                 f"{b.memory_kind}, {b.label()})"))
+                       lambda b: f"no run needs <= {limits.max_memory_gb:g} GB (the least: {b.memory_text()}, "
+                                 f"{b.label()})"))
     if limits.min_tokens_per_s:
         name = speed_name(throughput)
         out.append(Cap(f"{name} >= {limits.min_tokens_per_s:g}", lambda c: speed(c) >= limits.min_tokens_per_s,
@@ -80,8 +80,8 @@ class Recommendation:
 
 def _figures(c: Candidate, throughput: bool) -> str:
     kl = f"KL vs fp32 {c.kl_interval().text()}" if math.isfinite(c.kl) else "no KL figure"
-    return (f"{c.speed(throughput).text()} {speed_name(throughput)}, {kl}, peak {c.memory_kind} "
-            f"{c.memory_gb:.2f} GB, config_hash {c.config_hash}")
+    return (f"{c.speed(throughput).text()} {speed_name(throughput)}, {kl}, {c.memory_text()}, "
+            f"config_hash {c.config_hash}")
 
 
 def _excess(c: Candidate, limits: Constraints, throughput: bool, rounded: bool = False) -> float:

@@ -41,8 +41,10 @@ LEGEND = (
     "memory and load time). Tokens/sec = new tokens of one sequence / median latency (the T4 notebook's "
     "definition, prefill included); decode tokens/sec leaves out the first token; throughput = batch size x new "
     "tokens / median latency (what the machine delivers); prefill = prompt tokens of the batch / TTFT. VRAM = "
-    f"torch's peak allocated GPU memory ({DASH} on the CPU); RSS = the process's peak resident memory. GB are GiB. "
-    "Quality figures vs FP32 show ± their standard error (the sample of evaluation text, docs/quality.md).")
+    f"torch's peak allocated GPU memory ({DASH} on the CPU); RSS = the process's peak resident memory (Python, "
+    "torch and qsweep included); setting memory = what the setting's model and runtime need to generate (VRAM on "
+    "cuda; docs/measurement.md). GB are GiB. Quality figures vs FP32 show ± their standard error (the sample of "
+    "evaluation text, docs/quality.md).")
 
 
 def fmt(value: Optional[float], decimals: int, half_width: Optional[float] = None) -> str:

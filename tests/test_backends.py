@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -172,3 +173,34 @@ def test_ctranslate2_refusals_name_what_would_work():
     with pytest.raises(BackendUnsupported, match=r"^backend.compute_type=bogus is not a compute type of "
                        r"CTranslate2 on cpu here \(this machine offers .*float32.*\): use one of those$"):
         ctranslate2.check(compose_run("device=cpu", "backend=ctranslate2", "backend.compute_type=bogus"))
+
+
+def test_llama_cpp_makes_its_batched_context_in_the_warm_up_and_clears_it_per_call(tiny_gemma, monkeypatch):
+    pytest.importorskip("llama_cpp")
+    import llama_cpp
+
+    from qsweep import backends, measure, prompts
+    from qsweep.trackers import Work
+
+    cfg = compose_run("model=gemma-3-270m", "model.name=tiny-gemma", f"model.name_or_path={tiny_gemma}", "device=cpu",
+                      "backend=llama-cpp", "precision=fp32", "generation.max_new_tokens=3", "generation.batch_size=2")
+    backend = backends.get("llama-cpp")
+    checkpoint = sources.resolve(cfg.model, Path(cfg.paths.cache_dir).expanduser())
+    runtime = backend.load(cfg, checkpoint, backend.prepare(cfg, checkpoint))
+    made, timing, real = [], [], llama_cpp.llama_init_from_model
+    monkeypatch.setattr(llama_cpp, "llama_init_from_model", lambda *args: made.append(bool(timing)) or real(*args))
+
+    @contextmanager
+    def timed():
+        timing.append(True)
+        yield Work()
+
+    ids = prompts.encode(cfg.generation, runtime.tokenizer, runtime.vocab_size, 0)[0]
+    try:
+        first = runtime.generate(ids[:2], 3, lambda: None)  # a new context
+        again = runtime.generate(ids[:2], 3, lambda: None)  # the same one, cleared
+        measure.generate_timed(runtime, ids, cfg.generation, "cpu", timed)
+    finally:
+        runtime.close()
+    assert again == first
+    assert made == [False]  # one context for batch 2, made before any timed call

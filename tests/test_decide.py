@@ -11,8 +11,9 @@ from qsweep.tracking import TAG_EMULATED, RunRecord
 
 
 def run(precision, decode, kl=None, rss=1.0, iqr=0.0, model="m", batch=1, backend="transformers", emulated="",
-        degenerate=False, device="cpu", vram=None, kl_se=None, runtime=None, origin=""):
-    """A finished job as the report reads it back: decode speed (median, IQR), KL vs fp32, peak memory."""
+        degenerate=False, device="cpu", vram=None, kl_se=None, runtime=None, origin="", setting=None):
+    """A finished job as the report reads it back: decode speed (median, IQR), KL vs fp32, memory (a run
+    without `setting`: one recorded before setting_memory_gb existed)."""
     name = f"{model}-{precision}-{device}-b{batch}-{backend}"
     metrics = dict(decode_tokens_per_s=decode, decode_tokens_per_s_iqr=iqr, latency_s=10.0, latency_iqr_s=1.0,
                    throughput_tokens_per_s=batch * decode, peak_rss_gb=rss, timed_samples=8,
@@ -20,6 +21,7 @@ def run(precision, decode, kl=None, rss=1.0, iqr=0.0, model="m", batch=1, backen
     metrics.update({} if kl is None else {"kl_div_vs_fp32": kl})
     metrics.update({} if kl_se is None else {"kl_div_vs_fp32_se": kl_se})
     metrics.update({} if vram is None else {"peak_vram_gb": vram})
+    metrics.update({} if setting is None else {"setting_memory_gb": setting})
     tags = {"model": model, "device": device, "precision": precision, "backend": backend, "max_new_tokens": "64",
             "batch_size": str(batch), "config_hash": f"{abs(hash(name)) % 16**12:012x}",
             "runtime": runtime or backend, "degenerate_reason": "repetition_loop" if degenerate else "none",
@@ -136,12 +138,21 @@ def test_the_front_is_per_batch_size_on_throughput_when_the_batch_varies():
     assert section.count("beaten by CPU FP32: faster, lower KL") == 2
 
 
-def test_memory_is_vram_on_cuda_and_the_chart_gets_the_fronts_points():
+def test_memory_is_the_setting_s_own_and_an_older_run_s_peak_says_so():
+    rows = report.rows_by_model([run("fp32", 20, rss=1.9, setting=1.1), run("int8", 30, rss=1.2),
+                                 run("fp16", 50, device="cuda", rss=3.0, vram=0.6, setting=0.55)])["m"]
+    cands = {c.precision: c for c in decide.candidates(rows)}
+    assert (cands["fp32"].memory_gb, cands["fp32"].memory_text()) == (1.1, "1.10 GB setting memory")
+    assert cands["int8"].memory_text() == "1.20 GB peak RSS (an older run: qsweep's own included)"
+    assert cands["fp16"].memory_gb == 0.55
+
+
+def test_an_older_run_s_memory_is_vram_on_cuda_and_the_chart_gets_the_fronts_points():
     rows = report.rows_by_model([run("fp16", 150, kl=0.001, rss=3.0, device="cuda", vram=0.6),
                                  run("int8", 45, kl=0.004, rss=3.0, device="cuda", vram=0.4),
                                  run("int4", 40, kl=0.03, rss=3.0, device="cuda", vram=0.5)])["m"]
     cands = {c.precision: c for c in decide.candidates(rows)}
-    assert (cands["fp16"].memory_gb, cands["fp16"].memory_kind) == (0.6, "VRAM")
+    assert (cands["fp16"].memory_gb, cands["fp16"].memory_kind) == (0.6, "peak VRAM")
     assert decide.front_points(rows, "decode_tokens_per_s", "kl_div_vs_fp32") == [(45, 0.004), (150, 0.001)]
 
 
@@ -161,10 +172,10 @@ def test_a_constraint_nobody_meets_is_named_with_the_closest_run():
     rec = recommended(*jobs, max_kl=0.01, max_memory_gb=1.0)
     assert rec.pick is None and rec.closest.precision == "int8"  # 2.0x the KL cap, 1.4x the memory cap
     (note,) = rec.notes
-    assert "no run peaks at <= 1 GB (the least: 1.30 GB RSS, CPU INT4)" in note and "KL" not in note
+    assert "no run needs <= 1 GB (the least: 1.30 GB peak RSS (an older run: " in note and "KL" not in note
     both = recommended(*jobs, max_kl=0.01, max_memory_gb=1.5)  # fp32 meets one, int8 the other
     assert both.pick is None and both.notes[0].endswith(
-        "each cap alone is met (KL vs fp32 <= 0.01 by CPU FP32; peak memory <= 1.5 GB by CPU INT8, CPU INT4), "
+        "each cap alone is met (KL vs fp32 <= 0.01 by CPU FP32; memory <= 1.5 GB by CPU INT8, CPU INT4), "
         "but no run meets both")
 
 
@@ -269,12 +280,12 @@ def test_recommend_on_a_tiny_sweep(tmp_path, capsys):
     fastest = max(native, key=lambda r: r.data.metrics["decode_tokens_per_s"])
     assert picked.groups() == (fastest.data.tags["setting"], fastest.data.tags["config_hash"])
     assert f"python -m qsweep reproduce {picked.group(2)} --tracking-uri {sweep.uri}`" in out
-    least = min(r.data.metrics["peak_rss_gb"] for r in jobs.values())
+    least = min(r.data.metrics["setting_memory_gb"] for r in jobs.values())
 
     cap = f"{least / 2:.3f}"
     assert main(["recommend", "--tracking-uri", sweep.uri, "--max-memory-gb", cap]) == 1
     out = capsys.readouterr().out
-    assert f"no run peaks at <= {float(cap):g} GB" in out and "closest: " in out
+    assert f"no run needs <= {float(cap):g} GB" in out and "closest: " in out
     with pytest.raises(SystemExit):
         main(["recommend", "--tracking-uri", sweep.uri, "--max-kl", "-1"])
     assert "argument --max-kl: -1 is below 0.0" in capsys.readouterr().err

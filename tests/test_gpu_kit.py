@@ -244,9 +244,11 @@ def test_running_and_failed_runs_are_reported():
 
 
 def test_overhead_ratio_check():
-    row = {"setting": "model=gpt2,precision=fp16", "qsweep_tokens_per_s": 148.0, "library_tokens_per_s": 150.0}
+    row = {"setting": "model=gpt2,precision=fp16", "qsweep_tokens_per_s": 148.0, "library_tokens_per_s": 150.0,
+           "extra_threads": 0}
     assert checks.overhead_ratio([{**row, "ratio": 0.987}]).ok
     assert not checks.overhead_ratio([{**row, "ratio": 0.987}, {**row, "ratio": 0.95}]).ok
+    assert not checks.overhead_ratio([{**row, "ratio": 0.987, "extra_threads": 1}]).ok  # a poller beside the clock
     assert not checks.overhead_ratio([]).ok  # the part ran and left nothing: a failure, not a pass
 
 

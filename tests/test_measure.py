@@ -1,14 +1,17 @@
 """Timed generation does fixed work and its figures are consistent; the memory tracker; context checks."""
 
 import mmap
-import time
+import sys
+import threading
+from types import SimpleNamespace
 
 import psutil
 import pytest
 import torch
 
 from conftest import compose_run, transformers_runtime
-from qsweep import measure, prompts
+from qsweep import measure, prompts, trackers
+from qsweep.backends import Runtime
 from qsweep.trackers import memory
 
 
@@ -75,22 +78,110 @@ def touched_block(size: int = 256 * 1024 * 1024) -> mmap.mmap:
 
 def test_memory_tracker_sees_a_transient_allocation_exactly_on_linux():
     baseline_gb = psutil.Process().memory_info().rss / memory.GB
-    tracker = memory.MemoryTracker("cpu", interval_s=10)  # a poller would never sample in time
+    tracker = memory.MemoryTracker("cpu")
     with tracker.track():
         touched_block().close()  # 256 MiB, touched, freed at once
     peak = tracker.result()
     assert 0.24 < peak.peak_rss_gb - baseline_gb < 0.4 and peak.peak_vram_gb is None
+    assert 0.24 < peak.setting_memory_gb < 0.3  # above the process's RSS when the region began
+    assert abs(peak.harness_rss_gb - baseline_gb) < 0.05 and not peak.tags
 
 
-def test_memory_tracker_polls_where_the_kernel_keeps_no_peak(monkeypatch):
+def test_where_the_kernel_keeps_no_peak_the_lifetime_peak_stands_in_and_says_so(monkeypatch):
     monkeypatch.setattr(memory, "_reset_kernel_peak_rss", lambda: False)  # e.g. macOS
     baseline_gb = psutil.Process().memory_info().rss / memory.GB
-    tracker = memory.MemoryTracker("cpu", interval_s=0.01)
+    tracker = memory.MemoryTracker("cpu")
     with tracker.track():
-        block = touched_block()
-        time.sleep(0.1)  # long enough for the poller to see it
-        block.close()
-    assert tracker.result().peak_rss_gb - baseline_gb > 0.2
+        touched_block().close()
+    peak = tracker.result()
+    assert peak.peak_rss_gb - baseline_gb > 0.2 and peak.tags == {"memory_peak": "since the worker started"}
+
+
+class FakeCuda:
+    """torch.cuda's allocator counters and NVML's device use as the memory tracker reads them, moved by hand."""
+
+    def __init__(self):
+        self.allocated = self.peak = self.device_used = 0
+
+    def allocate(self, gb, outside_torch=False):  # outside torch: a runtime's own allocator (CTranslate2)
+        self.device_used += int(gb * memory.GB)
+        if not outside_torch:
+            self.allocated += int(gb * memory.GB)
+            self.peak = max(self.peak, self.allocated)
+
+    def install(self, monkeypatch):
+        for name, fn in (("synchronize", lambda: None), ("reset_peak_memory_stats", self._reset),
+                         ("memory_allocated", lambda: self.allocated), ("max_memory_allocated", lambda: self.peak)):
+            monkeypatch.setattr(torch.cuda, name, fn)
+        monkeypatch.setattr(memory, "nvml_handle", lambda: "the GPU")
+        monkeypatch.setitem(sys.modules, "pynvml", SimpleNamespace(
+            nvmlDeviceGetMemoryInfo=lambda handle: SimpleNamespace(used=self.device_used)))
+        return self
+
+    def _reset(self):
+        self.peak = self.allocated
+
+
+def test_peak_vram_is_taken_when_the_region_ends_not_after_the_quality_pass(monkeypatch):
+    cuda = FakeCuda().install(monkeypatch)
+    cuda.allocate(0.5)  # what the worker held before the job (its CUDA warm-up, say)
+    tracker = memory.MemoryTracker("cuda")
+    with tracker.track():
+        cuda.allocate(1.0)  # the model, its KV cache, the timed generations
+    cuda.allocate(4.0)  # the quality pass after the region: full-window logits, the fp32 reference
+    figures = tracker.result()
+    assert figures.peak_vram_gb == 1.5 and figures.setting_memory_gb == 1.0 and figures.gpu_mem_used_gb == 1.5
+
+
+def test_on_cuda_a_runtime_that_allocates_outside_torch_is_measured_by_nvml(monkeypatch):
+    cuda = FakeCuda().install(monkeypatch)
+    cuda.allocate(0.5)
+    tracker = memory.MemoryTracker("cuda")
+    with tracker.track():
+        cuda.allocate(0.75, outside_torch=True)
+    assert tracker.result().setting_memory_gb == 0.75
+
+
+class ThreadWatcher(Runtime):
+    """A stand-in runtime that records, at every generate call, the threads alive and the prompt length."""
+    vocab_size = 100
+
+    def __init__(self):
+        self.calls = []
+
+    def generate(self, prompts, max_new_tokens, on_first_token):
+        self.calls.append((len(prompts[0]), {t.ident for t in threading.enumerate()}))
+        on_first_token()
+        return [[1] * max_new_tokens for _ in prompts]
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_no_thread_of_qsweep_runs_beside_the_timed_calls(device, monkeypatch):
+    if device == "cuda":
+        FakeCuda().install(monkeypatch)  # no GPU here: the same trackers, on fake counters
+    before = {t.ident for t in threading.enumerate()}
+    runtime, gen = ThreadWatcher(), compose_run("model=tiny-gpt2", "device=cpu", "generation.repeats=2").generation
+    tracked = trackers.Trackers(device)
+    with tracked.track():
+        measure.generate_timed(runtime, encode(gen.prompts), gen, device, tracked.timed)
+    assert [alive - before for _, alive in runtime.calls] == [set()] * len(runtime.calls)
+
+
+def test_every_prompt_length_is_warmed_up_before_timing():
+    runtime = ThreadWatcher()
+    gen = compose_run("model=tiny-gpt2", "device=cpu", "generation.repeats=1", "generation.warmup=1").generation
+    ids = encode(["a b", "a b c d e f g h i j k l", "a b c d e f"])
+    measure.generate_timed(runtime, ids, gen, "cpu")
+    lengths = [length for length, _ in runtime.calls]
+    assert lengths[:3] == lengths[3:] == [len(p) for p in ids]  # warm-up: every batch once, then the timed round
+
+
+def test_adaptive_repeats_judge_each_prompt_s_own_spread():
+    gen = compose_run("model=tiny-gpt2", "device=cpu", "generation.repeat_until_spread=0.05").generation
+    steady_but_unlike = [[1.0, 1.01, 1.0], [5.0, 5.02, 5.0]]  # all six together spread far beyond 5 %
+    assert not measure._spread_too_wide(steady_but_unlike, gen, 0.0)
+    assert measure._spread_too_wide([[1.0, 1.01, 1.0], [5.0, 7.0, 5.0]], gen, 0.0)  # one prompt wobbles
+    assert measure._spread_too_wide([[1.0, 1.0], [5.0, 5.0]], gen, 0.0)  # too few samples to judge
 
 
 def test_a_peak_before_the_region_does_not_count():
@@ -132,11 +223,11 @@ def test_adaptive_repeats_stop_at_a_small_spread_or_the_time_cap(tiny):
     prompts = encode(compose_run(*base).generation.prompts)
     loose = compose_run(*base, "generation.repeat_until_spread=100").generation  # any spread is small enough
     speed, _ = measure.generate_timed(tiny, prompts, loose, "cpu")
-    assert speed.timed_samples == len(prompts)  # 4 samples: enough to judge the spread
-    cap = 3 * speed.phase_generation_s  # about three rounds on this machine now
+    assert speed.timed_samples == measure.MIN_SAMPLES * len(prompts)  # enough of each prompt's to judge its spread
+    cap = 1.5 * speed.phase_generation_s  # about four or five rounds on this machine now
     never = compose_run(*base, "generation.repeat_until_spread=1e-9", f"generation.repeat_time_cap_s={cap}").generation
     speed, _ = measure.generate_timed(tiny, prompts, never, "cpu")
-    assert speed.timed_samples > len(prompts) and speed.timed_samples % len(prompts) == 0  # whole rounds
+    assert speed.timed_samples > measure.MIN_SAMPLES * len(prompts) and speed.timed_samples % len(prompts) == 0
     assert speed.phase_generation_s >= cap  # it went on until the cap (and, returning, stopped there)
     assert speed.phase_warmup_s > 0
 

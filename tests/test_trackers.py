@@ -200,12 +200,13 @@ class ToyTracker(trackers.Tracker):
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    """One tiny-gpt2 job, inline, with the toy tracker registered: its MLflow RunRecord."""
+    """One tiny-gpt2 job with the default isolation (a worker from the fork server), with the toy tracker
+    registered in this process: its MLflow RunRecord."""
     store = tmp_path_factory.mktemp("store")
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(trackers, "REGISTRY", list(trackers.REGISTRY))
         trackers.register(ToyTracker)
-        cfg = compose_run("model=tiny-gpt2", "device=cpu", "runner.isolation=inline", "generation.max_new_tokens=6",
+        cfg = compose_run("model=tiny-gpt2", "device=cpu", "generation.max_new_tokens=6",
                           "generation.repeats=1", f"tracking.uri=sqlite:///{store / 'mlflow.db'}")
         record = job.run_job(cfg)
     assert record.status == "FINISHED", record.tags.get("error")
@@ -247,6 +248,17 @@ def test_a_cpu_job_here_records_no_energy_metric_and_why(tiny_run):
                                                    "machines expose none; elsewhere the intel_rapl driver is not "
                                                    "loaded)")
     assert TAG_ENERGY_SOURCE not in record.tags
+
+
+def test_a_tracker_an_isolated_worker_could_not_import_is_refused_when_registered(monkeypatch):
+    monkeypatch.setattr(trackers, "REGISTRY", list(trackers.REGISTRY))
+
+    class Local(ToyTracker):
+        pass
+
+    with pytest.raises(ValueError, match=r"register\(.*Local\): define the tracker at the top level of an importable"):
+        trackers.register(Local)
+    assert Local not in trackers.REGISTRY
 
 
 def test_a_job_runs_only_the_trackers_its_device_supports(monkeypatch):

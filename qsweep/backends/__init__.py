@@ -7,6 +7,9 @@ which the YAML names as `_target_`, and these functions:
     prepare(cfg, checkpoint)     its files for the checkpoint at the precision, converted once into the cache
     load(cfg, checkpoint, files) a Runtime, loaded (timed) at the precision, the precision checked
 
+and optionally LIBRARIES, the modules of its runtime's library, which a job imports before its memory is tracked
+(its code is not the setting's: setting_memory_gb, docs/measurement.md).
+
 Every backend is measured by the same contract (qsweep/measure.py) and scored against the same fp32
 reference (qsweep/quality/) through the Runtime below, so nothing else names a backend.
 """
@@ -18,6 +21,7 @@ import importlib.util
 import json
 import time
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from types import ModuleType
 from typing import Callable, List, Optional
@@ -143,6 +147,18 @@ def convert_once(target: Path, convert: Callable[[Path], None]) -> Files:
     build_once(target, timed, marker=CONVERSION_FILE)
     seconds = json.loads((target / CONVERSION_FILE).read_text())["conversion_time_s"]
     return Files(str(target), seconds, converted_now=bool(made))
+
+
+@lru_cache(maxsize=1)
+def tokenizer(path: Optional[str]):
+    """The checkpoint's Hugging Face tokenizer (None without one), loaded once per process. It is the harness's,
+    not the setting's (it encodes the prompts and decodes the outputs; a deployment feeds its runtime token ids):
+    a job loads it before its memory is tracked (a Gemma's 262k-token vocabulary holds about 0.3 GB)."""
+    if not path:
+        return None
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path)
 
 
 def context_length(text_config) -> Optional[int]:

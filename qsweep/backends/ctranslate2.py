@@ -23,7 +23,8 @@ import torch
 
 from qsweep import backends, environment, gguf_source, sources
 from qsweep.backends import (BackendUnsupported, Files, PrecisionCheck, Runtime, context_length, convert_once,
-                             refuse_architecture, require_own_quantization, require_package, require_precision)
+                             refuse_architecture, require_own_quantization, require_package, require_precision,
+                             tokenizer)
 from qsweep.config import BackendConfig, RunConfig
 from qsweep.sources import Checkpoint, fingerprint_key
 
@@ -33,6 +34,7 @@ COMPUTE_TYPES = {"cpu": {"fp32": "float32", "int8": "int8"},
 SAME_TYPE = {"int8": ("int8", "int8_float32"), "int8_float32": ("int8_float32",)}
 STORED_TYPES = ("float32", "int8", "int16", "int32", "float16", "bfloat16")  # model.bin's type ids
 EXTRA = "qsweep_ct2.json"  # beside the converted model: the checkpoint's end-of-sequence ids
+LIBRARIES = ("ctranslate2",)  # imported by a job before its memory is tracked (backends/__init__.py)
 
 
 @dataclass
@@ -162,7 +164,7 @@ def stored_types(model_bin: Path) -> Dict[str, int]:
 class CTranslate2Runtime(Runtime):
     def __init__(self, cfg: RunConfig, checkpoint: Checkpoint, folder: Path):
         import ctranslate2
-        from transformers import AutoConfig, AutoTokenizer
+        from transformers import AutoConfig
 
         threads = cfg.device.num_threads or torch.get_num_threads()
         wanted = compute_type(cfg)
@@ -171,7 +173,7 @@ class CTranslate2Runtime(Runtime):
                                                intra_threads=threads, inter_threads=1)
         self.load_time_s = time.perf_counter() - start
         self.device = cfg.device.name
-        self.tokenizer = AutoTokenizer.from_pretrained(checkpoint.tokenizer_path) if checkpoint.tokenizer_path else None
+        self.tokenizer = tokenizer(checkpoint.tokenizer_path)
         self.vocabulary = json.loads((folder / "vocabulary.json").read_text(encoding="utf-8"))
         self.vocab_size = len(self.vocabulary)
         self.end_tokens = [self.vocabulary[i] for i in json.loads((folder / EXTRA).read_text())["eos_token_ids"]

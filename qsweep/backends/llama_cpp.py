@@ -25,7 +25,8 @@ import torch
 
 from qsweep import gguf_source, sources
 from qsweep.backends import (BackendUnsupported, Files, PrecisionCheck, Runtime, context_length, convert_once,
-                             refuse_architecture, require_own_quantization, require_package, require_precision)
+                             refuse_architecture, require_own_quantization, require_package, require_precision,
+                             tokenizer)
 from qsweep.backends import _gguf as gguf_files
 from qsweep.backends import _hf_to_gguf as hf_to_gguf
 from qsweep.config import GGUF_PRECISION, BackendConfig, RunConfig
@@ -34,6 +35,7 @@ from qsweep.sources import Checkpoint, fingerprint_key
 PRECISION_TYPES = {"fp32": "F32", "fp16": "F16", "bf16": "BF16", "int8": "Q8_0", "int4": "Q4_K_M"}
 N_BATCH = 256  # tokens per llama_decode call; its compute buffer holds n_batch x vocabulary logits
 MAX_CONTEXT = 2048  # the KV cache: enough for the evaluation windows (1024) and long prompts
+LIBRARIES = ("llama_cpp",)  # imported by a job before its memory is tracked (backends/__init__.py)
 
 
 @dataclass
@@ -168,9 +170,10 @@ def load(cfg: RunConfig, checkpoint: Checkpoint, files: Files) -> "LlamaRuntime"
 class LlamaRuntime(Runtime):
     def __init__(self, cfg: RunConfig, checkpoint: Checkpoint, path: Path):
         import llama_cpp
-        from transformers import AutoConfig, AutoTokenizer
+        from transformers import AutoConfig
 
         self.llama_cpp = llama_cpp
+        self._batch_context = None  # (context, batch, sequences, tokens per sequence, n_batch): see _batched
         self.threads = cfg.device.num_threads or torch.get_num_threads()
         found = gguf_files.inspect(path)
         # a GGUF that transformers cannot read has no checkpoint folder: its own header says the context
@@ -182,7 +185,7 @@ class LlamaRuntime(Runtime):
                                    n_ubatch=N_BATCH, n_threads=self.threads, n_threads_batch=self.threads,
                                    n_gpu_layers=0, seed=0, verbose=False)
         self.load_time_s = time.perf_counter() - start
-        self.tokenizer = AutoTokenizer.from_pretrained(checkpoint.tokenizer_path) if checkpoint.has_tokenizer else None
+        self.tokenizer = tokenizer(checkpoint.tokenizer_path) if checkpoint.has_tokenizer else None
         self.vocab_size = self.llm.n_vocab()
         self.footprint_gb = path.stat().st_size / 1024**3
         expected = gguf_type(cfg)
@@ -232,17 +235,11 @@ class LlamaRuntime(Runtime):
 
     def _generate_batch(self, prompts: List[List[int]], max_new_tokens: int,
                         on_first_token: Callable[[], None]) -> List[List[int]]:
-        """B sequences in one batch per step (seq_id b each), in a context with n_seq_max = B (which
-        llama_cpp.Llama does not expose, so it is made here on the same model)."""
+        """B sequences in one batch per step (seq_id b each), in a context with n_seq_max = B (made by
+        _batched, outside the timed calls once warmed up)."""
         lib, size = self.llama_cpp, len(prompts)
-        params = lib.llama_context_params.from_buffer_copy(self.llm.context_params)
-        per_sequence = 256 * -(-(max(map(len, prompts)) + max_new_tokens) // 256)
-        params.n_seq_max, params.n_ctx = size, size * per_sequence
-        params.n_batch = params.n_ubatch = max(N_BATCH, sum(map(len, prompts)))
-        ctx = lib.llama_init_from_model(self.llm.model, params)
-        if not ctx:
-            raise MemoryError(f"llama.cpp could not make a context for {size} sequences of {per_sequence} tokens")
-        batch = lib.llama_batch_init(params.n_batch, 0, 1)
+        ctx, batch = self._batched(size, 256 * -(-(max(map(len, prompts)) + max_new_tokens) // 256),
+                                   max(N_BATCH, sum(map(len, prompts))))
 
         def fill(items):  # (token, position, sequence, wants logits)
             batch.n_tokens = len(items)
@@ -250,26 +247,53 @@ class LlamaRuntime(Runtime):
                 batch.token[j], batch.pos[j], batch.n_seq_id[j], batch.logits[j] = token, position, 1, logits
                 batch.seq_id[j][0] = sequence
 
-        try:
-            items, last = [], []
-            for s, prompt in enumerate(prompts):
-                items += [(t, k, s, k == len(prompt) - 1) for k, t in enumerate(prompt)]
-                last.append(len(items) - 1)
-            fill(items)
+        items, last = [], []
+        for s, prompt in enumerate(prompts):
+            items += [(t, k, s, k == len(prompt) - 1) for k, t in enumerate(prompt)]
+            last.append(len(items) - 1)
+        fill(items)
+        self._decode(ctx, batch)
+        tokens = [self._argmax(ctx, i) for i in last]
+        on_first_token()
+        out = [[t] for t in tokens]
+        for step in range(1, max_new_tokens):
+            fill([(tokens[s], len(prompts[s]) + step - 1, s, True) for s in range(size)])
             self._decode(ctx, batch)
-            tokens = [self._argmax(ctx, i) for i in last]
-            on_first_token()
-            out = [[t] for t in tokens]
-            for step in range(1, max_new_tokens):
-                fill([(tokens[s], len(prompts[s]) + step - 1, s, True) for s in range(size)])
-                self._decode(ctx, batch)
-                tokens = [self._argmax(ctx, s) for s in range(size)]
-                for s in range(size):
-                    out[s].append(tokens[s])
-            return out
-        finally:
-            lib.llama_batch_free(batch)
-            lib.llama_free(ctx)
+            tokens = [self._argmax(ctx, s) for s in range(size)]
+            for s in range(size):
+                out[s].append(tokens[s])
+        return out
+
+    def _batched(self, size: int, per_sequence: int, n_batch: int):
+        """A cleared context for `size` sequences of `per_sequence` tokens, taking `n_batch` tokens per decode,
+        and its batch. llama_cpp.Llama does not expose n_seq_max, so the context is made here on the same model,
+        once per batch size: later calls reuse it (the warm-up makes it for every prompt length, so a timed call
+        never does), and one that needs more remakes it at the largest shape seen."""
+        lib, have = self.llama_cpp, self._batch_context
+        if have is not None and have[2] == size and have[3] >= per_sequence and have[4] >= n_batch:
+            lib.llama_memory_clear(lib.llama_get_memory(have[0]), True)
+            return have[0], have[1]
+        if have is not None:
+            per_sequence, n_batch = max(per_sequence, have[3]), max(n_batch, have[4])
+        self._free_batched()
+        params = lib.llama_context_params.from_buffer_copy(self.llm.context_params)
+        params.n_seq_max, params.n_ctx = size, size * per_sequence
+        params.n_batch = params.n_ubatch = n_batch
+        ctx = lib.llama_init_from_model(self.llm.model, params)
+        if not ctx:
+            raise MemoryError(f"llama.cpp could not make a context for {size} sequences of {per_sequence} tokens")
+        self._batch_context = (ctx, lib.llama_batch_init(n_batch, 0, 1), size, per_sequence, n_batch)
+        return self._batch_context[:2]
+
+    def _free_batched(self) -> None:
+        if self._batch_context is not None:
+            ctx, batch = self._batch_context[:2]
+            self._batch_context = None
+            self.llama_cpp.llama_batch_free(batch)
+            self.llama_cpp.llama_free(ctx)
+
+    def close(self) -> None:
+        self._free_batched()
 
     def logits(self, ids: List[int]) -> torch.Tensor:
         lib, ctx = self.llama_cpp, self.ctx

@@ -28,11 +28,19 @@ METRICS = {
     "phase_warmup_s": "wall time of the untimed warm-up generations",
     "phase_generation_s": "wall time of all the timed generations",
     # memory (qsweep.trackers.memory.MemoryMetrics)
-    "peak_rss_gb": "peak resident memory of the job's process while loading and generating: on Linux the kernel's "
-                   "high-water mark (`VmHWM`, reset at the start of the job), elsewhere sampled every 50 ms",
-    "peak_vram_gb": "CUDA only: torch's peak allocated memory, reset for each job",
-    "gpu_mem_used_gb": "CUDA only: peak device memory in use as NVML sees it (includes the CUDA context and other "
-                       "processes)",
+    "setting_memory_gb": "what the setting's model and runtime need to generate (weights, KV cache, work buffers at "
+                         "the measured batch and lengths): the tracked region's peak above its start, RSS on the CPU, "
+                         "torch's allocation (else NVML's) on CUDA; what the front and `recommend --max-memory-gb` "
+                         "use ([measurement](measurement.md#which-memory-figure-means-what))",
+    "harness_rss_gb": "the worker's resident memory before the model loads: Python, torch, the tokenizer and "
+                      "qsweep itself, none of which a deployment of the setting needs",
+    "peak_rss_gb": "peak resident memory of the job's process (harness included) over the tracked region: on Linux "
+                   "the kernel's high-water mark (`VmHWM`, reset at its start); elsewhere the process's lifetime "
+                   "peak (tag `memory_peak`)",
+    "peak_vram_gb": "CUDA only: torch's peak allocated memory over the tracked region, read when it ends (the "
+                    "quality pass after it is not in it)",
+    "gpu_mem_used_gb": "CUDA only: device memory in use as NVML sees it, read at the edges of the timed generations "
+                       "(includes the CUDA context and other processes)",
     # energy (qsweep.trackers.energy.EnergyMetrics)
     "energy_j": "energy of all the timed generations together (prefill and decode, every repeat): NVML on CUDA, RAPL "
                 "on the CPU ([measurement](measurement.md#energy)); absent where no counter can be read",
@@ -156,6 +164,8 @@ TAGS = {
     "degenerate_reason": "`none`, or why the output is broken: `non_finite_logits`, `empty_output`, "
                          "`repetition_loop`, `sentence_loop`",
     "quality_reference": "the fp32 reference: `self` (an fp32 job), `reused` or `built` by this job",
+    "memory_peak": "where the kernel's peak RSS cannot be reset: `since the worker started`, so `peak_rss_gb` and "
+                   "`setting_memory_gb` may hold what the process peaked at before the job",
     "runtime_tokenizer": "llama.cpp: whether the GGUF's own tokenizer splits the evaluation text and the prompts as "
                          "the checkpoint's does (`same`) or not (`differs: ...`); every runtime is fed the checkpoint's "
                          "ids ([models](models.md#same-reference-same-tokens))",

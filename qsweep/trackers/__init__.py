@@ -10,7 +10,7 @@ device, so it is not in the registry."""
 from __future__ import annotations
 
 from contextlib import ExitStack, contextmanager
-from typing import Dict, Iterator, List, Type
+from typing import Dict, Iterator, List, Optional, Sequence, Type
 
 from qsweep.trackers import energy, memory
 # the seam: what a tracker module uses
@@ -20,7 +20,12 @@ REGISTRY: List[Type[Tracker]] = [memory.MemoryTracker, energy.EnergyTracker]
 
 
 def register(tracker: Type[Tracker]) -> Type[Tracker]:
-    """Run `tracker` in every job on the devices it supports (jobs started after this call)."""
+    """Run `tracker` in every job on the devices it supports (jobs started after this call), isolated or not:
+    an isolated job's worker imports it by name, so it must live in an importable module."""
+    if tracker.__module__ == "__main__" or "<locals>" in tracker.__qualname__:
+        raise ValueError(f"trackers.register({tracker.__qualname__}): define the tracker at the top level of an "
+                         "importable module (not in __main__ or a function), so that the worker processes "
+                         "measuring isolated jobs can import it")
     if tracker not in REGISTRY:
         REGISTRY.append(tracker)
     return tracker
@@ -34,8 +39,9 @@ def report_columns() -> Dict[str, Column]:
 class Trackers:
     """The registered trackers that support one device, entered and read together."""
 
-    def __init__(self, device: str):
-        self.running = [tracker(device) for tracker in REGISTRY if device in tracker.devices]
+    def __init__(self, device: str, registry: Optional[Sequence[Type[Tracker]]] = None):
+        self.running = [tracker(device) for tracker in (REGISTRY if registry is None else registry)
+                        if device in tracker.devices]
 
     @contextmanager
     def track(self) -> Iterator["Trackers"]:

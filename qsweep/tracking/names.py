@@ -91,5 +91,7 @@ CONTEXT_PROMPTS, CONTEXT_EVAL = "prompts", "evaluation"
 # Energy (qsweep/trackers/energy.py): which counter measured it, or why no energy metric was recorded.
 TAG_ENERGY_SOURCE = "energy_source"  # nvml, or rapl and its domains
 TAG_ENERGY_UNAVAILABLE = "energy_unavailable"  # the reason, one line
+# Memory (qsweep/trackers/memory.py): set only where peak RSS is not the region's own (no kernel peak to reset)
+TAG_MEMORY_PEAK = "memory_peak"
 # Settings this machine only emulates (emulation.py): on a job run, why; absent when native or unknown
 TAG_EMULATED = "qsweep.emulated"

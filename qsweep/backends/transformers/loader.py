@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 import torch
 
-from qsweep.backends import PrecisionNotApplied
+from qsweep.backends import PrecisionNotApplied, tokenizer
 from qsweep.config import PrecisionConfig, RunConfig
 from qsweep.sources import Checkpoint, ModelUnavailable, resolve
 
@@ -81,7 +81,7 @@ def from_pretrained(path: str, dtype: str, device: str, quantization=None, trust
 
 def load(cfg: RunConfig, checkpoint: Optional[Checkpoint] = None) -> LoadedModel:
     """Load at cfg.precision on cfg.device; pass a resolved checkpoint to keep conversions out of timing."""
-    from transformers import AutoConfig, AutoTokenizer
+    from transformers import AutoConfig
 
     checkpoint = checkpoint or resolve(cfg.model, Path(cfg.paths.cache_dir).expanduser())
     device = cfg.device.name
@@ -101,8 +101,8 @@ def load(cfg: RunConfig, checkpoint: Optional[Checkpoint] = None) -> LoadedModel
     if device == "cuda":
         torch.cuda.synchronize()
     load_time_s = time.perf_counter() - start
-    tokenizer = AutoTokenizer.from_pretrained(checkpoint.tokenizer_path) if checkpoint.tokenizer_path else None
-    return LoadedModel(model, tokenizer, checkpoint, load_time_s, verify_precision(model, cfg.precision))
+    return LoadedModel(model, tokenizer(checkpoint.tokenizer_path), checkpoint, load_time_s,
+                       verify_precision(model, cfg.precision))
 
 
 def describe_precision(report: PrecisionReport) -> str:
