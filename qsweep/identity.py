@@ -64,7 +64,8 @@ def run_tags(cfg: RunConfig) -> dict:
             TAG_PROMPT_TOKENS: cfg.generation.prompt_tokens or "text",
             TAG_SETTING: f"{cfg.device.name.upper()} {precision_label(cfg).upper()}"
                          + (" compiled" if cfg.generation.compile else "")
-                         + ("" if _bitsandbytes(cfg) else f" {runtime}"), **weights_tag(cfg),
+                         + ("" if _bitsandbytes(cfg) or cfg.precision.name == GGUF_PRECISION else f" {runtime}"),
+            **weights_tag(cfg),
             **fine_tune_tags(cfg), **origin_tags(cfg)}
 
 

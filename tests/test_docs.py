@@ -299,9 +299,9 @@ def test_a_metric_without_an_entry_fails(monkeypatch):
 
     @dataclasses.dataclass
     class NewMetrics:
-        harness_rss_gb: float
+        future_metric_gb: float
 
-    with pytest.raises(reference.MissingMeaning, match="metric harness_rss_gb .* without a line"):
+    with pytest.raises(reference.MissingMeaning, match="metric future_metric_gb .* without a line"):
         reference.render(reference.metric_groups() + [("New", NewMetrics)])
     monkeypatch.setitem(meanings.METRICS, "retired_metric_s", "no longer recorded")
     with pytest.raises(reference.MissingMeaning, match="retired_metric_s, which the code no longer records"):

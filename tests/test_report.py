@@ -173,7 +173,7 @@ def test_a_killed_job_says_what_stopped_it(tmp_path):
               f"signals.install()\nstore = tracking.open_store(TrackingConfig(uri='sqlite:///{tmp_path}/m.db'))\n"
               "with tracking.job_run(store, 'cut', {}):\n    print('ready', flush=True)\n"
               "    import time; time.sleep(60)\n")
-    limit = subprocess.Popen(["timeout", "-k", "5", "120", sys.executable, "-c", script], stdout=subprocess.PIPE,
+    limit = subprocess.Popen(["timeout", "-k", "30", "120", sys.executable, "-c", script], stdout=subprocess.PIPE,
                              text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert limit.stdout.readline().strip() == "ready"
     limit.send_signal(signal.SIGTERM)  # timeout passes it on, as when its time is up

@@ -107,7 +107,7 @@ def require_own_quantization(cfg: RunConfig) -> None:
                                                                    PrecisionConfig.double_quant):
         raise BackendUnsupported(f"precision.quant_type and precision.double_quant are bitsandbytes' settings "
                                  f"(backend=transformers), unused by backend={cfg.backend.name}: name its own type "
-                                 "instead (backend.gguf_type, backend.compute_type)")
+                                 f"instead (its option in conf/backend/{cfg.backend.name}.yaml)")
 
 
 def takers(config: dict, asking: str) -> List[str]:
