@@ -64,7 +64,9 @@ def test_a_gguf_is_measured_as_it_is_and_quantized_against_its_dequantized_refer
     assert jobs[("llama-cpp", "int8")].data.tags["conversion"] == "made"
     # the file itself is its dequantized reference: the same weights, so no divergence; quantized, some
     assert abs(kl["gguf"]) < 1e-4 and as_is.data.metrics["output_match_vs_fp32"] == 1
-    assert kl["gguf"] < kl["int8"] < kl["int4"], kl
+    # F32 and Q8_0 are both ~0 on this random tiny model, where most of fp32's mass is in the tail the KL
+    # estimates from draws (docs/quality.md): their order is inside that noise; Q4_K_M's loss is not
+    assert abs(kl["int8"]) < 1e-4 and max(kl["gguf"], kl["int8"]) < kl["int4"], kl
     dequantized = jobs[("ctranslate2", "int8")]  # another runtime takes the same file, through transformers
     assert dequantized.info.status == "FINISHED" and "weights_quantized_from" not in dequantized.data.tags
     assert QUALITY <= set(dequantized.data.metrics)
