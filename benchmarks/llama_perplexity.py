@@ -27,6 +27,7 @@ from pathlib import Path
 
 from kl_tail import load  # noqa: E402  (benchmarks/ is the script's folder)
 
+from qsweep import backends, sources
 from qsweep.quality import windows_for
 from qsweep.quality.cache import KEEP
 from qsweep.quality.scoring import TextQuality, as_reference, score_text
@@ -61,7 +62,14 @@ def llama_perplexity(tool: Path, gguf: Path, base: Path, text: Path, context: in
     args = [str(tool), "-m", str(gguf), "-c", str(context), "--chunks", str(chunks), "-t", str(threads),
             "--kl-divergence-base", str(base)]
     args += ["-f", str(text)] if make_base else ["--kl-divergence"]
-    return subprocess.run(args, check=True, capture_output=True, text=True).stderr
+    done = subprocess.run(args, check=True, capture_output=True, text=True)
+    return done.stdout + done.stderr  # its figures go to stdout, its log to stderr
+
+
+def gguf_file(cfg) -> Path:
+    """The GGUF file a qsweep job of cfg loads (made once in the cache: the cache holds other models' too)."""
+    checkpoint = sources.resolve(cfg.model, Path(cfg.paths.cache_dir).expanduser())
+    return Path(backends.get(cfg.backend.name).prepare(cfg, checkpoint).path) / "model.gguf"
 
 
 def main():
@@ -83,19 +91,18 @@ def main():
     reference = as_reference(score_text(fp32, cut.windows, keep=KEEP, scored_from=cut.scored_from))
     del fp32
     base_cfg, _ = load(*quality, "backend=llama-cpp", "backend.gguf_type=F32")
-    folder = Path(base_cfg.paths.cache_dir).expanduser() / "gguf"
-    f32 = next(folder.glob("*/F32/model.gguf"))
-    base = args.build / f"{args.text.name}-{args.context}-{args.chunks}.kld"
+    f32 = gguf_file(base_cfg)
+    base = args.build / f"{f32.parent.parent.name}-{args.text.name}-{args.context}-{args.chunks}.kld"
     if not base.is_file():
         llama_perplexity(tool, f32, base, args.text, args.context, args.chunks, args.threads, make_base=True)
     print(f"{len(cut.windows)} windows of {cut.window} tokens, second half scored, {args.text}; "
           f"reference: qsweep transformers fp32 / llama-perplexity F32 GGUF")
     print(f"{'type':7s} {'llama-perplexity KLD':>24s} {'qsweep KL':>24s} {'ratio':>6s}  agree")
     for kind in args.types:
-        _, run = load(*quality, "backend=llama-cpp", f"backend.gguf_type={kind}")
+        run_cfg, run = load(*quality, "backend=llama-cpp", f"backend.gguf_type={kind}")
         ours = TextQuality.against_reference(score_text(run, cut.windows, reference, scored_from=cut.scored_from))
         del run
-        gguf = next(folder.glob(f"*/{kind}/model.gguf"))
+        gguf = gguf_file(run_cfg)
         theirs, theirs_se = map(float, KLD.search(llama_perplexity(tool, gguf, base, args.text, args.context,
                                                                    args.chunks, args.threads, False)).groups())
         agree = abs(ours.kl_div - theirs) <= max(0.05 * theirs, 2 * (theirs_se ** 2 + ours.kl_div_se ** 2) ** 0.5)
