@@ -14,8 +14,6 @@ from qsweep.backends import BackendUnsupported
 from qsweep.backends import _gguf as gguf_files
 from qsweep.config import GGUF_PRECISION, ModelConfig, RunConfig
 
-GEMMA3_27B_LAYERS = 62  # llama.cpp takes a Gemma 3 of this many layers for the 27B (its own attention scale)
-
 
 class GgufUnavailable(RuntimeError):
     """The GGUF file is missing, broken or unreachable; the message says what to do."""
@@ -129,7 +127,7 @@ def _as_llama_cpp_computes(config) -> None:
     size / heads in the 62-layer 27B), where transformers' GGUF loader leaves query_pre_attn_scalar at 256."""
     if config.model_type == "gemma3_text":
         config.query_pre_attn_scalar = (config.hidden_size // config.num_attention_heads
-                                        if config.num_hidden_layers == GEMMA3_27B_LAYERS else config.head_dim)
+                                        if config.num_hidden_layers == gguf_files.GEMMA3_27B_LAYERS else config.head_dim)
 
 
 def dequantize(path: Path, folder: Path, dtype: str) -> None:

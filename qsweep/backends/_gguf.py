@@ -36,7 +36,7 @@ WRITTEN_HERE = ("F32", "F16", "BF16")
 SWA_PATTERN = 6  # llama.cpp's built-in Gemma 3 layout: every 6th layer attends globally
 # llama.cpp ignores query_pre_attn_scalar: it scales attention by head_dim, except in a Gemma 3 of this many
 # layers, which it takes for the 27B and scales by hidden size / heads (that model's own scalar)
-GEMMA3_27B_LAYERS = 62
+GEMMA3_27B_LAYERS = 62  # llama.cpp takes a Gemma 3 of this many layers for the 27B (its own attention scale)
 
 
 class Unconvertible(ValueError):
