@@ -82,10 +82,11 @@ def test_memory_tracker_sees_a_transient_allocation_exactly_on_linux():
     with tracker.track():
         touched_block().close()  # 256 MiB, touched, freed at once
     peak = tracker.result()
-    # the region starts from the trimmed heap (harness_rss_gb), a little below the baseline read before it
+    # the region starts from the trimmed heap (harness_rss_gb): at most the baseline read before it, less by
+    # whatever freed heap earlier tests in this process left for the trim to return
     assert 0.24 < peak.peak_rss_gb - peak.harness_rss_gb < 0.4 and peak.peak_vram_gb is None
     assert 0.24 < peak.setting_memory_gb < 0.3  # above the process's RSS when the region began
-    assert abs(peak.harness_rss_gb - baseline_gb) < 0.05 and not peak.tags
+    assert 0 < peak.harness_rss_gb < baseline_gb + 0.01 and not peak.tags
 
 
 def test_where_the_kernel_keeps_no_peak_the_lifetime_peak_stands_in_and_says_so(monkeypatch):
