@@ -248,10 +248,12 @@ class Server:
 def mlflow_server(folder: Path, *args: str, env=None):
     """`mlflow server <args>` on a free port of 127.0.0.1 until the block ends (its log in folder/server.log)."""
     port, log = free_port(), folder / "server.log"
+    # No job execution: qsweep sends the server no jobs, and it would start six Huey consumer processes, each a
+    # full MLflow import
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **(env or {})}
     with open(log, "wb") as out:
         process = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "server", *args, "--host", "127.0.0.1",
-                                    "--port", str(port)], env={**os.environ, **(env or {})}, stdout=out, stderr=out,
-                                   start_new_session=True)
+                                    "--port", str(port)], env=env, stdout=out, stderr=out, start_new_session=True)
     server = Server(f"http://127.0.0.1:{port}", process)
     deadline = time.monotonic() + 300  # a minute on an idle 2-core machine; much more under others' load
     while True:

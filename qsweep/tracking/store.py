@@ -66,6 +66,29 @@ def _check_sqlite(db: Path) -> None:
         connection.close()
 
 
+DATABASE_SCHEMES = ("postgresql", "mysql", "mssql")  # MLflow's SQLAlchemy stores besides SQLite
+
+
+def _check_database(uri: str) -> None:
+    """Fail at once, not after MLflow's 100 s of retries, when a database server refuses the connection: a
+    missing or wrong password (PGPASSWORD), an unknown host, a database that does not exist. Any other
+    failure (a driver that is not installed) is left to MLflow to report."""
+    import sqlalchemy
+    from sqlalchemy.pool import NullPool
+
+    try:
+        engine = sqlalchemy.create_engine(uri, poolclass=NullPool)
+    except Exception:
+        return
+    try:
+        with engine.connect():
+            pass
+    except sqlalchemy.exc.OperationalError as err:
+        raise ConnectionError(first_line(err.orig or err)) from None
+    finally:
+        engine.dispose()
+
+
 def _server_uri(uri: str) -> str:
     """An http(s) URI's user info moved to MLflow's own variables, which its client sends with each request:
     the URI MLflow keeps, retries with and quotes in its errors then holds no password."""
@@ -111,6 +134,8 @@ def _client(uri: str, create: bool, hint: str):
             raise StoreUnavailable(f"no MLflow store at {db}: run a sweep first, or {hint}")
         db.parent.mkdir(parents=True, exist_ok=True)
         _check_sqlite(db)
+    elif uri.split(":", 1)[0].split("+", 1)[0] in DATABASE_SCHEMES:
+        _check_database(uri)
     return MlflowClient(tracking_uri=uri), uri
 
 
