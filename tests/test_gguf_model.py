@@ -12,22 +12,28 @@ from conftest import Sweep, compose_run, make_tiny_gemma, write_gguf
 from qsweep import backends, identity, prompts
 from qsweep.backends import BackendUnsupported
 from qsweep.backends import _gguf as gguf_files
+from qsweep.backends import _hf_to_gguf as hf_to_gguf
 from qsweep.backends import llama_cpp
 from qsweep.confighash import config_hash
+from test_architectures import tiny_checkpoint
 from test_backends import QUALITY, SPEED, tiny_gemma  # noqa: F401  (the session's tiny Gemma, real tokenizer)
 
 FAST = ["device=cpu", "generation.max_new_tokens=4", "generation.repeats=1", "generation.warmup=0",
-        "quality.windows=1"]  # one window: 262k logits a position
+        "quality.max_tokens=128"]  # 128 scored tokens (the tiny Gemma's: 262k logits a position)
 # A Gemma-style template: the turn markers are real tokens of the Gemma vocabulary
 CHAT_TEMPLATE = ("{{ bos_token }}{% for m in messages %}<start_of_turn>{{ m['role'] }}\n{{ m['content'] }}"
                  "<end_of_turn>\n{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}")
 
 
 @pytest.fixture(scope="module")
-def tiny_gguf(tiny_gemma, tmp_path_factory):  # noqa: F811
-    """The tiny Gemma as an F32 GGUF file, as a user who converted their model would have it."""
-    path = tmp_path_factory.mktemp("gguf") / "tiny-gemma-f32.gguf"
-    gguf_files.convert(tiny_gemma, path, "F32", gguf_files.template(Path(os.environ["QSWEEP_CACHE"])))
+def tiny_gguf(tmp_path_factory):
+    """A tiny Llama (random weights, a real 32k SentencePiece vocabulary) as an F32 GGUF file made by llama.cpp's
+    own converter, as a user who converted their model would have it. Not the tiny Gemma: transformers reads a
+    GGUF's 262k-token vocabulary for a minute or more each time it dequantizes one."""
+    root = tmp_path_factory.mktemp("gguf")
+    folder = tiny_checkpoint("llama", root / "tiny-llama")
+    path = root / "tiny-llama-f32.gguf"
+    hf_to_gguf.convert(hf_to_gguf.stage(folder, folder, root / "staged"), path, "F32")
     return path
 
 
@@ -57,7 +63,7 @@ def test_a_gguf_is_measured_as_it_is_and_quantized_against_its_dequantized_refer
         assert run.info.status == "FINISHED" and SPEED | QUALITY <= set(m), (precision, tags.get("error"))
         assert tags["runtime"] == f"llama.cpp {gguf_type}" and "weights_quantized_from" not in tags
         check = json.loads(open(sweep.client().download_artifacts(run.info.run_id, "precision_check.json")).read())
-        assert check["file_type"] == gguf_type and check["architecture"] == "gemma3"
+        assert check["file_type"] == gguf_type and check["architecture"] == "llama"
         kl[precision] = m["kl_div_vs_fp32"]
     as_is = jobs[("llama-cpp", "gguf")]
     assert as_is.data.tags["setting"] == "CPU GGUF F32" and "conversion" not in as_is.data.tags  # nothing made
@@ -75,6 +81,33 @@ def test_a_gguf_is_measured_as_it_is_and_quantized_against_its_dequantized_refer
         "BackendUnsupported: precision=gguf is the GGUF file's own type, which backend=llama-cpp runs as it is; "
         "backend=ctranslate2 loads the file dequantized: use precision=fp32 (the quality reference) or another "
         "precision")
+
+
+def _gguf_with_vocabulary(path: Path, tokens, template=None) -> Path:
+    import gguf
+
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_tokenizer_model("llama")
+    writer.add_token_list(tokens)
+    if template:
+        writer.add_chat_template(template)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.close()
+    return path
+
+
+def test_files_of_one_vocabulary_share_one_tokenizer_conversion(tiny_gguf, gguf_sweep, tmp_path):
+    """The sweep's dequantization converted the file's vocabulary once, under a digest its quantizations share.
+    One token more is another vocabulary; a chat template is the file's own (set after the shared conversion)."""
+    digest = gguf_files.tokenizer_digest(tiny_gguf)
+    assert (Path(os.environ["QSWEEP_CACHE"]) / "gguf-tokenizers" / digest / "tokenizer_config.json").is_file()
+    gguf_files.quantize(tiny_gguf, tmp_path / "q8_0.gguf", "Q8_0", 1)
+    assert gguf_files.tokenizer_digest(tmp_path / "q8_0.gguf") == digest
+    made = {name: gguf_files.tokenizer_digest(_gguf_with_vocabulary(tmp_path / f"{name}.gguf", tokens, template))
+            for name, tokens, template in (("a", ["<s>", "a"], None), ("chat", ["<s>", "a"], CHAT_TEMPLATE),
+                                           ("more", ["<s>", "a", "b"], None))}
+    assert made["a"] == made["chat"] != made["more"]
 
 
 @pytest.mark.slow

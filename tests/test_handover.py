@@ -151,7 +151,7 @@ def three_runtimes(tmp_path_factory, tiny_gemma):
     result = sweep.run("-m", "model=gemma-3-270m", "model.name=tiny-gemma", f"model.name_or_path={tiny_gemma}",
                        "device=cpu", "device.num_threads=1", "backend=transformers,llama-cpp,ctranslate2",
                        "precision=int8", "generation.max_new_tokens=4", "generation.repeats=1", "generation.warmup=0",
-                       "quality.windows=1")
+                       "quality.max_tokens=128")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     from qsweep import tracking
 

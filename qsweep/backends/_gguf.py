@@ -13,6 +13,7 @@ the F32 file.
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import json
 import mmap
 import os
@@ -273,6 +274,14 @@ def _describe(path: Path, kv: Dict[str, Any], tensors) -> Dict[str, Any]:
             "has_chat_template": bool(kv.get("tokenizer.chat_template")),
             "tensor_types": dict(sorted(tensor_types.items())), "params_by_type": dict(sorted(params.items())),
             "file_bytes": path.stat().st_size}
+
+
+def tokenizer_digest(path: Path) -> str:
+    """A digest of the file's vocabulary (every tokenizer.* key but the chat template): the files that share one
+    (the quantizations of a model, the sizes of a family such as Gemma 3) share its conversion."""
+    kv = _header(path, arrays="tokenizer.")[0]
+    vocabulary = {k: v for k, v in kv.items() if k.startswith("tokenizer.") and k != "tokenizer.chat_template"}
+    return hashlib.sha256(json.dumps(vocabulary, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def chat_template(path: Path) -> Optional[str]:
