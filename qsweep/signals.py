@@ -10,7 +10,11 @@ received = []  # signals received: an interrupt raised inside a finalizer (gc, w
 
 def _interrupt(signum, frame):
     received.append(signum)
-    raise KeyboardInterrupt(f"signal {signum}")
+    # The first signal unwinds; later ones are only remembered, so that they cannot break the close-out of the
+    # runs it set off: `timeout` (and Slurm) signal the process and then its whole process group, so the
+    # same SIGTERM arrives twice, and on a busy machine the second lands inside that close-out.
+    if len(received) == 1:
+        raise KeyboardInterrupt(f"signal {signum}")
 
 
 def install() -> None:

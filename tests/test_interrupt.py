@@ -174,3 +174,20 @@ def test_a_command_that_stops_at_a_config_error_leaves_no_helper_behind(sweep):
 
     _, alive = psutil.wait_procs(marked(), timeout=5)
     assert not alive, [p.cmdline()[-1][:80] for p in alive]
+
+
+def test_a_second_sigterm_inside_the_close_out_still_ends_the_run_killed(tmp_path, monkeypatch):
+    """`timeout` signals its child and then the child's process group: the same SIGTERM twice. The second must
+    not break the close-out the first set off (on a busy machine it lands there), or the run stays RUNNING."""
+    from qsweep import signals
+
+    monkeypatch.setattr(signals, "received", [])
+    reason = signals.stop_reason
+    monkeypatch.setattr(signals, "stop_reason", lambda: signals._interrupt(signal.SIGTERM, None) or reason())
+    store = tracking.open_store(TrackingConfig(uri=f"sqlite:///{tmp_path}/m.db"))
+    with pytest.raises(KeyboardInterrupt):
+        with tracking.job_run(store, "cut", {}):
+            signals._interrupt(signal.SIGTERM, None)  # the first: unwinds the job
+    (run,) = store.client.search_runs([store.experiment_id])
+    assert run.info.status == "KILLED" and signals.received == [signal.SIGTERM, signal.SIGTERM]
+    assert run.data.tags["error"].startswith("stopped by SIGTERM")
