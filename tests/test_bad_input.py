@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from conftest import Sweep, write_gguf
+from qsweep import emulation
 from qsweep.tracking.names import KIND_JOB, TAG_KIND
 
 TINY = ["model=tiny-gpt2", "device=cpu", "generation.max_new_tokens=2", "generation.repeats=1",
@@ -178,6 +179,9 @@ def test_a_key_forced_in_with_plus_fails_its_run_and_loses_nothing(store):
 @pytest.mark.slow
 @pytest.mark.parametrize("case, overrides, fragment", FAILS_ITS_RUN, ids=[c[0] for c in FAILS_ITS_RUN])
 def test_bad_input_fails_its_run_clearly_and_loses_nothing(battery, case, overrides, fragment):
+    if fragment.startswith("bitsandbytes int4 cannot run") and "avx512f" not in (emulation.cpu_flags() or ()):
+        pytest.skip("bitsandbytes' CPU 4-bit path ran this narrow model on an AVX2-only CPU (AMD EPYC, session 9): "
+                    "nothing fails here to check")
     before, result, after = battery
     assert result.returncode != 0
     _error_line(result.stdout + result.stderr, fragment)
