@@ -2,7 +2,7 @@
 the same text and windows (quality.method=llama-perplexity: windows of --context tokens, the second half of
 each scored):
 
-    QSWEEP_CACHE=/tmp/kl-cache .venv/bin/python benchmarks/llama_perplexity.py /path/to/wiki.test.raw \
+    QSWEEP_CACHE=/tmp/kl-cache .venv/bin/python benchmarks/llama_perplexity.py qsweep/data/wikitext-2/wiki.test.raw \
         --types Q4_0 Q4_K_M Q5_K_M Q6_K Q8_0 --chunks 40
 
 1. Builds llama-perplexity from the source distribution the runtimes use (llama-cpp-python 0.3.36, fetched

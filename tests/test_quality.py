@@ -398,6 +398,29 @@ def test_the_text_named_by_quality_text_and_its_bad_forms(tmp_path):
             QualityConfig(**fields)
 
 
+def test_wikitext_2_is_the_shipped_file_with_its_digest_source_and_licence():
+    import tomllib
+    from fnmatch import fnmatch
+    from importlib import resources
+    from pathlib import Path
+
+    from qsweep.config import QualityConfig
+    from qsweep.textsource import WIKITEXT_FILE, read
+
+    package = Path(str(resources.files("qsweep")))
+    shipped = package.joinpath(*WIKITEXT_FILE)
+    text = read(QualityConfig(text="wikitext-2", method="llama-perplexity").text)
+    assert text.name == "wikitext-2" and text.text.splitlines()[0] == " = Robert Boulter = "
+    # the digest a run records is the file's own (LF line endings: reading changes no byte) and its README's
+    assert text.sha256 == hashlib.sha256(shipped.read_bytes()).hexdigest()
+    assert f"`{text.sha256}`" in (shipped.parent / "README.md").read_text()
+    assert "CC BY-SA 3.0" in (shipped.parent / "LICENSE").read_text()
+    # the text, its README and LICENSE are package data: an installed qsweep has them
+    patterns = tomllib.loads((package.parent / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    for name in ("wiki.test.raw", "README.md", "LICENSE"):
+        assert any(fnmatch(f"{shipped.parent.relative_to(package).as_posix()}/{name}", p) for p in patterns["qsweep"])
+
+
 def test_llama_perplexity_windows_score_the_second_half_of_fixed_windows(tokenizer):
     from qsweep.config import QualityConfig
 
