@@ -66,9 +66,6 @@ def _check_sqlite(db: Path) -> None:
         connection.close()
 
 
-DATABASE_SCHEMES = ("postgresql", "mysql", "mssql")  # MLflow's SQLAlchemy stores besides SQLite
-
-
 def _check_database(uri: str) -> None:
     """Fail at once, not after MLflow's 100 s of retries, when a database server refuses the connection: a
     missing or wrong password (PGPASSWORD), an unknown host, a database that does not exist. Any other
@@ -124,6 +121,8 @@ def _client(uri: str, create: bool, hint: str):
     """A client for the store at `uri`, and the URI it connects with; a SQLite file must exist unless
     create."""
     from mlflow import MlflowClient
+    from mlflow.store.db.db_types import DATABASE_ENGINES
+    from mlflow.utils.uri import get_uri_scheme
 
     if uri.startswith(("http://", "https://")):
         uri = _server_uri(uri)
@@ -134,7 +133,7 @@ def _client(uri: str, create: bool, hint: str):
             raise StoreUnavailable(f"no MLflow store at {db}: run a sweep first, or {hint}")
         db.parent.mkdir(parents=True, exist_ok=True)
         _check_sqlite(db)
-    elif uri.split(":", 1)[0].split("+", 1)[0] in DATABASE_SCHEMES:
+    elif get_uri_scheme(uri) in DATABASE_ENGINES:  # MLflow's own test for a SQLAlchemy store
         _check_database(uri)
     return MlflowClient(tracking_uri=uri), uri
 
