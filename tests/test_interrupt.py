@@ -190,4 +190,5 @@ def test_a_second_sigterm_inside_the_close_out_still_ends_the_run_killed(tmp_pat
             signals._interrupt(signal.SIGTERM, None)  # the first: unwinds the job
     (run,) = store.client.search_runs([store.experiment_id])
     assert run.info.status == "KILLED" and signals.received == [signal.SIGTERM, signal.SIGTERM]
-    assert run.data.tags["error"].startswith("stopped by SIGTERM")
+    assert run.data.tags["error"] == reason()  # the first SIGTERM's reason (CI runs the tests under `timeout`)
+    assert "SIGTERM" in run.data.tags["error"]
