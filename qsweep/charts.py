@@ -167,7 +167,7 @@ def _quality_vs_speed(model, rows, out_dir) -> Optional[Chart]:
     return _scatter(model, rows, out_dir, speed, quality, True, "quality_vs_speed", "quality vs speed",
                     f"{model}: {quality.metric} against {decide.speed_name(throughput)}, one point per setting (its "
                     "longest length); the best settings sit bottom right"
-                    + ("; the line is the front of speed, KL and peak memory (decide), so a point on it may look "
+                    + ("; the line is the front of speed, KL and memory (decide), so a point on it may look "
                        "beaten on these two axes because it wins on memory" if fronts else ""), fronts)
 
 

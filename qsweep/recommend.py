@@ -1,5 +1,5 @@
 """`qsweep recommend`: per model, the best setting by an objective (the fastest by default; or the lowest KL vs
-fp32, or the least peak memory) among those that meet the constraints, the command that measures it again, and
+fp32, or the least setting memory) among those that meet the constraints, the command that measures it again, and
 the runner-up; when none meets them, which constraint no run meets and the closest run.
 
 Pure logic on decide.Candidates (no MLflow, no torch). Speed is decode tokens/s per sequence, or throughput
@@ -19,7 +19,7 @@ from qsweep.decide import (KL_RESOLUTION, MEMORY_RESOLUTION_GB, SHAPE, Candidate
 
 DEFAULT_MAX_KL = 0.01  # the report's default: llama.cpp's Q5_K_M-like closeness to the full model (issue 22)
 # What to optimise among the settings that meet every constraint, as the closing recommendation says it
-OBJECTIVES = {"speed": "the fastest", "quality": "the lowest KL vs fp32", "memory": "the least peak memory"}
+OBJECTIVES = {"speed": "the fastest", "quality": "the lowest KL vs fp32", "memory": "the least setting memory"}
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
 """Docs that cannot drift: every `python run.py ...`, `python -m qsweep ...` and `python -m train_merge ...` command in
-README.md and docs/*.md composes (Hydra's compose API, every job of a sweep validated; no model loaded) and its flags
+README.md and docs/*.md, in a shell block or a code span of the prose, composes (Hydra's compose API, every job of a sweep validated; no model loaded) and its flags
 parse (qsweep's own argparse parser); every relative link and image resolves, anchors included; docs/metrics.md is
 what `python -m qsweep.docs` makes of the names the code records. Each check is shown failing on a bad document."""
 
@@ -83,10 +83,28 @@ def commands(text: str):
             first = None
 
 
+def inline_commands(text: str):
+    """(line number, argv) of every command written in the prose as a code span (`python run.py ...`)."""
+    fenced = False
+    for number, line in enumerate(text.splitlines(), 1):
+        if re.match(r"^\s*```", line):
+            fenced = not fenced
+        elif not fenced:
+            for span in re.findall(r"`([^`]+)`", line):
+                # `qsweep export` or `python run.py ...` names a command, it does not give one to run
+                named_only = "..." in span or re.fullmatch(r"(python3? -m )?qsweep \w+", span.strip())
+                if COMMAND_START.match(span.strip()) and not named_only:
+                    try:
+                        yield number, shlex.split(span)
+                    except ValueError as err:
+                        yield number, [UNPARSABLE, f"{span.strip()}: {err}"]
+
+
 def documented_commands():
     found = []
     for doc in DOCS:
-        for line, argv in commands(doc.read_text()):
+        text = doc.read_text()
+        for line, argv in sorted([*commands(text), *inline_commands(text)]):
             found.append(pytest.param(argv, id=f"{doc.relative_to(ROOT)}:{line}"))
     return found
 
@@ -258,6 +276,18 @@ def test_a_misspelt_override_fails(tmp_path):
     check_command(argv[:-1] + ["generation.max_new_tokens=8"])
     with pytest.raises(ConfigError, match="did you mean generation.max_new_tokens"):  # forced in with +
         check_command(argv[:-1] + ["+generation.max_new_tokns=8"])
+
+
+def test_a_misspelt_command_in_the_prose_fails(tmp_path):
+    doc = doc_with(tmp_path, "Then `python -m qsweep recommend --max-kll 0.01` picks one; `qsweep export` copies "
+                             "it; `python run.py -m precision=fp32,int9 model=gpt2` and `python run.py ...` too.")
+    found = list(inline_commands(doc.read_text()))
+    assert [argv[:4] for _, argv in found] == [["python", "-m", "qsweep", "recommend"],
+                                               ["python", "run.py", "-m", "precision=fp32,int9"]]
+    with pytest.raises(AssertionError, match="unrecognized arguments: --max-kll"):
+        check_command(found[0][1])
+    with pytest.raises(Exception, match="int9"):
+        check_command(found[1][1])
 
 
 def test_a_misspelt_option_of_a_sweep_value_fails_in_its_own_job():
