@@ -201,3 +201,25 @@ def test_a_chat_template_wraps_prompts_and_renders_in_a_sandbox(tmp_path):
     tokenizer.chat_template = "{{ ''.__class__.__mro__[1].__subclasses__() }}"
     with pytest.raises(SecurityError):
         prompts.encode(gen, tokenizer, tokenizer.vocab_size, 0)
+
+
+def test_a_runtime_whose_own_tokenizer_splits_otherwise_says_where():
+    """runtime_tokenizer: every runtime is fed the checkpoint's ids; the tag names the texts the runtime's own
+    tokenizer (the one a deployment would use) would split otherwise, "same" where none, nothing without one."""
+    class Tokenizer:
+        def __call__(self, text):
+            return type("Encoded", (), {"input_ids": [ord(c) for c in text]})()
+
+    class Runtime:
+        tokenizer = Tokenizer()
+
+        def __init__(self, splits):
+            self.splits = splits
+
+        def own_tokens(self, text):
+            return None if self.splits is None else [ord(c) for c in text.replace(self.splits, "")]
+
+    assert prompts.own_splits(Runtime("\u2603"), ["hello", "the \u2603 menu"]) == "differs: prompt 2"
+    assert prompts.own_splits(Runtime("\u2603"), ["hello"]) == "same"
+    assert prompts.own_splits(Runtime(" the "), ["hello"]) == "differs: the evaluation text"
+    assert prompts.own_splits(Runtime(None), ["hello"]) is None

@@ -539,10 +539,20 @@ def test_the_mlflow_ui_shows_the_sweep_in_headless_chromium(fine_tune_sweep, tmp
                             .read_text())["data"] for p, job in jobs.items()}
     prompt, outputs = tables["fp32"][0][0], {p: rows[0][1].strip() for p, rows in tables.items()}
     (digest,) = {d.dataset.digest for d in jobs["fp32"].inputs.dataset_inputs if d.dataset.name == "prompts"}
+    from qsweep.__main__ import main
+
+    assert main(["recommend", "--tracking-uri", sweep.uri, "--max-kl", "100", "--register", "ship-it"]) == 0
     port = free_port()
     ui = start_ui(sweep.uri, port, tmp_path / "mlflow-ui.log")
     driver = None
     try:
+        # the hand-over as the server shows it: the alias's version, made by one of the sweep's jobs, its tags
+        query = f"http://127.0.0.1:{port}/api/2.0/mlflow/registered-models/alias?name=ship-it&alias=recommended"
+        version = json.loads(urllib.request.urlopen(query, timeout=60).read())["model_version"]
+        tags = {t["key"]: t["value"] for t in version["tags"]}
+        (picked,) = [job for job in jobs.values() if job.info.run_id == version["run_id"]]
+        assert version["aliases"] == ["recommended"] and tags["config_hash"] == picked.data.tags["config_hash"]
+        assert tags["objective"] == "speed" and tags["precision"] == picked.data.tags["precision"]
         driver = chromium(tempfile.mkdtemp(dir=tmp_path))
         home = f"http://127.0.0.1:{port}/"
         driver.get(home)
@@ -577,6 +587,11 @@ def test_the_mlflow_ui_shows_the_sweep_in_headless_chromium(fine_tune_sweep, tmp
         wait_for_text(driver, "tiny-gemma-ft", "heldout_loss_merged", "Source run", "Ready",
                       *(job.info.run_name for job in jobs.values()))
         screenshot(driver, tmp_path, "model.png")
+
+        # the registered pick on the Models page, with its alias
+        driver.get(home + "#/models")
+        wait_for_text(driver, "ship-it", "recommended")
+        screenshot(driver, tmp_path, "registered.png")
     finally:
         if driver is not None:
             driver.quit()
