@@ -167,12 +167,19 @@ def _model_name(text: str) -> str:
     return text
 
 
+class _Parser(argparse.ArgumentParser):
+    """Bad input is one line, as everywhere in qsweep: argparse's usage block would bury what was wrong."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (`{self.prog} --help` lists the options)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The `qsweep` command line (tests/test_docs.py parses the documented commands with it)."""
     from qsweep.recommend import DEFAULT_MAX_KL, OBJECTIVES
     from qsweep.tracking.names import ALIAS_RECOMMENDED
 
-    parser = argparse.ArgumentParser(prog="qsweep", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="qsweep", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
     rep = commands.add_parser("report", help="tables and charts of a sweep: report.md + PNGs, logged to the sweep",
