@@ -120,7 +120,7 @@ def _recommend(args: argparse.Namespace) -> int:
         return 2
     store, jobs, source = selected
     limits = recommend.Constraints(args.max_kl, args.max_memory_gb, args.batch_size, args.device,
-                                   args.min_tokens_per_s)
+                                   args.min_tokens_per_s, args.backend)
     recs = recommend.recommend(recommend.candidates(r for rows in report_rows.rows_by_model(jobs).values()
                                                     for r in rows), limits, args.objective)
     runs = {job.run_id: job for job in jobs}
@@ -133,7 +133,7 @@ def _recommend(args: argparse.Namespace) -> int:
         if len(recs) != 1 or not picked:
             console.refuse(f"--register {args.register} needs one pick, and these runs give {len(recs)} "
                            f"recommendation(s){'' if picked else ' without a pick'}: narrow them with --sweep, "
-                           "--device or --batch-size, or relax the caps", prefix="qsweep recommend")
+                           "--device, --backend or --batch-size, or relax the caps", prefix="qsweep recommend")
             return 1
         try:
             console.say(export.register(store, args.register, runs[recs[0].pick.run_id], limits.text(),
@@ -224,6 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
                            "CPU; an older run without it: its peak VRAM / RSS)")
     pick.add_argument("--batch-size", type=_at_least(1, int), help="only runs at this batch size")
     pick.add_argument("--device", choices=("cpu", "cuda"), help="only runs on this device")
+    pick.add_argument("--backend", metavar="NAME", help="only runs of this backend (transformers, llama-cpp, "
+                      "ctranslate2): the runtime you can deploy")
     pick.add_argument("--min-tokens-per-s", type=_at_least(0.0), metavar="X",
                       help="lowest speed: decode tokens/s per sequence (throughput when the runs vary the batch size)")
     pick.add_argument("--objective", choices=tuple(OBJECTIVES), default="speed",

@@ -29,6 +29,7 @@ class Constraints:
     batch_size: Optional[int] = None
     device: Optional[str] = None
     min_tokens_per_s: Optional[float] = None  # the speed: decode tokens/s, or throughput when the batch varies
+    backend: Optional[str] = None  # only this runtime's runs: the one a team can deploy
 
     def text(self) -> str:
         return ", ".join([f"KL vs fp32 <= {self.max_kl:g}" if self.max_kl is not None else "no KL cap",
@@ -36,7 +37,8 @@ class Constraints:
                           else "no memory cap",
                           *([f"speed >= {self.min_tokens_per_s:g} tokens/s"] if self.min_tokens_per_s else []),
                           *([f"batch {self.batch_size}"] if self.batch_size is not None else []),
-                          *([f"device {self.device}"] if self.device else [])])
+                          *([f"device {self.device}"] if self.device else []),
+                          *([f"backend {self.backend}"] if self.backend else [])])
 
 
 @dataclass(frozen=True)
@@ -131,12 +133,14 @@ def recommend_one(title: str, cands: List[Candidate], limits: Constraints, throu
                   objective: str = "speed") -> Recommendation:
     rec = Recommendation(title, throughput, notes=origin_note(cands))
     pool = [c for c in cands if (limits.batch_size is None or c.batch_size == limits.batch_size)
-            and (limits.device is None or c.device == limits.device)]
+            and (limits.device is None or c.device == limits.device)
+            and (limits.backend is None or c.backend == limits.backend)]
     if not pool:
         wanted = " ".join(([f"at batch {limits.batch_size}"] if limits.batch_size is not None else [])
-                          + ([f"on {limits.device}"] if limits.device else []))
-        rec.notes.append(f"no finished run {wanted} (measured: "
-                         + ", ".join(sorted({f"batch {c.batch_size} on {c.device}" for c in cands})) + ")")
+                          + ([f"on {limits.device}"] if limits.device else [])
+                          + ([f"with backend={limits.backend}"] if limits.backend else []))
+        rec.notes.append(f"no finished run {wanted} (measured: " + ", ".join(sorted(
+            {f"batch {c.batch_size} on {c.device} with backend={c.backend}" for c in cands})) + ")")
         return rec
     broken = [c for c in pool if c.degenerate]
     pool = [c for c in pool if not c.degenerate]
@@ -232,5 +236,5 @@ def report_section(rows: Iterable, store_option: str = "") -> str:
     limits = Constraints()
     return ("## Recommendation\n\nWhat `python -m qsweep recommend` says with its defaults: KL vs fp32 <= "
             f"{DEFAULT_MAX_KL:g} (about the closeness of llama.cpp's Q5_K_M to its full model), no memory cap, "
-            "any device and batch size (`--max-kl`, `--max-memory-gb`, `--device`, `--batch-size` change them):\n\n"
+            "any device and batch size (`--max-kl`, `--max-memory-gb`, `--device`, `--backend`, `--batch-size` change them):\n\n"
             + render(recommend(candidates(rows), limits), limits, store_option) + "\n")

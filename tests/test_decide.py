@@ -209,6 +209,17 @@ def test_a_speed_floor_with_the_quality_objective_picks_the_most_faithful_settin
                            "tokens/s; objective quality):")
 
 
+def test_a_backend_limit_picks_among_that_runtime_s_runs_and_says_when_it_has_none():
+    jobs = [run("int4", 90, kl=0.005, backend="llama-cpp"), run("bf16", 30, kl=0.001), run("fp32", 20, kl=0.0)]
+    assert recommended(*jobs).pick.backend == "llama-cpp"
+    assert recommended(*jobs, backend="transformers").pick.precision == "bf16"  # the team deploys transformers
+    none = recommended(*jobs, backend="ctranslate2")
+    assert none.pick is None and none.notes[-1] == (
+        "no finished run with backend=ctranslate2 (measured: batch 1 on cpu with backend=llama-cpp, batch 1 on cpu "
+        "with backend=transformers)")
+    assert recommend.Constraints(backend="transformers").text().endswith(", backend transformers")
+
+
 def test_equal_quality_is_decided_as_the_front_decides_it():
     """KL within the resolution: the setting the other beats (as fast, less memory) comes second."""
     jobs = [run("fp32", 20, kl=0.0, rss=2.0, iqr=4), run("bf16", 21, kl=0.00004, rss=1.4, iqr=4),
