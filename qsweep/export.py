@@ -23,8 +23,10 @@ README = "README.md"
 # The figures a README and a model version carry, with their names there
 FIGURES = {"decode_tokens_per_s": "decode tokens/s", "throughput_tokens_per_s": "throughput tokens/s",
            "ttft_s": "time to first token (s)", "kl_div_vs_fp32": "KL vs fp32 (nats)",
-           "top1_agreement_vs_fp32": "top-1 agreement vs fp32", "perplexity": "perplexity",
-           "peak_rss_gb": "peak RSS (GB)", "peak_vram_gb": "peak VRAM (GB)", "model_footprint_gb": "model size (GB)"}
+           "kl_div_vs_fp32_se": "its standard error", "top1_agreement_vs_fp32": "top-1 agreement vs fp32",
+           "perplexity": "perplexity", "setting_memory_gb": "setting memory (GB: what the model and runtime need)",
+           "peak_rss_gb": "peak RSS (GB, qsweep's process)", "peak_vram_gb": "peak VRAM (GB)",
+           "model_footprint_gb": "model size (GB)"}
 
 
 def _measured(store: tracking.Store, run: RunRecord) -> handover.Measured:
