@@ -486,6 +486,15 @@ def close_assistant_panel(driver) -> None:
         pass
 
 
+def close_announcement(driver) -> None:
+    """The Model registry page may open with a dialog announcing its new UI: close it (best effort)."""
+    try:
+        driver.find_element("xpath", "//*[@role='dialog']//button[@aria-label='Close']").click()
+        time.sleep(1)
+    except Exception:
+        pass
+
+
 @pytest.fixture(scope="module")
 def fine_tune_sweep(tmp_path_factory):
     """A fine-tune of the tiny Gemma and a sweep of its checkpoint at fp32 and bf16, in one store."""
@@ -588,9 +597,10 @@ def test_the_mlflow_ui_shows_the_sweep_in_headless_chromium(fine_tune_sweep, tmp
                       *(job.info.run_name for job in jobs.values()))
         screenshot(driver, tmp_path, "model.png")
 
-        # the registered pick on the Models page, with its alias
+        # the registered pick in the Model registry, the alias on its version
         driver.get(home + "#/models")
-        wait_for_text(driver, "ship-it", "recommended")
+        wait_for_text(driver, "ship-it", "tiny-gemma-ft", "@ recommended")
+        close_announcement(driver)
         screenshot(driver, tmp_path, "registered.png")
     finally:
         if driver is not None:
