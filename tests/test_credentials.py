@@ -101,26 +101,33 @@ def as_user(user: str, password: str) -> dict:
 
 
 @pytest.mark.slow
-def test_user_info_in_the_server_uri_records_the_sweep_and_the_password_is_nowhere(tmp_path, auth_server):
+@pytest.mark.parametrize("given", ["command line", "MLFLOW_TRACKING_URI"])
+def test_user_info_in_the_server_uri_records_the_sweep_and_the_password_is_nowhere(tmp_path, auth_server, given):
     uri, server_folder = auth_server
     with_password = uri.replace("http://", f"http://alice:{ALICE_PW}@")
-    sweep = Sweep(tmp_path)
-    result = sweep.run("-m", *TINY, f"tracking.uri={with_password}", "tracking.experiment=alice-own")
+    sweep, experiment_name = Sweep(tmp_path), f"alice-own-{given.split()[0].lower()}"
+    if given == "command line":
+        result = sweep.run("-m", *TINY, f"tracking.uri={with_password}", f"tracking.experiment={experiment_name}")
+    else:  # the tracking section left at its default (null): MLflow's own variable names the server
+        result = sweep.run("-m", *TINY, f"tracking.experiment={experiment_name}",
+                           env={"MLFLOW_TRACKING_URI": with_password})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     client = MlflowClient(uri)
     os.environ.update(as_user("alice", ALICE_PW))
     try:
-        experiment = client.get_experiment_by_name("alice-own")
+        experiment = client.get_experiment_by_name(experiment_name)
         runs = client.search_runs([experiment.experiment_id])
         (job,) = [r for r in runs if r.data.tags.get("qsweep.kind") == "job"]
         assert job.info.status == "FINISHED", job.data.tags.get("error")
-        # the redacted form still says where the runs went: scheme, user, host and port
-        assert job.data.params["tracking.uri"] == uri.replace("http://", "http://alice:***@")
+        if given == "command line":  # the redacted form still says where the runs went: scheme, user, host, port
+            assert job.data.params["tracking.uri"] == uri.replace("http://", "http://alice:***@")
         recorded = [client.download_artifacts(job.info.run_id, "config.yaml", str(tmp_path))]
     finally:
         for name in as_user("", ""):
             os.environ.pop(name)
-    assert "tracking.uri=http\\://alice\\:***@127.0.0.1" in result.stdout  # Hydra's launcher line, redacted
+    if given == "command line":
+        assert "tracking.uri=http\\://alice\\:***@127.0.0.1" in result.stdout  # Hydra's launcher line, redacted
+    assert f"in {uri}, 1 jobs" in result.stdout  # the sweep names the server by its address, without user info
     nowhere(ALICE_PW, result.stdout, result.stderr, folders=[tmp_path, server_folder])  # + the Hydra folder
     assert Path(recorded[0]).is_file()
 
