@@ -10,9 +10,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Optional, Tuple
 
-from qsweep.backends import BackendUnsupported
-from qsweep.backends import _gguf as gguf_files
-from qsweep.config import GGUF_PRECISION, ModelConfig, RunConfig
+from qsweep import gguf_files
+from qsweep.config import ModelConfig
 
 
 class GgufUnavailable(RuntimeError):
@@ -46,7 +45,7 @@ def locate(model: ModelConfig, download: bool = True) -> Optional[Path]:
 
 
 def read(path: Path) -> dict:
-    """What the file holds (_gguf.check_file), once per file version: a truncated or corrupt file is an error."""
+    """What the file holds (gguf_files.check_file), once per file version: a truncated or corrupt file is an error."""
     stat = path.stat()
     return dict(_read(str(path.resolve()), stat.st_size, stat.st_mtime_ns))
 
@@ -103,23 +102,6 @@ def dequantized(path: Path, cache_dir: Path) -> Tuple[Optional[Path], Optional[s
     target = cache_dir / "gguf-models" / file_key(path)
     build_once(target, lambda folder: dequantize(path, folder, "float32", cache_dir))
     return target, None
-
-
-def require_dequantized(cfg: RunConfig, checkpoint=None) -> None:
-    """For a runtime that loads a GGUF model as transformers dequantizes it: refuse, in one line, its own type
-    (precision=gguf is llama.cpp's) and an architecture transformers cannot read (from the file's header before
-    the job, from the resolved `checkpoint` after)."""
-    if cfg.precision.name == GGUF_PRECISION:
-        raise BackendUnsupported(f"precision={GGUF_PRECISION} is the GGUF file's own type, which backend=llama-cpp "
-                                 f"runs as it is; backend={cfg.backend.name} loads the file dequantized: use "
-                                 "precision=fp32 (the quality reference) or another precision")
-    if checkpoint is not None:
-        why = checkpoint.no_reference
-    else:
-        described = describe(cfg.model) if cfg.model.is_gguf else None
-        why = described and without_reference(described["architecture"])
-    if why:
-        raise BackendUnsupported(f"{why}: use backend=llama-cpp")
 
 
 def _as_llama_cpp_computes(config) -> None:

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from qsweep import backends, gguf_source, sources
-from qsweep.backends import _gguf as gguf_files
+from qsweep import gguf_files
 from qsweep.config import GGUF_PRECISION, BackendConfig, PrecisionConfig, RunConfig
 from qsweep.confighash import config_hash
 from qsweep.environment import resolve_device

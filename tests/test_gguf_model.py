@@ -11,7 +11,7 @@ import pytest
 from conftest import Sweep, compose_run, make_tiny_gemma, write_gguf
 from qsweep import backends, identity, prompts
 from qsweep.backends import BackendUnsupported
-from qsweep.backends import _gguf as gguf_files
+from qsweep import gguf_files
 from qsweep.backends import _hf_to_gguf as hf_to_gguf
 from qsweep.backends import llama_cpp
 from qsweep.confighash import config_hash

@@ -477,19 +477,16 @@ def chromium(user_data_dir: str):
     return webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)  # never downloads a driver
 
 
-def close_assistant_panel(driver) -> None:
-    """MLflow 3 opens an assistant side panel; close it so the runs get the width (best effort)."""
-    try:
-        driver.find_element("xpath", "//*[text()='MLflow Assistant']/ancestor::*[.//button][1]//button[last()]").click()
-        time.sleep(1)
-    except Exception:
-        pass
+# What MLflow 3's UI opens on its own: an assistant side panel (the runs need the width), and on the Model
+# registry page a dialog announcing its new UI
+ASSISTANT_PANEL = "//*[text()='MLflow Assistant']/ancestor::*[.//button][1]//button[last()]"
+ANNOUNCEMENT = "//*[@role='dialog']//button[@aria-label='Close']"
 
 
-def close_announcement(driver) -> None:
-    """The Model registry page may open with a dialog announcing its new UI: close it (best effort)."""
+def close(driver, close_button: str) -> None:
+    """Close a panel or dialog by its close button, where it is open (best effort)."""
     try:
-        driver.find_element("xpath", "//*[@role='dialog']//button[@aria-label='Close']").click()
+        driver.find_element("xpath", close_button).click()
         time.sleep(1)
     except Exception:
         pass
@@ -573,7 +570,7 @@ def test_the_mlflow_ui_shows_the_sweep_in_headless_chromium(fine_tune_sweep, tmp
         printed = re.search(r"http://127\.0\.0\.1:5000/(#/experiments/\d+/runs\?workflowType=machine_learning)",
                             stdout).group(1)
         assert driver.current_url.startswith(home + printed), (driver.current_url, printed)
-        close_assistant_panel(driver)
+        close(driver, ASSISTANT_PANEL)
         click(driver, f"//a[.//span[text()='{parent.info.run_name}']]/ancestor::*[@role='gridcell'][1]//button")
         wait_for_text(driver, *(job.info.run_name for job in jobs.values()))
         screenshot(driver, tmp_path, "runs.png")
@@ -600,7 +597,7 @@ def test_the_mlflow_ui_shows_the_sweep_in_headless_chromium(fine_tune_sweep, tmp
         # the registered pick in the Model registry, the alias on its version
         driver.get(home + "#/models")
         wait_for_text(driver, "ship-it", "tiny-gemma-ft", "@ recommended")
-        close_announcement(driver)
+        close(driver, ANNOUNCEMENT)
         screenshot(driver, tmp_path, "registered.png")
     finally:
         if driver is not None:

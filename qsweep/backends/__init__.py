@@ -28,7 +28,8 @@ from typing import Callable, List, Optional
 
 import torch
 
-from qsweep.config import BACKEND_CONF, PrecisionConfig, RunConfig, backend_class
+from qsweep import gguf_source
+from qsweep.config import BACKEND_CONF, GGUF_PRECISION, PrecisionConfig, RunConfig, backend_class
 from qsweep.staging import build_once
 
 CONVERSION_FILE = "qsweep_conversion.json"  # how long making the files took, kept beside them
@@ -108,6 +109,23 @@ def require_own_quantization(cfg: RunConfig) -> None:
         raise BackendUnsupported(f"precision.quant_type and precision.double_quant are bitsandbytes' settings "
                                  f"(backend=transformers), unused by backend={cfg.backend.name}: name its own type "
                                  f"instead (its option in conf/backend/{cfg.backend.name}.yaml)")
+
+
+def require_dequantized(cfg: RunConfig, checkpoint=None) -> None:
+    """For a runtime that loads a GGUF model as transformers dequantizes it: refuse, in one line, its own type
+    (precision=gguf is llama.cpp's) and an architecture transformers cannot read (from the file's header before
+    the job, from the resolved `checkpoint` after)."""
+    if cfg.precision.name == GGUF_PRECISION:
+        raise BackendUnsupported(f"precision={GGUF_PRECISION} is the GGUF file's own type, which backend=llama-cpp "
+                                 f"runs as it is; backend={cfg.backend.name} loads the file dequantized: use "
+                                 "precision=fp32 (the quality reference) or another precision")
+    if checkpoint is not None:
+        why = checkpoint.no_reference
+    else:
+        described = gguf_source.describe(cfg.model) if cfg.model.is_gguf else None
+        why = described and gguf_source.without_reference(described["architecture"])
+    if why:
+        raise BackendUnsupported(f"{why}: use backend=llama-cpp")
 
 
 def takers(config: dict, asking: str) -> List[str]:

@@ -21,7 +21,7 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 import torch
 
-from qsweep import backends, environment, gguf_source, sources
+from qsweep import backends, environment, sources
 from qsweep.backends import (BackendUnsupported, Files, PrecisionCheck, Runtime, context_length, convert_once,
                              refuse_architecture, require_own_quantization, require_package, require_precision,
                              tokenizer)
@@ -62,7 +62,7 @@ def takes(config: dict) -> bool:
 
 def check(cfg: RunConfig) -> None:
     require_package("ctranslate2", "ctranslate2", "ctranslate2")
-    gguf_source.require_dequantized(cfg)
+    backends.require_dequantized(cfg)
     import ctranslate2
 
     require_own_quantization(cfg)
@@ -96,7 +96,7 @@ def check(cfg: RunConfig) -> None:
 
 def prepare(cfg: RunConfig, checkpoint: Checkpoint) -> Files:
     """<cache>/ct2/<checkpoint key>/<compute type>: converted once (weights stored at that type)."""
-    gguf_source.require_dequantized(cfg, checkpoint)
+    backends.require_dequantized(cfg, checkpoint)
     target = Path(cfg.paths.cache_dir).expanduser() / "ct2" / fingerprint_key(checkpoint.path) / compute_type(cfg)
     return convert_once(target, lambda staging: _convert(Path(checkpoint.path), staging, compute_type(cfg)))
 

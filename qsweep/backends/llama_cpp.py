@@ -27,7 +27,7 @@ from qsweep import gguf_source, sources
 from qsweep.backends import (BackendUnsupported, Files, PrecisionCheck, Runtime, context_length, convert_once,
                              refuse_architecture, require_own_quantization, require_package, require_precision,
                              tokenizer)
-from qsweep.backends import _gguf as gguf_files
+from qsweep import gguf_files
 from qsweep.backends import _hf_to_gguf as hf_to_gguf
 from qsweep.config import GGUF_PRECISION, BackendConfig, RunConfig
 from qsweep.sources import Checkpoint, fingerprint_key
@@ -74,14 +74,14 @@ def _from_file(cfg: RunConfig, file_type: str) -> str:
 
 def takes(config: dict) -> bool:
     """Whether llama.cpp can run this architecture (config.json's fields): its own converter registers it, or
-    it is a Gemma 3 text checkpoint without a SentencePiece file, which _gguf.py writes."""
+    it is a Gemma 3 text checkpoint without a SentencePiece file, which gguf_files.py writes."""
     return _gemma_writer(config) or any(hf_to_gguf.converts(a) for a in config.get("architectures") or [])
 
 
 def _gemma_writer(config: dict, folder: Optional[Path] = None) -> bool:
     """The bundled Gemma 3 (and checkpoints made from it) has its tokenizer as tokenizer.json only, rebuilt by
     transformers from the GGUF it ships as; llama.cpp's converter reads a Gemma vocabulary from tokenizer.model.
-    Such checkpoints are written by _gguf.py, with the bundled GGUF's own tokenizer."""
+    Such checkpoints are written by gguf_files.py, with the bundled GGUF's own tokenizer."""
     return config.get("model_type") == "gemma3_text" and (folder is None or not (folder / "tokenizer.model").is_file())
 
 

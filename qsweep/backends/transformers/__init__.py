@@ -12,8 +12,7 @@ from transformers import CompileConfig
 from transformers import GenerationConfig as HFGenerationConfig
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from qsweep import gguf_source
-from qsweep.backends import Files, PrecisionCheck, Runtime, context_length
+from qsweep.backends import Files, PrecisionCheck, Runtime, context_length, require_dequantized
 from qsweep.backends.transformers import loader
 from qsweep.config import BackendConfig, RunConfig
 from qsweep.sources import Checkpoint
@@ -34,11 +33,11 @@ def label(cfg: RunConfig) -> str:
 def check(cfg: RunConfig) -> None:
     """Everything transformers cannot run is refused by the schema (compile with bitsandbytes) or fails at
     load with its own one-line error (loader.explain_*); a GGUF model is loaded dequantized, where it can be."""
-    gguf_source.require_dequantized(cfg)
+    require_dequantized(cfg)
 
 
 def prepare(cfg: RunConfig, checkpoint: Checkpoint) -> Files:
-    gguf_source.require_dequantized(cfg, checkpoint)
+    require_dequantized(cfg, checkpoint)
     return Files(checkpoint.path)
 
 

@@ -1,6 +1,6 @@
 """GGUF files for the llama-cpp backend: the hand-written Gemma 3 writer, llama.cpp's quantizer and a header reader.
 
-Every architecture goes through llama.cpp's own converter (_hf_to_gguf.py) but one case: a Gemma 3 text
+Every architecture goes through llama.cpp's own converter (backends/_hf_to_gguf.py) but one case: a Gemma 3 text
 checkpoint whose tokenizer exists only as tokenizer.json (the bundled gemma-3-270m, rebuilt by transformers from
 the GGUF it ships as, and fine-tunes of it), since the converter reads a Gemma vocabulary from tokenizer.model.
 That is written here with the `gguf` package: hyper-parameters from config.json, the tokenizer (every
