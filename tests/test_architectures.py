@@ -159,3 +159,26 @@ def test_weights_are_hashed_once_per_file_state(tmp_path):
     assert sources.weights_sha256(folder, cache) == first
     os.utime(weights, ns=(stamp + 10**9, stamp + 10**9))  # modified: read again
     assert sources.weights_sha256(folder, cache) == sources.weights_sha256(folder) != first
+
+
+def test_random_weights_of_a_hub_model_take_its_tokenizer_from_the_hub_cache(tmp_path, monkeypatch):
+    """model=gpt2 model.weights=random, as a user who once downloaded GPT-2 has it (benchmarks/mission_grid.py
+    lays the cache out): the architecture from the model's config, the real tokenizer from the hub cache."""
+    import importlib.util
+
+    import huggingface_hub.constants
+    from transformers import AutoTokenizer
+
+    spec = importlib.util.spec_from_file_location("mission_grid", ROOT / "benchmarks" / "mission_grid.py")
+    mission_grid = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mission_grid)
+    mission_grid.hub_cache(tmp_path / "hf")
+    model = compose_run("model=distilgpt2", "model.weights=random", "device=cpu").model
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty"))
+    assert sources._architecture_for_random(model)[1] is None  # nothing cached: random token ids, said elsewhere
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    config, tokenizer_path = sources._architecture_for_random(model)
+    assert config.model_type == "gpt2" and config.n_layer == 6  # conf/model/distilgpt2.yaml's architecture
+    assert tokenizer_path == str(tmp_path / "hf" / "hub" / "models--distilbert--distilgpt2" / "snapshots" /
+                                 mission_grid.REVISION)
+    assert AutoTokenizer.from_pretrained(tokenizer_path)("Hello world").input_ids == [15496, 995]  # GPT-2's ids
