@@ -22,6 +22,11 @@ DEFAULT_MAX_KL = 0.01  # the report's default: llama.cpp's Q5_K_M-like closeness
 OBJECTIVES = {"speed": "the fastest", "quality": "the lowest KL vs fp32", "memory": "the least setting memory"}
 
 
+# The runs --batch-size, --device and --backend keep: the Constraints and Candidate field each compares, and how
+# a note says it
+SELECTORS = (("batch_size", "at batch {}"), ("device", "on {}"), ("backend", "with backend={}"))
+
+
 @dataclass(frozen=True)
 class Constraints:
     max_kl: Optional[float] = DEFAULT_MAX_KL  # KL vs fp32, nats
@@ -132,13 +137,11 @@ def rank(meets: List[Candidate], objective: str, throughput: bool) -> List[Candi
 def recommend_one(title: str, cands: List[Candidate], limits: Constraints, throughput: bool,
                   objective: str = "speed") -> Recommendation:
     rec = Recommendation(title, throughput, notes=origin_note(cands))
-    pool = [c for c in cands if (limits.batch_size is None or c.batch_size == limits.batch_size)
-            and (limits.device is None or c.device == limits.device)
-            and (limits.backend is None or c.backend == limits.backend)]
+    chosen = [(field, said.format(getattr(limits, field))) for field, said in SELECTORS
+              if getattr(limits, field) is not None]
+    pool = [c for c in cands if all(getattr(c, field) == getattr(limits, field) for field, _ in chosen)]
     if not pool:
-        wanted = " ".join(([f"at batch {limits.batch_size}"] if limits.batch_size is not None else [])
-                          + ([f"on {limits.device}"] if limits.device else [])
-                          + ([f"with backend={limits.backend}"] if limits.backend else []))
+        wanted = " ".join(said for _, said in chosen)
         rec.notes.append(f"no finished run {wanted} (measured: " + ", ".join(sorted(
             {f"batch {c.batch_size} on {c.device} with backend={c.backend}" for c in cands})) + ")")
         return rec
