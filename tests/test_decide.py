@@ -218,6 +218,8 @@ def test_a_backend_limit_picks_among_that_runtime_s_runs_and_says_when_it_has_no
         "no finished run with backend=ctranslate2 (measured: batch 1 on cpu with backend=llama-cpp, batch 1 on cpu "
         "with backend=transformers)")
     assert recommend.Constraints(backend="transformers").text().endswith(", backend transformers")
+    assert recommended(*jobs, batch_size=4, device="cuda").notes[-1].startswith(
+        "no finished run at batch 4 on cuda (measured: batch 1 on cpu with backend=llama-cpp, ")
 
 
 def test_equal_quality_is_decided_as_the_front_decides_it():
