@@ -40,6 +40,14 @@ def strip_comment(line: str) -> str:
     return line
 
 
+def argv_of(command: str) -> list:
+    """The command's words; one with unbalanced quotes is a failing command, not a failed collection."""
+    try:
+        return shlex.split(command)
+    except ValueError as err:
+        return [UNPARSABLE, f"{command.strip()}: {err}"]
+
+
 def code_blocks(text: str):
     """(first line number, info string, lines) of every fenced code block."""
     block, start, info = None, 0, ""
@@ -76,10 +84,7 @@ def commands(text: str):
             if COMMAND_START.match(line.strip()):
                 for part in re.split(r"\s(?:&&|;|\|\|)\s", line):
                     if COMMAND_START.match(part.strip()):
-                        try:
-                            yield first, shlex.split(part)
-                        except ValueError as err:  # unbalanced quotes: a failing command, not a failed collection
-                            yield first, [UNPARSABLE, f"{part.strip()}: {err}"]
+                        yield first, argv_of(part)
             first = None
 
 
@@ -94,10 +99,7 @@ def inline_commands(text: str):
                 # `qsweep export` or `python run.py ...` names a command, it does not give one to run
                 named_only = "..." in span or re.fullmatch(r"(python3? -m )?qsweep \w+", span.strip())
                 if COMMAND_START.match(span.strip()) and not named_only:
-                    try:
-                        yield number, shlex.split(span)
-                    except ValueError as err:
-                        yield number, [UNPARSABLE, f"{span.strip()}: {err}"]
+                    yield number, argv_of(span)
 
 
 def documented_commands():
