@@ -74,7 +74,7 @@ def test_rapl_sums_package_and_dram_across_a_wrap_around(tmp_path):
     assert result.energy_per_output_token_j == pytest.approx(4.0 / 40)
     assert result.energy_per_token_j == pytest.approx(4.0 / 70)
     assert result.tokens_per_joule == pytest.approx(10.0)
-    assert 4.0 / 1.0 < result.avg_power_w <= 4.0 / 0.06  # joules over the window's wall time
+    assert 4.0 / 30 < result.avg_power_w <= 4.0 / 0.06  # joules over the window's wall time (>= the 0.06 s sleep)
     assert result.idle_power_w == 0.0 and result.power_limit_w is None  # the fake did not move while idle
     assert result.tags == {TAG_ENERGY_SOURCE: "rapl intel-rapl:0(package-0),intel-rapl:0:2(dram)"}
 
