@@ -1,7 +1,8 @@
 """Credentials in URIs, kept out of everything qsweep records, prints or leaves behind.
 
 A tracking URI, an artifact location or a model or data URI may carry a password or token: user info
-(`postgresql://qs:PASSWORD@host/db`) or a query parameter (`?password=`, a signed URL's `sig=`). Whatever
+(`postgresql://qs:PASSWORD@host/db`, a token standing alone as the user, `https://hf_TOKEN@host`) or a query
+parameter (`?password=`, a signed URL's `sig=`). Whatever
 qsweep writes to a store (params, tags, artifacts), prints (console lines, errors, log records) or leaves in
 Hydra's output folder passes through redact(), which keeps scheme, user, host, port and database, so a reader
 still knows where the runs went (`postgresql://qs:***@host/db`).
@@ -24,6 +25,11 @@ SERVER_VARIABLES = "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or ML
 # Hydra saves an override, its colons escaped (http\://user\:SECRET@host)
 _USER_INFO = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.-]*\\?://[^\s:/@'\"\\]*)(?P<colon>\\?:)"
                         r"(?P<secret>[^\s/'\"]+)@")
+# scheme://TOKEN@: user info without a password that reads as a token, not a name: a known token prefix
+# (Hugging Face, GitHub, GitLab, OpenAI, Databricks) or 20+ token characters with a digit
+_TOKEN = (r"(?:(?:hf_|ghp_|gho_|ghs_|ghu_|github_pat_|glpat-|sk-|dapi)[A-Za-z0-9_-]+"
+          r"|(?=[A-Za-z0-9_.~-]*\d)[A-Za-z0-9_.~-]{20,})")
+_TOKEN_USER = re.compile(rf"(?P<head>\b[A-Za-z][A-Za-z0-9+.-]*\\?://)(?P<secret>{_TOKEN})@")
 _QUERY = re.compile(r"(?P<head>[?&;](?:password|passwd|pwd|token|access_token|secret|sig|signature|"
                     r"x-amz-signature|x-amz-security-token|x-goog-signature)=)(?P<secret>[^&;\s'\"]+)", re.I)
 _MIN_LITERAL = 4  # a shorter secret is not hunted as plain text: it would mask ordinary words
@@ -33,7 +39,7 @@ _seen: set = set()  # secrets met in URIs: an error message may quote one withou
 def _hide(match: re.Match) -> str:
     _seen.update({match["secret"], unquote(match["secret"])})
     head = match["head"]
-    return head + MASK if head.endswith("=") else f"{head}{match['colon']}{MASK}@"
+    return head + MASK if head.endswith("=") else f"{head}{match.groupdict().get('colon') or ''}{MASK}@"
 
 
 def redact(text: str) -> str:
@@ -41,7 +47,7 @@ def redact(text: str) -> str:
     or one of SECRET_VARIABLES) too, wherever it stands."""
     if not text:
         return text
-    text = _QUERY.sub(_hide, _USER_INFO.sub(_hide, text))
+    text = _QUERY.sub(_hide, _TOKEN_USER.sub(_hide, _USER_INFO.sub(_hide, text)))
     secrets = _seen | {os.environ.get(name) or "" for name in SECRET_VARIABLES}
     for secret in sorted((s for s in secrets if len(s) >= _MIN_LITERAL), key=len, reverse=True):
         text = text.replace(secret, MASK)
@@ -53,9 +59,10 @@ def without_password(uri: str) -> str:
     from the environment (PGPASSWORD or ~/.pgpass for PostgreSQL, the MLFLOW_TRACKING_* variables for a
     server)."""
     parts = urlsplit(uri)
-    if parts.password is None:
+    if parts.password is None and not _TOKEN_USER.match(uri):
         return _QUERY.sub(lambda m: m["head"] + MASK, uri)
-    return urlunsplit(parts._replace(netloc=f"{parts.username}@{parts.netloc.rsplit('@', 1)[1]}"))
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=host if parts.password is None else f"{parts.username}@{host}"))
 
 
 def has_password(uri: str) -> bool:

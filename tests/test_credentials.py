@@ -50,6 +50,14 @@ def test_redaction_hides_the_secret_and_keeps_where_the_runs_went():
     assert credentials.redact("s3://b/k?X-Amz-Signature=abcd1234&x=1") == "s3://b/k?X-Amz-Signature=***&x=1"
     assert credentials.redact("sqlite:////tmp/mlruns/mlflow.db http://h:5000/a@b") == (
         "sqlite:////tmp/mlruns/mlflow.db http://h:5000/a@b")  # nothing to hide: unchanged
+    # a token standing alone as the user (git's and the hub's form); a user name stays
+    assert credentials.redact("model.path=https://hf_Tok3nAlone@huggingface.co/org/m") == (
+        "model.path=https://***@huggingface.co/org/m")
+    assert credentials.redact("http://a1b2c3d4e5f6a7b8c9d0e1f2@h:5000") == "http://***@h:5000"
+    assert credentials.redact("https://alice@mlflow.lan https://alice.smith.longname.here@h") == (
+        "https://alice@mlflow.lan https://alice.smith.longname.here@h")
+    assert credentials.without_password("https://hf_Tok3nAlone@h:5000") == "https://h:5000"
+    assert credentials.without_password("https://alice@h:5000") == "https://alice@h:5000"
     # once met in a URI, the secret is hidden wherever it stands (an error may quote it alone)
     assert credentials.redact("authentication failed for password Pa55word") == (
         "authentication failed for password ***")
