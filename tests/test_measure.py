@@ -220,18 +220,40 @@ def test_compile_is_refused_for_bitsandbytes_models():
         compose_run("model=tiny-gpt2", "device=cpu", "precision=int8", "generation.compile=true")
 
 
-def test_adaptive_repeats_stop_at_a_small_spread_or_the_time_cap(tiny):
+class SteppedClock:
+    """perf_counter for measure: a generate call takes the next of `steps` seconds, cycled, so a batch's
+    latency differs from round to round (a spread that never gets small) and no machine's speed matters."""
+
+    def __init__(self, steps):
+        self.now, self.steps, self.calls = 0.0, steps, 0
+
+    def perf_counter(self):
+        return self.now
+
+    def runtime(self):
+        def generate(batch, max_new_tokens, on_first_token):
+            self.now += self.steps[self.calls % len(self.steps)] / 2
+            on_first_token()
+            self.now += self.steps[self.calls % len(self.steps)] / 2
+            self.calls += 1
+            return [[0] * max_new_tokens for _ in batch]
+        return SimpleNamespace(generate=generate)
+
+
+def test_adaptive_repeats_stop_at_a_small_spread_or_the_time_cap(monkeypatch):
+    clock = SteppedClock([1.0, 2.0, 1.5])
+    monkeypatch.setattr(measure, "time", clock)
     base = ("model=tiny-gpt2", "device=cpu", "generation.max_new_tokens=4", "generation.repeats=1")
     prompts = encode(compose_run(*base).generation.prompts)
     loose = compose_run(*base, "generation.repeat_until_spread=100").generation  # any spread is small enough
-    speed, _ = measure.generate_timed(tiny, prompts, loose, "cpu")
+    speed, _ = measure.generate_timed(clock.runtime(), prompts, loose, "cpu")
     assert speed.timed_samples == measure.MIN_SAMPLES * len(prompts)  # enough of each prompt's to judge its spread
-    # a cap of about twelve rounds: a 4x slower second run (a busy CI machine) still goes past the minimum
-    cap = 4 * speed.phase_generation_s
+    cap = 30.0  # a round of the four prompts takes 5.5 to 6.5 s: five rounds or more
     never = compose_run(*base, "generation.repeat_until_spread=1e-9", f"generation.repeat_time_cap_s={cap}").generation
-    speed, _ = measure.generate_timed(tiny, prompts, never, "cpu")
+    speed, _ = measure.generate_timed(clock.runtime(), prompts, never, "cpu")
     assert speed.timed_samples > measure.MIN_SAMPLES * len(prompts) and speed.timed_samples % len(prompts) == 0
-    assert speed.phase_generation_s >= cap  # it went on until the cap (and, returning, stopped there)
+    # it went on until the cap, and stopped at the first round's end past it
+    assert cap <= speed.phase_generation_s < cap + len(prompts) * max(clock.steps)
     assert speed.phase_warmup_s > 0
 
 
