@@ -213,6 +213,7 @@ def test_pgpassword_keeps_the_database_password_out_of_the_uri(postgres, monkeyp
 
     bare = credentials.without_password(postgres.uri)
     monkeypatch.delenv("PGPASSWORD", raising=False)
+    monkeypatch.setenv("PGPASSFILE", "/nonexistent")  # nor a ~/.pgpass of the machine's
     retried = mlflow.store.db.utils.create_sqlalchemy_engine_with_retry  # 10 tries over 100 s
     monkeypatch.setattr(mlflow.store.db.utils, "create_sqlalchemy_engine_with_retry",
                         lambda uri: pytest.fail("a refused password reached MLflow's retries"))

@@ -30,13 +30,16 @@ def encode(texts):
 def test_every_generation_has_exactly_max_new_tokens_even_when_eos_wins(tiny):
     # Make EOS the most likely token everywhere: generation must still not stop early.
     eos = tiny.model.generation_config.eos_token_id
+    row = tiny.model.lm_head.weight[eos].detach().clone()  # put back exactly: later tests share the model
     with torch.no_grad():
         tiny.model.lm_head.weight[eos] += 5.0
     gen = compose_run("model=tiny-gpt2", "device=cpu", "generation.max_new_tokens=12", "generation.repeats=3").generation
     prompts = encode(gen.prompts)
-    speed, outputs = measure.generate_timed(tiny, prompts, gen, "cpu")
-    with torch.no_grad():
-        tiny.model.lm_head.weight[eos] -= 5.0
+    try:
+        speed, outputs = measure.generate_timed(tiny, prompts, gen, "cpu")
+    finally:
+        with torch.no_grad():
+            tiny.model.lm_head.weight[eos].copy_(row)
     assert [len(o.output_ids) for o in outputs] == [12] * len(gen.prompts)
     assert speed.timed_samples == 3 * len(gen.prompts) and speed.new_tokens == 12
     assert 0 < speed.ttft_s < speed.latency_s <= speed.latency_p90_s
