@@ -508,18 +508,20 @@ def fine_tune_sweep(tmp_path_factory):
 SCREENSHOTS = ROOT / "docs" / "ui"
 
 
-def wait_for_text(driver, *texts, timeout=60):
+def wait_for_text(driver, *texts, timeout=180):  # a slow CI machine renders the UI's first page in software
     from selenium.webdriver.support.ui import WebDriverWait
 
     WebDriverWait(driver, timeout).until(
         lambda d: all(t in d.find_element("tag name", "body").text for t in texts), f"not on screen: {texts}")
 
 
-def click(driver, xpath, timeout=60):
+def click(driver, xpath, timeout=180):
+    """A click by script: a panel that opens late over the element cannot take it."""
     from selenium.webdriver.support import expected_conditions
     from selenium.webdriver.support.ui import WebDriverWait
 
-    WebDriverWait(driver, timeout).until(expected_conditions.element_to_be_clickable(("xpath", xpath))).click()
+    element = WebDriverWait(driver, timeout).until(expected_conditions.element_to_be_clickable(("xpath", xpath)))
+    driver.execute_script("arguments[0].click()", element)
 
 
 def screenshot(driver, tmp_path, name):
