@@ -1,6 +1,7 @@
 """A GGUF file as the model (measured as it is, quantized to other types, scored against its dequantized fp32
 reference), and chat templates: every runtime generates from the ids of the template's rendering."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from conftest import Sweep, compose_run, make_tiny_gemma, write_gguf
-from qsweep import backends, identity, prompts
+from qsweep import backends, gguf_source, identity, prompts
 from qsweep.backends import BackendUnsupported
 from qsweep import gguf_files
 from qsweep.backends import _hf_to_gguf as hf_to_gguf
@@ -124,6 +125,33 @@ def test_a_quantized_gguf_is_quantized_again_only_when_asked(tiny_gguf, tmp_path
         llama_cpp.check(compose_run(*model, "precision=int4"))
     assert "\n" not in str(refused.value)
     assert identity.run_name(compose_run(*model, "precision=gguf")).startswith("gemma-3-270m-gguf-Q8_0-cpu-")
+
+
+def test_a_gguf_of_a_hub_repository_is_found_in_the_hub_cache_with_no_network(tiny_gguf, tmp_path, monkeypatch):
+    """model.name_or_path=<org>/<repo> model.gguf_file=<file>, as a user who downloaded the file once has it: it is
+    found in the hub cache offline and read there; a file the cache lacks is refused in one line that says what to do."""
+    import huggingface_hub.constants
+
+    revision = "0" * 40
+    repo = tmp_path / "hub" / "models--someone--tiny-llama-GGUF"
+    (repo / "snapshots" / revision).mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    cached = repo / "snapshots" / revision / "tiny-llama-f32.gguf"
+    shutil.copy(tiny_gguf, cached)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    model = compose_run("model=gemma-3-270m", "model.name=tiny-gguf", "model.name_or_path=someone/tiny-llama-GGUF",
+                        "model.gguf_file=tiny-llama-f32.gguf").model
+    assert gguf_source.locate(model, download=False) == gguf_source.locate(model) == cached
+    assert gguf_source.file_type(model) == "F32"
+
+    missing = dataclasses.replace(model, gguf_file="tiny-llama-Q8_0.gguf")
+    assert gguf_source.locate(missing, download=False) is None and gguf_source.file_type(missing) is None
+    with pytest.raises(gguf_source.GgufUnavailable) as refused:
+        gguf_source.locate(missing)
+    assert "\n" not in str(refused.value)
+    assert "tiny-llama-Q8_0.gguf" in str(refused.value) and "download it once" in str(refused.value)
 
 
 def test_gguf_options_keep_every_pinned_hash_and_refuse_what_cannot_work():
