@@ -87,12 +87,21 @@ def origin_tags(cfg: RunConfig) -> dict:
 
 
 def weights_tag(cfg: RunConfig) -> dict:
-    """A local checkpoint folder is hashed by its path (config_hash), and a path can be rewritten (a new
-    fine-tune): the weights_sha256 tag says which weights were measured."""
-    folder = sources.local_folder(cfg.model) if cfg.model.weights == "pretrained" else None
-    if folder is None or not (folder / "config.json").is_file():
-        return {}  # a missing checkpoint fails in the worker, with its remedy
-    return {TAG_WEIGHTS: sources.weights_sha256(folder, Path(cfg.paths.cache_dir).expanduser())}
+    """A local checkpoint folder or GGUF file is hashed by its path (config_hash), and a path can be rewritten (a
+    new fine-tune, a new download or quantization): the weights_sha256 tag says which weights were measured."""
+    if cfg.model.weights != "pretrained":
+        return {}
+    if cfg.model.is_gguf:
+        try:
+            path = gguf_source.locate(cfg.model, download=False)
+        except gguf_source.GgufUnavailable:
+            path = None
+    else:
+        folder = sources.local_folder(cfg.model)
+        path = folder if folder is not None and (folder / "config.json").is_file() else None
+    if path is None:
+        return {}  # missing, or a hub file not downloaded yet: the job fails or downloads it, and says so
+    return {TAG_WEIGHTS: sources.weights_sha256(path, Path(cfg.paths.cache_dir).expanduser())}
 
 
 def fine_tune_tags(cfg: RunConfig) -> dict:

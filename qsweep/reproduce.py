@@ -155,14 +155,15 @@ def compare(store: tracking.Store, original: tracking.RunRecord, new: tracking.R
 
 
 def compare_weights(original: tracking.RunRecord, new: tracking.RunRecord) -> Optional[str]:
-    """For a local checkpoint folder: were the same weights measured? (its path may have been rewritten)"""
+    """For a local checkpoint folder or GGUF file: were the same weights measured? (its path may have been
+    rewritten)"""
     before, after = original.tags.get(tracking.TAG_WEIGHTS), new.tags.get(tracking.TAG_WEIGHTS)
     if before is None and after is None:
         return None
     if before == after:
         return f"checkpoint weights: IDENTICAL ({tracking.TAG_WEIGHTS} {after})"
     return (f"checkpoint weights: DIFFERENT ({tracking.TAG_WEIGHTS} {before or 'not recorded'} -> {after}): the "
-            "checkpoint folder holds other weights than when the original was measured")
+            "checkpoint holds other weights than when the original was measured")
 
 
 def compare_texts(before: Optional[list], after: Optional[list]) -> str:

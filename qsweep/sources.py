@@ -114,12 +114,13 @@ def fingerprint_key(path: str) -> str:
     return hashlib.sha256(json.dumps(fingerprint(path), sort_keys=True).encode()).hexdigest()[:16]
 
 
-def weights_sha256(folder: Path, cache_dir: Optional[Path] = None) -> str:
-    """What a checkpoint folder holds, wherever it is: SHA-256 (16 hex) of config.json and every weight
-    file. A folder rewritten in place (a new fine-tune) gets a new one; a copy elsewhere keeps it. With a
-    cache folder it is read once per folder state (<cache>/sha256/, keyed by the files' paths, sizes and
-    modification times): a 7B checkpoint takes 10-30 s to hash, and every job of a sweep asks again."""
-    files = [folder / "config.json", *weight_files(folder)]
+def weights_sha256(path: Path, cache_dir: Optional[Path] = None) -> str:
+    """What a checkpoint holds, wherever it is (16 hex of a SHA-256): for a folder, of config.json and every weight
+    file, names and bytes; for a GGUF file, of its bytes alone (the start of `sha256sum`'s, and of the hub's
+    listing). A checkpoint rewritten in place (a new fine-tune, another download) gets a new one; a copy elsewhere
+    keeps it. With a cache folder it is read once per state of the files (<cache>/sha256/, keyed by their paths,
+    sizes and modification times): a 7B checkpoint takes 10-30 s to hash, and every job of a sweep asks again."""
+    files = [path] if path.is_file() else [path / "config.json", *weight_files(path)]
     state = [[str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns] for f in files]
     known = None if cache_dir is None else \
         cache_dir / "sha256" / hashlib.sha256(json.dumps(state).encode()).hexdigest()[:32]
@@ -127,7 +128,8 @@ def weights_sha256(folder: Path, cache_dir: Optional[Path] = None) -> str:
         return known.read_text()
     digest = hashlib.sha256()
     for file in files:
-        digest.update(file.name.encode())
+        if not path.is_file():
+            digest.update(file.name.encode())
         with open(file, "rb") as stream:
             while chunk := stream.read(1 << 24):
                 digest.update(chunk)

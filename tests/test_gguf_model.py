@@ -2,6 +2,7 @@
 reference), and chat templates: every runtime generates from the ids of the template's rendering."""
 
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -53,7 +54,7 @@ def gguf_sweep(tiny_gguf, tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_a_gguf_is_measured_as_it_is_and_quantized_against_its_dequantized_reference(gguf_sweep):
+def test_a_gguf_is_measured_as_it_is_and_quantized_against_its_dequantized_reference(tiny_gguf, gguf_sweep):
     result, jobs, sweep = gguf_sweep
     assert result.returncode == 1, result.stderr[-3000:]  # the two CTranslate2 refusals below
     types = {"gguf": "F32", "int8": "Q8_0", "int4": "Q4_K_M"}
@@ -74,6 +75,8 @@ def test_a_gguf_is_measured_as_it_is_and_quantized_against_its_dequantized_refer
     # F32 and Q8_0 are both ~0 on this random tiny model, where most of fp32's mass is in the tail the KL
     # estimates from draws (docs/quality.md): their order is inside that noise; Q4_K_M's loss is not
     assert abs(kl["int8"]) < 1e-4 and max(kl["gguf"], kl["int8"]) < kl["int4"], kl
+    # every job says what the file held (the start of its sha256sum), whatever it measured
+    assert {r.data.tags["weights_sha256"] for r in jobs.values()} == {_sha256sum(tiny_gguf)[:16]}
     dequantized = jobs[("ctranslate2", "int8")]  # another runtime takes the same file, through transformers
     assert dequantized.info.status == "FINISHED" and "weights_quantized_from" not in dequantized.data.tags
     assert QUALITY <= set(dequantized.data.metrics)
@@ -82,6 +85,23 @@ def test_a_gguf_is_measured_as_it_is_and_quantized_against_its_dequantized_refer
         "BackendUnsupported: precision=gguf is the GGUF file's own type, which backend=llama-cpp runs as it is; "
         "backend=ctranslate2 loads the file dequantized: use precision=fp32 (the quality reference) or another "
         "precision")
+
+
+def _sha256sum(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_gguf_rewritten_at_the_same_path_is_told_apart_by_its_weights_tag(tiny_gguf, tmp_path):
+    """The same path is the same config_hash; a new download or quantization written there holds other weights:
+    weights_sha256 (which skip_completed and reproduce compare) follows the file, read once per file state."""
+    path = tmp_path / "model.gguf"
+    shutil.copy(tiny_gguf, path)
+    cfg = compose_run("model=gemma-3-270m", "model.name=tiny-gguf", f"model.name_or_path={path}",
+                      "backend=llama-cpp", "precision=gguf", f"paths.cache_dir={tmp_path / 'cache'}")
+    first = identity.weights_tag(cfg)
+    assert first == {"weights_sha256": _sha256sum(tiny_gguf)[:16]}
+    gguf_files.quantize(tiny_gguf, path, "Q8_0", 1)
+    assert identity.weights_tag(cfg) == {"weights_sha256": _sha256sum(path)[:16]} != first
 
 
 def _gguf_with_vocabulary(path: Path, tokens, template=None) -> Path:
@@ -128,8 +148,9 @@ def test_a_quantized_gguf_is_quantized_again_only_when_asked(tiny_gguf, tmp_path
 
 
 def test_a_gguf_of_a_hub_repository_is_found_in_the_hub_cache_with_no_network(tiny_gguf, tmp_path, monkeypatch):
-    """model.name_or_path=<org>/<repo> model.gguf_file=<file>, as a user who downloaded the file once has it: it is
-    found in the hub cache offline and read there; a file the cache lacks is refused in one line that says what to do."""
+    """model.name_or_path=<org>/<repo> model.gguf_file=<file>, as a user who downloaded the file once has it: it
+    is found in the hub cache offline and read there; a file the cache lacks is refused in one line that says what
+    to do."""
     import huggingface_hub.constants
 
     revision = "0" * 40
@@ -148,6 +169,8 @@ def test_a_gguf_of_a_hub_repository_is_found_in_the_hub_cache_with_no_network(ti
 
     missing = dataclasses.replace(model, gguf_file="tiny-llama-Q8_0.gguf")
     assert gguf_source.locate(missing, download=False) is None and gguf_source.file_type(missing) is None
+    assert identity.weights_tag(compose_run("model=gemma-3-270m", "model.name_or_path=someone/tiny-llama-GGUF",
+                                            "model.gguf_file=tiny-llama-Q8_0.gguf")) == {}  # downloaded by its job
     with pytest.raises(gguf_source.GgufUnavailable) as refused:
         gguf_source.locate(missing)
     assert "\n" not in str(refused.value)

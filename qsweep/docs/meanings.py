@@ -123,7 +123,8 @@ TAGS = {
     "qsweep.kind": "`job`, `sweep` or `train_merge`",
     "qsweep.owner": "host, pid namespace, pid and start time of the process that must end the run",
     "qsweep.skipped.": "on a sweep run, `qsweep.skipped.<config_hash>`: the earlier run a skipped job stands for",
-    "weights_sha256": "local checkpoint folders: what the folder held when it was measured",
+    "weights_sha256": "local checkpoint folders and GGUF files: what they held when measured (for a GGUF, the "
+                      "start of its `sha256sum`)",
     "weights_quantized_from": "weights dequantized from a quantized file (the bundled Gemma: Q4_K_M; a GGUF model of a "
                               "quantized type): its type; settings of its family are marked in the report and "
                               "`recommend` ([quality](quality.md#weights-that-were-quantized-before-qsweep-got-them))",

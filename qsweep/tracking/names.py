@@ -7,7 +7,7 @@ TAG_ERROR = "error"
 TAG_KIND = "qsweep.kind"  # job, sweep or train_merge
 TAG_OWNER = "qsweep.owner"  # host id:pid:start time of the process that must end the run
 TAG_SKIPPED_PREFIX = "qsweep.skipped."  # on a sweep run: qsweep.skipped.<config_hash> = the run it points to
-TAG_WEIGHTS = "weights_sha256"  # local checkpoint folders: what the folder held when measured
+TAG_WEIGHTS = "weights_sha256"  # local checkpoints (folder, GGUF file): what they held when measured
 TAG_WEIGHTS_ORIGIN = "weights_quantized_from"  # weights dequantized from a quantized file: its type (Q4_K_M)
 TAG_REPRODUCES = "reproduces"  # on a reproduction: the run it measured again
 TAG_SWEEP_OVERRIDES = "sweep_overrides"
