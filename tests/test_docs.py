@@ -1,6 +1,7 @@
 """Docs that cannot drift: every `python run.py ...`, `python -m qsweep ...` and `python -m train_merge ...` command in
-README.md and docs/*.md, in a shell block or a code span of the prose, composes (Hydra's compose API, every job of a sweep validated; no model loaded) and its flags
-parse (qsweep's own argparse parser); every relative link and image resolves, anchors included; docs/metrics.md is
+README.md, every guide and report under docs/ and benchmarks/RESULTS.md, in a shell block or a code span of the
+prose, composes (Hydra's compose API, every job of a sweep validated; no model loaded) and its flags parse
+(qsweep's own argparse parser); every relative link and image resolves, anchors included; docs/metrics.md is
 what `python -m qsweep.docs` makes of the names the code records. Each check is shown failing on a bad document."""
 
 import contextlib
@@ -19,7 +20,7 @@ from conftest import ROOT
 from plan import compose, master  # benchmarks/gpu/plan.py: Hydra's compose API, a sweep's own config
 from qsweep.config import ConfigError, validate
 
-DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md")), ROOT / "benchmarks" / "RESULTS.md"]
 SHELL_BLOCKS = {"", "bash", "sh", "shell", "console"}  # a ```text block may show a command that is meant to fail
 UNPARSABLE = "<unparsable>"
 COMMAND_START = re.compile(r"^(\w+=\S+\s+)*(\S*python3?\s+(run\.py|-m\s+[\w.]+)|qsweep\s+\w|make\s+\w)")
