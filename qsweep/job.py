@@ -20,7 +20,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from qsweep import (artifacts, backends, console, emulation, environment, identity, measure, prompts, quality,
-                    results, sources, trackers, tracking, worker)
+                    results, sources, textsource, trackers, tracking, worker)
 from qsweep.config import ConfigError, RunConfig, TrackingConfig
 from qsweep.confighash import config_hash, flatten, to_yaml
 
@@ -169,7 +169,7 @@ def measure_job(cfg: RunConfig, registry: Optional[tuple] = None) -> results.Job
                                                      tracked.timed)
     texts = results.texts(prompt_texts, generations, runtime.tokenizer)
     own_splits = prompts.own_splits(runtime, list(cfg.generation.prompts) if cfg.generation.prompt_tokens is None
-                                    else [])
+                                    else [], textsource.read(cfg.quality.text, cfg.quality.text_field).text)
     judged = None  # quality: after the tracked region, whose figures were taken when it ended
     try:
         if quality.applicable(cfg, runtime.tokenizer):

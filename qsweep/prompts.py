@@ -66,12 +66,13 @@ def _cut_from_eval_text(tokenizer, length: int, count: int) -> List[List[int]]:
     return [prefix + repeated[i * stride:i * stride + body] for i in range(count)]
 
 
-def own_splits(runtime, prompts: List[str]) -> Optional[str]:
+def own_splits(runtime, prompts: List[str], evaluation_text: str) -> Optional[str]:
     """Every runtime is fed the checkpoint tokenizer's ids, so quality compares the same tokens everywhere; this
-    says where the runtime's own tokenizer (the one it would use when served) splits the evaluation text or a
-    text prompt otherwise: None where it has none, "same", or "differs: <which texts>"."""
+    says where the runtime's own tokenizer (the one it would use when served) splits the evaluation text (the one
+    quality.text names) or a text prompt otherwise: None where it has none, "same", or "differs: <which texts>"."""
     if runtime.tokenizer is None or runtime.own_tokens("") is None:
         return None
-    texts = {"the evaluation text": eval_text(), **{f"prompt {i + 1}": p for i, p in enumerate(prompts)}}
-    differs = [name for name, text in texts.items() if runtime.own_tokens(text) != runtime.tokenizer(text).input_ids]
+    texts = {"the evaluation text": evaluation_text, **{f"prompt {i + 1}": p for i, p in enumerate(prompts)}}
+    differs = [name for name, text in texts.items()
+               if runtime.own_tokens(text) != runtime.tokenizer(text, verbose=False).input_ids]
     return f"differs: {', '.join(differs)}" if differs else "same"

@@ -39,6 +39,14 @@ def tiny_gguf(tmp_path_factory):
     return path
 
 
+def _same_split_text(folder: Path) -> Path:
+    """A user's text that llama.cpp and transformers split alike with this Llama vocabulary (the built-in text
+    they split otherwise: the test's tokenizer.json is rebuilt from llama.cpp's vocabulary without its scores)."""
+    path = folder / "text.txt"
+    path.write_text("hello world\n\nline one\n\nline two\n\n" * 30)
+    return path
+
+
 def _jobs(sweep):
     return {(r.data.tags["backend"], r.data.tags["precision"]): r for r in sweep.runs()
             if r.data.tags.get("qsweep.kind") == "job"}
@@ -49,7 +57,8 @@ def gguf_sweep(tiny_gguf, tmp_path_factory):
     """The GGUF on llama.cpp as it is and as Q8_0 and Q4_K_M, and on CTranslate2 (dequantized): one multirun."""
     sweep = Sweep(tmp_path_factory.mktemp("gguf_sweep"))
     result = sweep.run("-m", "model=gemma-3-270m", "model.name=tiny-gguf", f"model.name_or_path={tiny_gguf}",
-                       "backend=llama-cpp,ctranslate2", "precision=gguf,int8,int4", *FAST)
+                       "backend=llama-cpp,ctranslate2", "precision=gguf,int8,int4", *FAST,
+                       f"quality.text={_same_split_text(sweep.tmp_path)}")
     return result, _jobs(sweep), sweep
 
 
@@ -67,6 +76,9 @@ def test_a_gguf_is_measured_as_it_is_and_quantized_against_its_dequantized_refer
         check = json.loads(open(sweep.client().download_artifacts(run.info.run_id, "precision_check.json")).read())
         assert check["file_type"] == gguf_type and check["architecture"] == "llama"
         kl[precision] = m["kl_div_vs_fp32"]
+        # its own tokenizer is compared on the text quality.text names (split alike), not on the built-in one
+        assert tags["quality_text"] == str(sweep.tmp_path / "text.txt")
+        assert tags["runtime_tokenizer"] == "same" or "the evaluation text" not in tags["runtime_tokenizer"]
     as_is = jobs[("llama-cpp", "gguf")]
     assert as_is.data.tags["setting"] == "CPU GGUF F32" and "conversion" not in as_is.data.tags  # nothing made
     assert jobs[("llama-cpp", "int8")].data.tags["conversion"] == "made"
@@ -256,9 +268,10 @@ def test_a_chat_template_wraps_prompts_and_renders_in_a_sandbox(tmp_path):
 
 def test_a_runtime_whose_own_tokenizer_splits_otherwise_says_where():
     """runtime_tokenizer: every runtime is fed the checkpoint's ids; the tag names the texts the runtime's own
-    tokenizer (the one a deployment would use) would split otherwise, "same" where none, nothing without one."""
+    tokenizer (the one a deployment would use) would split otherwise, "same" where none, nothing without one.
+    The evaluation text is the one quality.text names, not the built-in one."""
     class Tokenizer:
-        def __call__(self, text):
+        def __call__(self, text, **_):
             return type("Encoded", (), {"input_ids": [ord(c) for c in text]})()
 
     class Runtime:
@@ -270,7 +283,9 @@ def test_a_runtime_whose_own_tokenizer_splits_otherwise_says_where():
         def own_tokens(self, text):
             return None if self.splits is None else [ord(c) for c in text.replace(self.splits, "")]
 
-    assert prompts.own_splits(Runtime("\u2603"), ["hello", "the \u2603 menu"]) == "differs: prompt 2"
-    assert prompts.own_splits(Runtime("\u2603"), ["hello"]) == "same"
-    assert prompts.own_splits(Runtime(" the "), ["hello"]) == "differs: the evaluation text"
-    assert prompts.own_splits(Runtime(None), ["hello"]) is None
+    builtin = prompts.eval_text()
+    assert prompts.own_splits(Runtime("\u2603"), ["hello", "the \u2603 menu"], builtin) == "differs: prompt 2"
+    assert prompts.own_splits(Runtime("\u2603"), ["hello"], builtin) == "same"
+    assert prompts.own_splits(Runtime("\u2603"), ["hello"], "a user's \u2603 text") == "differs: the evaluation text"
+    assert prompts.own_splits(Runtime(" the "), ["hello"], builtin) == "differs: the evaluation text"
+    assert prompts.own_splits(Runtime(None), ["hello"], builtin) is None

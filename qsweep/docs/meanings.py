@@ -167,9 +167,9 @@ TAGS = {
     "quality_reference": "the fp32 reference: `self` (an fp32 job), `reused` or `built` by this job",
     "memory_peak": "where the kernel's peak RSS cannot be reset: `since the worker started`, so `peak_rss_gb` and "
                    "`setting_memory_gb` may hold what the process peaked at before the job",
-    "runtime_tokenizer": "llama.cpp: whether the GGUF's own tokenizer splits the evaluation text and the prompts as "
-                         "the checkpoint's does (`same`) or not (`differs: ...`); every runtime is fed the checkpoint's "
-                         "ids ([models](models.md#same-reference-same-tokens))",
+    "runtime_tokenizer": "llama.cpp: whether the GGUF's own tokenizer splits the evaluation text (`quality.text`) and "
+                         "the prompts as the checkpoint's does (`same`) or not (`differs: ...`); every runtime is fed "
+                         "the checkpoint's ids ([models](models.md#same-reference-same-tokens))",
     "quality_unavailable": "why a model has no fp32 reference (a GGUF whose architecture transformers cannot read)",
     "quality_text": "the text scored: `builtin`, `wikitext-2` or the file's path (`quality.text`)",
     "quality_text_sha256": "the SHA-256 of the scored text's content",
