@@ -202,11 +202,24 @@ def test_llama_cpp_makes_its_batched_context_in_the_warm_up_and_clears_it_per_ca
         yield Work()
 
     ids = prompts.encode(cfg.generation, runtime.tokenizer, runtime.vocab_size, 0)[0]
+    long = (ids[0] * 200)[:600]  # a quality window longer than a small context
     try:
         first = runtime.generate(ids[:2], 3, lambda: None)  # a new context
         again = runtime.generate(ids[:2], 3, lambda: None)  # the same one, cleared
         measure.generate_timed(runtime, ids, cfg.generation, "cpu", timed)
+        assert made == [False]  # one context for batch 2, made before any timed call
+        # the Llama's own one-sequence context stays small (not in the setting's memory); the quality pass,
+        # after the timed calls, gets a full one and scores as a batch-1 setting does
+        assert runtime.llm.n_ctx() <= 256 < 600 <= runtime.context_length
+        scored = runtime.logits(long)
     finally:
         runtime.close()
     assert again == first
-    assert made == [False]  # one context for batch 2, made before any timed call
+    single_cfg = compose_run("model=gemma-3-270m", "model.name=tiny-gemma", f"model.name_or_path={tiny_gemma}",
+                             "device=cpu", "backend=llama-cpp", "precision=fp32")
+    single = backend.load(single_cfg, checkpoint, backend.prepare(single_cfg, checkpoint))
+    try:
+        assert single.llm.n_ctx() == single.context_length
+        assert torch.allclose(scored, single.logits(long), atol=1e-4)
+    finally:
+        single.close()

@@ -180,8 +180,13 @@ class LlamaRuntime(Runtime):
         longest = found["context_length"] if checkpoint.path is None else \
             context_length(AutoConfig.from_pretrained(checkpoint.path).get_text_config())
         self.context_length = min(longest or MAX_CONTEXT, MAX_CONTEXT)
+        # At batch > 1 the setting decodes in a context of B sequences (_batched), as a deployment at batch B
+        # would: the one-sequence context every Llama makes is kept small there, so that its KV cache (33 MB of
+        # the embedded Gemma's at 2048 tokens; a quarter GB of an 8B Llama's) does not count in the setting's
+        # memory. The quality pass, after the tracked region, makes a full one (ctx).
+        own_context = self.context_length if cfg.generation.batch_size == 1 else min(N_BATCH, self.context_length)
         start = time.perf_counter()
-        self.llm = llama_cpp.Llama(model_path=str(path), n_ctx=self.context_length, n_batch=N_BATCH,
+        self.llm = llama_cpp.Llama(model_path=str(path), n_ctx=own_context, n_batch=N_BATCH,
                                    n_ubatch=N_BATCH, n_threads=self.threads, n_threads_batch=self.threads,
                                    n_gpu_layers=0, seed=0, verbose=False)
         self.load_time_s = time.perf_counter() - start
@@ -199,7 +204,11 @@ class LlamaRuntime(Runtime):
 
     @property
     def ctx(self):
-        return self.llm._ctx.ctx
+        """The one-sequence context of context_length tokens: the Llama's own, or made once it is needed where
+        the Llama's was kept small (batch > 1: only the quality pass decodes one sequence)."""
+        if self.llm.n_ctx() >= self.context_length:
+            return self.llm._ctx.ctx
+        return self._batched(1, self.context_length, N_BATCH)[0]
 
     def _decode(self, ctx, batch) -> None:
         if self.llama_cpp.llama_decode(ctx, batch) != 0:
