@@ -14,7 +14,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 from qsweep.tracking import TAG_ARTIFACT, TAG_ARTIFACT_STAMP, TAG_ARTIFACT_TOKENIZER, RunRecord
 
@@ -45,10 +45,15 @@ def stamp(path: Path) -> str:
 
 def sha256(path: Path) -> str:
     """Of a file's bytes; of a folder: of each file's relative name and bytes, in name order."""
+    return digest_of(files(path), (lambda file: str(file.relative_to(path))) if path.is_dir() else None)
+
+
+def digest_of(paths: List[Path], name: Optional[Callable[[Path], str]] = None) -> str:
+    """SHA-256 (hex) of the files' bytes in order, each preceded by name(file) where `name` is given."""
     digest = hashlib.sha256()
-    for file in files(path):
-        if path.is_dir():
-            digest.update(str(file.relative_to(path)).encode())
+    for file in paths:
+        if name is not None:
+            digest.update(name(file).encode())
         with open(file, "rb") as stream:
             while chunk := stream.read(1 << 24):
                 digest.update(chunk)

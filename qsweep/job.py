@@ -55,6 +55,8 @@ def run_job(cfg: RunConfig, tags: Optional[dict] = None) -> tracking.RunRecord:
                 result.phases, phase_worker_start_s=prepare_spent.start_s + spent.start_s,
                 phase_imports_s=spent.init_s, phase_recording_s=recording_s,
                 phase_prepare_s=result.phases.phase_prepare_s + prepare_spent.fn_s)
+            if tracking.TAG_WEIGHTS not in run_tags:  # a hub file this job downloaded: what it held, now it is here
+                run.set_tags(identity.weights_tag(cfg))
             results.record(run, result, phases, started)
             if (result.runtime_tokenizer or "").startswith("differs"):  # scored on the checkpoint's ids all the same
                 console.say(f"{name}: the runtime's own tokenizer splits {result.runtime_tokenizer[9:]} otherwise "
@@ -104,13 +106,14 @@ def record_invalid(raw: DictConfig, err: ConfigError) -> tracking.RunRecord:
 
 
 def completed_job(cfg: RunConfig) -> Optional[tracking.RunRecord]:
-    """For sweep.skip_completed: the newest FINISHED run of this config_hash (and, for a local folder, of
-    the weights it holds now), as a SKIPPED record; None when there is none."""
+    """For sweep.skip_completed: the newest FINISHED run of this config_hash (and, for a local checkpoint folder or
+    file, of the weights it holds now), as a SKIPPED record; None when there is none."""
     store, the_hash = tracking.open_store(cfg.tracking), config_hash(cfg)
     done = tracking.find_by_hash(store, the_hash, finished_only=True)
     weights = identity.weights_tag(cfg).get(tracking.TAG_WEIGHTS)
     if weights and done:  # the same path, but does it still hold the weights that were measured?
-        same = [run for run in done if run.tags.get(tracking.TAG_WEIGHTS) == weights]
+        # a run recorded without the tag (a single-file checkpoint, before it had one) cannot tell: its hash decides
+        same = [run for run in done if run.tags.get(tracking.TAG_WEIGHTS, weights) == weights]
         if not same:
             console.say(f"{done[0].name}: config_hash {the_hash} is FINISHED in run {done[0].run_id}, but "
                         f"{cfg.model.name_or_path} holds other weights now: measuring it again")
@@ -168,10 +171,10 @@ def measure_job(cfg: RunConfig, registry: Optional[tuple] = None) -> results.Job
         speed, generations = measure.generate_timed(runtime, prompt_ids, cfg.generation, cfg.device.name,
                                                      tracked.timed)
     texts = results.texts(prompt_texts, generations, runtime.tokenizer)
-    own_splits = prompts.own_splits(runtime, list(cfg.generation.prompts) if cfg.generation.prompt_tokens is None
-                                    else [], textsource.read(cfg.quality.text, cfg.quality.text_field).text)
     judged = None  # quality: after the tracked region, whose figures were taken when it ended
     try:
+        own_splits = prompts.own_splits(runtime, list(cfg.generation.prompts) if cfg.generation.prompt_tokens is None
+                                        else [], textsource.read(cfg.quality.text, cfg.quality.text_field).text)
         if quality.applicable(cfg, runtime.tokenizer):
             judged = quality.evaluate(cfg, runtime, checkpoint, generations, [t["output"] for t in texts])
             results.add_fp32_outputs(texts, judged.fp32_outputs, runtime.tokenizer)

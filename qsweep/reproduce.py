@@ -162,7 +162,10 @@ def compare_weights(original: tracking.RunRecord, new: tracking.RunRecord) -> Op
         return None
     if before == after:
         return f"checkpoint weights: IDENTICAL ({tracking.TAG_WEIGHTS} {after})"
-    return (f"checkpoint weights: DIFFERENT ({tracking.TAG_WEIGHTS} {before or 'not recorded'} -> {after}): the "
+    if before is None or after is None:
+        return (f"checkpoint weights: cannot compare ({tracking.TAG_WEIGHTS} {before or 'not recorded'} -> "
+                f"{after or 'not recorded'}): one run was recorded without it")
+    return (f"checkpoint weights: DIFFERENT ({tracking.TAG_WEIGHTS} {before} -> {after}): the "
             "checkpoint holds other weights than when the original was measured")
 
 

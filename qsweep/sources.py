@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
 
-from qsweep import gguf_source
+from qsweep import artifacts, gguf_source
 from qsweep.config import ModelConfig
 from qsweep.staging import build_once
 
@@ -126,19 +126,13 @@ def weights_sha256(path: Path, cache_dir: Optional[Path] = None) -> str:
         cache_dir / "sha256" / hashlib.sha256(json.dumps(state).encode()).hexdigest()[:32]
     if known is not None and known.is_file():
         return known.read_text()
-    digest = hashlib.sha256()
-    for file in files:
-        if not path.is_file():
-            digest.update(file.name.encode())
-        with open(file, "rb") as stream:
-            while chunk := stream.read(1 << 24):
-                digest.update(chunk)
+    digest = artifacts.digest_of(files, None if path.is_file() else lambda file: file.name)[:16]
     if known is not None:
         known.parent.mkdir(parents=True, exist_ok=True)
         staged = known.with_suffix(f".{os.getpid()}")  # written whole, then renamed: a parallel job reads all
-        staged.write_text(digest.hexdigest()[:16])
+        staged.write_text(digest)
         staged.replace(known)
-    return digest.hexdigest()[:16]
+    return digest
 
 
 def declared_config(model: ModelConfig) -> Optional[dict]:

@@ -212,6 +212,7 @@ def test_llama_cpp_makes_its_batched_context_in_the_warm_up_and_clears_it_per_ca
         # after the timed calls, gets a full one and scores as a batch-1 setting does
         assert runtime.llm.n_ctx() <= 256 < 600 <= runtime.context_length
         scored = runtime.logits(long)
+        assert runtime.logits(long).equal(scored) and len(made) == 2  # made once, then reused
     finally:
         runtime.close()
     assert again == first

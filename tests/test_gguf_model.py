@@ -78,7 +78,15 @@ def test_a_gguf_is_measured_as_it_is_and_quantized_against_its_dequantized_refer
         kl[precision] = m["kl_div_vs_fp32"]
         # its own tokenizer is compared on the text quality.text names (split alike), not on the built-in one
         assert tags["quality_text"] == str(sweep.tmp_path / "text.txt")
-        assert tags["runtime_tokenizer"] == "same" or "the evaluation text" not in tags["runtime_tokenizer"]
+        assert "the evaluation text" not in tags["runtime_tokenizer"]
+    # ... where the built-in text would have been named: this vocabulary's two tokenizers split it otherwise
+    import llama_cpp
+    from transformers import AutoTokenizer
+
+    builtin = prompts.eval_text()
+    own = llama_cpp.Llama(model_path=str(tiny_gguf), vocab_only=True, verbose=False)
+    checkpoints = AutoTokenizer.from_pretrained(jobs[("llama-cpp", "gguf")].data.tags["artifact_tokenizer"])
+    assert own.tokenize(builtin.encode(), add_bos=True, special=False) != checkpoints(builtin, verbose=False).input_ids
     as_is = jobs[("llama-cpp", "gguf")]
     assert as_is.data.tags["setting"] == "CPU GGUF F32" and "conversion" not in as_is.data.tags  # nothing made
     assert jobs[("llama-cpp", "int8")].data.tags["conversion"] == "made"
@@ -112,8 +120,10 @@ def test_a_gguf_rewritten_at_the_same_path_is_told_apart_by_its_weights_tag(tiny
                       "backend=llama-cpp", "precision=gguf", f"paths.cache_dir={tmp_path / 'cache'}")
     first = identity.weights_tag(cfg)
     assert first == {"weights_sha256": _sha256sum(tiny_gguf)[:16]}
+    assert identity.weights_tag(cfg) == first and len(list((tmp_path / "cache" / "sha256").iterdir())) == 1
     gguf_files.quantize(tiny_gguf, path, "Q8_0", 1)
     assert identity.weights_tag(cfg) == {"weights_sha256": _sha256sum(path)[:16]} != first
+    assert len(list((tmp_path / "cache" / "sha256").iterdir())) == 2  # one hash per state of the file
 
 
 def _gguf_with_vocabulary(path: Path, tokens, template=None) -> Path:
@@ -170,14 +180,21 @@ def test_a_gguf_of_a_hub_repository_is_found_in_the_hub_cache_with_no_network(ti
     (repo / "snapshots" / revision).mkdir(parents=True)
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(revision)
+    blob = repo / "blobs" / _sha256sum(tiny_gguf)  # as huggingface_hub lays a download out: a link to its blob
+    blob.parent.mkdir()
+    shutil.copy(tiny_gguf, blob)
     cached = repo / "snapshots" / revision / "tiny-llama-f32.gguf"
-    shutil.copy(tiny_gguf, cached)
+    cached.symlink_to(os.path.relpath(blob, cached.parent))
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     model = compose_run("model=gemma-3-270m", "model.name=tiny-gguf", "model.name_or_path=someone/tiny-llama-GGUF",
                         "model.gguf_file=tiny-llama-f32.gguf").model
     assert gguf_source.locate(model, download=False) == gguf_source.locate(model) == cached
     assert gguf_source.file_type(model) == "F32"
+    assert identity.weights_tag(compose_run("model=gemma-3-270m", "model.name_or_path=someone/tiny-llama-GGUF",
+                                            "model.gguf_file=tiny-llama-f32.gguf",
+                                            f"paths.cache_dir={tmp_path / 'cache'}")) == {
+        "weights_sha256": blob.name[:16]}
 
     missing = dataclasses.replace(model, gguf_file="tiny-llama-Q8_0.gguf")
     assert gguf_source.locate(missing, download=False) is None and gguf_source.file_type(missing) is None

@@ -35,6 +35,7 @@ from qsweep.sources import Checkpoint, fingerprint_key
 PRECISION_TYPES = {"fp32": "F32", "fp16": "F16", "bf16": "BF16", "int8": "Q8_0", "int4": "Q4_K_M"}
 N_BATCH = 256  # tokens per llama_decode call; its compute buffer holds n_batch x vocabulary logits
 MAX_CONTEXT = 2048  # the KV cache: enough for the evaluation windows (1024) and long prompts
+SMALL_CONTEXT = 256  # the one-sequence context of a batch > 1 setting, which decodes in a context of its own
 LIBRARIES = ("llama_cpp",)  # imported by a job before its memory is tracked (backends/__init__.py)
 
 
@@ -184,7 +185,8 @@ class LlamaRuntime(Runtime):
         # would: the one-sequence context every Llama makes is kept small there, so that its KV cache (33 MB of
         # the embedded Gemma's at 2048 tokens; a quarter GB of an 8B Llama's) does not count in the setting's
         # memory. The quality pass, after the tracked region, makes a full one (ctx).
-        own_context = self.context_length if cfg.generation.batch_size == 1 else min(N_BATCH, self.context_length)
+        own_context = self.context_length if cfg.generation.batch_size == 1 else \
+            min(SMALL_CONTEXT, self.context_length)
         start = time.perf_counter()
         self.llm = llama_cpp.Llama(model_path=str(path), n_ctx=own_context, n_batch=N_BATCH,
                                    n_ubatch=N_BATCH, n_threads=self.threads, n_threads_batch=self.threads,
@@ -282,7 +284,7 @@ class LlamaRuntime(Runtime):
         if have is not None and have[2] == size and have[3] >= per_sequence and have[4] >= n_batch:
             lib.llama_memory_clear(lib.llama_get_memory(have[0]), True)
             return have[0], have[1]
-        if have is not None:
+        if have is not None and have[2] == size:  # grown to the largest shape this batch size has needed
             per_sequence, n_batch = max(per_sequence, have[3]), max(n_batch, have[4])
         self._free_batched()
         params = lib.llama_context_params.from_buffer_copy(self.llm.context_params)
