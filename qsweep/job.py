@@ -20,7 +20,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from qsweep import (artifacts, backends, console, emulation, environment, identity, measure, prompts, quality,
-                    results, sources, textsource, trackers, tracking, worker)
+                    results, sources, trackers, tracking, worker)
 from qsweep.config import ConfigError, RunConfig, TrackingConfig
 from qsweep.confighash import config_hash, flatten, to_yaml
 
@@ -55,9 +55,9 @@ def run_job(cfg: RunConfig, tags: Optional[dict] = None) -> tracking.RunRecord:
                 result.phases, phase_worker_start_s=prepare_spent.start_s + spent.start_s,
                 phase_imports_s=spent.init_s, phase_recording_s=recording_s,
                 phase_prepare_s=result.phases.phase_prepare_s + prepare_spent.fn_s)
-            if tracking.TAG_WEIGHTS not in run_tags:  # a hub file this job downloaded: what it held, now it is here
-                run.set_tags(identity.weights_tag(cfg))
-            results.record(run, result, phases, started)
+            # a hub file this job downloaded: what it held, now that it is here
+            late = {} if tracking.TAG_WEIGHTS in run_tags else identity.weights_tag(cfg)
+            results.record(run, result, phases, started, late)
             if (result.runtime_tokenizer or "").startswith("differs"):  # scored on the checkpoint's ids all the same
                 console.say(f"{name}: the runtime's own tokenizer splits {result.runtime_tokenizer[9:]} otherwise "
                             "than the checkpoint's; every runtime was fed the checkpoint's token ids")
@@ -174,7 +174,7 @@ def measure_job(cfg: RunConfig, registry: Optional[tuple] = None) -> results.Job
     judged = None  # quality: after the tracked region, whose figures were taken when it ended
     try:
         own_splits = prompts.own_splits(runtime, list(cfg.generation.prompts) if cfg.generation.prompt_tokens is None
-                                        else [], textsource.read(cfg.quality.text, cfg.quality.text_field).text)
+                                        else [], cfg.quality)
         if quality.applicable(cfg, runtime.tokenizer):
             judged = quality.evaluate(cfg, runtime, checkpoint, generations, [t["output"] for t in texts])
             results.add_fp32_outputs(texts, judged.fp32_outputs, runtime.tokenizer)

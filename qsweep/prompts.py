@@ -14,8 +14,9 @@ from typing import List, Optional, Tuple
 
 import torch
 
-from qsweep.config import ConfigError, GenerationConfig
+from qsweep.config import ConfigError, GenerationConfig, QualityConfig
 from qsweep.quality import eval_text, starts_with_bos
+from qsweep.textsource import read
 
 
 def encode(gen: GenerationConfig, tokenizer, vocab_size: int, seed: int) -> Tuple[List[List[int]], List[str]]:
@@ -66,13 +67,14 @@ def _cut_from_eval_text(tokenizer, length: int, count: int) -> List[List[int]]:
     return [prefix + repeated[i * stride:i * stride + body] for i in range(count)]
 
 
-def own_splits(runtime, prompts: List[str], evaluation_text: str) -> Optional[str]:
+def own_splits(runtime, prompts: List[str], evaluation: QualityConfig) -> Optional[str]:
     """Every runtime is fed the checkpoint tokenizer's ids, so quality compares the same tokens everywhere; this
     says where the runtime's own tokenizer (the one it would use when served) splits the evaluation text (the one
     quality.text names) or a text prompt otherwise: None where it has none, "same", or "differs: <which texts>"."""
     if runtime.tokenizer is None or runtime.own_tokens("") is None:
         return None
-    texts = {"the evaluation text": evaluation_text, **{f"prompt {i + 1}": p for i, p in enumerate(prompts)}}
+    texts = {"the evaluation text": read(evaluation.text, evaluation.text_field).text,
+             **{f"prompt {i + 1}": p for i, p in enumerate(prompts)}}
     differs = [name for name, text in texts.items()
                if runtime.own_tokens(text) != runtime.tokenizer(text, verbose=False).input_ids]
     return f"differs: {', '.join(differs)}" if differs else "same"

@@ -98,13 +98,16 @@ def generation_table(result: JobResult) -> Dict[str, list]:
             "degenerate_reason": judged or [quality.NOT_APPLICABLE] * len(result.texts)}
 
 
-def record(run: RunWriter, result: JobResult, phases: JobPhases, started: float) -> None:
-    """The result into its run, in few writes: one upload of the artifacts, one batch of metrics and tags.
-    `phases` gets the recording time and the job's wall time up to the last write (`started`: perf_counter)."""
+def record(run: RunWriter, result: JobResult, phases: JobPhases, started: float,
+           more_tags: Optional[dict] = None) -> None:
+    """The result into its run, in few writes: one upload of the artifacts, one batch of metrics and tags (with
+    `more_tags`). `phases` gets the recording time and the job's wall time up to the last write (`started`:
+    perf_counter)."""
     begin = time.perf_counter()
     files = {PRECISION_FILE: result.precision.details, ENVIRONMENT_FILE: result.environment,
              GENERATIONS_FILE: result.texts, GENERATIONS_MARKDOWN: "\n\n".join(map(_markdown, result.texts))}
-    tags = {TAG_PRECISION_CHECK: result.precision.summary, TAG_QUALITY: quality.NOT_APPLICABLE, **result.artifact}
+    tags = {TAG_PRECISION_CHECK: result.precision.summary, TAG_QUALITY: quality.NOT_APPLICABLE, **result.artifact,
+            **(more_tags or {})}
     tags.update({name: value for tracked in result.tracked for name, value in tracked.tags.items()})
     if result.conversion:
         tags[TAG_CONVERSION] = result.conversion

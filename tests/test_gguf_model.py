@@ -187,19 +187,16 @@ def test_a_gguf_of_a_hub_repository_is_found_in_the_hub_cache_with_no_network(ti
     cached.symlink_to(os.path.relpath(blob, cached.parent))
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    model = compose_run("model=gemma-3-270m", "model.name=tiny-gguf", "model.name_or_path=someone/tiny-llama-GGUF",
-                        "model.gguf_file=tiny-llama-f32.gguf").model
+    cfg = compose_run("model=gemma-3-270m", "model.name=tiny-gguf", "model.name_or_path=someone/tiny-llama-GGUF",
+                      "model.gguf_file=tiny-llama-f32.gguf", f"paths.cache_dir={tmp_path / 'cache'}")
+    model = cfg.model
     assert gguf_source.locate(model, download=False) == gguf_source.locate(model) == cached
     assert gguf_source.file_type(model) == "F32"
-    assert identity.weights_tag(compose_run("model=gemma-3-270m", "model.name_or_path=someone/tiny-llama-GGUF",
-                                            "model.gguf_file=tiny-llama-f32.gguf",
-                                            f"paths.cache_dir={tmp_path / 'cache'}")) == {
-        "weights_sha256": blob.name[:16]}
+    assert identity.weights_tag(cfg) == {"weights_sha256": blob.name[:16]}
 
     missing = dataclasses.replace(model, gguf_file="tiny-llama-Q8_0.gguf")
     assert gguf_source.locate(missing, download=False) is None and gguf_source.file_type(missing) is None
-    assert identity.weights_tag(compose_run("model=gemma-3-270m", "model.name_or_path=someone/tiny-llama-GGUF",
-                                            "model.gguf_file=tiny-llama-Q8_0.gguf")) == {}  # downloaded by its job
+    assert identity.weights_tag(dataclasses.replace(cfg, model=missing)) == {}  # tagged by the job that downloads it
     with pytest.raises(gguf_source.GgufUnavailable) as refused:
         gguf_source.locate(missing)
     assert "\n" not in str(refused.value)
@@ -283,7 +280,7 @@ def test_a_chat_template_wraps_prompts_and_renders_in_a_sandbox(tmp_path):
         prompts.encode(gen, tokenizer, tokenizer.vocab_size, 0)
 
 
-def test_a_runtime_whose_own_tokenizer_splits_otherwise_says_where():
+def test_a_runtime_whose_own_tokenizer_splits_otherwise_says_where(tmp_path):
     """runtime_tokenizer: every runtime is fed the checkpoint's ids; the tag names the texts the runtime's own
     tokenizer (the one a deployment would use) would split otherwise, "same" where none, nothing without one.
     The evaluation text is the one quality.text names, not the built-in one."""
@@ -300,9 +297,16 @@ def test_a_runtime_whose_own_tokenizer_splits_otherwise_says_where():
         def own_tokens(self, text):
             return None if self.splits is None else [ord(c) for c in text.replace(self.splits, "")]
 
-    builtin = prompts.eval_text()
+    from qsweep.config import QualityConfig
+
+    builtin = QualityConfig()
+    users = tmp_path / "users.txt"
+    users.write_text("a user's \u2603 text")
     assert prompts.own_splits(Runtime("\u2603"), ["hello", "the \u2603 menu"], builtin) == "differs: prompt 2"
     assert prompts.own_splits(Runtime("\u2603"), ["hello"], builtin) == "same"
-    assert prompts.own_splits(Runtime("\u2603"), ["hello"], "a user's \u2603 text") == "differs: the evaluation text"
+    assert prompts.own_splits(Runtime("\u2603"), ["hello"], QualityConfig(text=str(users))) == \
+        "differs: the evaluation text"
     assert prompts.own_splits(Runtime(" the "), ["hello"], builtin) == "differs: the evaluation text"
-    assert prompts.own_splits(Runtime(None), ["hello"], builtin) is None
+    gone = QualityConfig(text=str(users))
+    users.unlink()  # a runtime without a tokenizer of its own does not read the text
+    assert prompts.own_splits(Runtime(None), ["hello"], gone) is None
